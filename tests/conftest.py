@@ -1,0 +1,47 @@
+"""Shared fixtures: one model cache and (for integration tests) one Ray cluster per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Quiet, offline, deterministic defaults for every test process (Ray workers inherit them).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def cache_dir() -> Path:
+    """The project's model cache (converted SmolLM2, tiny models): shared with `make run`."""
+    from rlhf_ray.config import Config
+
+    path = Config().cache_dir()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(cache_dir) -> str:
+    from rlhf_ray.assets import resolve_model
+
+    return resolve_model("tiny-random-llama", cache_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(cache_dir) -> str:
+    from rlhf_ray.assets import resolve_model
+
+    return resolve_model("tiny-random-bert", cache_dir)
+
+
+@pytest.fixture(scope="session")
+def smollm2(cache_dir) -> str:
+    from rlhf_ray.assets import resolve_model
+
+    return resolve_model("smollm2-135m-instruct", cache_dir)
