@@ -1,0 +1,89 @@
+"""Payloads that cross the Ray object store. Tensors are CPU tensors; shapes in comments.
+
+Sequence layout everywhere: [left-padded prompt (P) | right-padded response (R)]."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class Rollout:
+    """What a Generator produced from one shard of prompts."""
+
+    prompt_ids: torch.Tensor  # (B, P) int64, left-padded
+    prompt_mask: torch.Tensor  # (B, P) 1 = real prompt token
+    response_ids: torch.Tensor  # (B, R) int64, right-padded
+    response_mask: torch.Tensor  # (B, R) 1 = real response token (up to and including EOS)
+    prompts: list[str]  # B decoded prompts
+    responses: list[str]  # B decoded responses (special tokens stripped)
+    policy_version: int  # adapter version these samples were drawn from
+    group_size: int = 1  # samples per prompt, contiguous rows
+
+    def __len__(self) -> int:
+        return self.prompt_ids.shape[0]
+
+    @property
+    def input_ids(self) -> torch.Tensor:  # (B, P + R)
+        return torch.cat([self.prompt_ids, self.response_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:  # (B, P + R)
+        return torch.cat([self.prompt_mask, self.response_mask], dim=1)
+
+    def select(self, idx: torch.Tensor) -> "Rollout":
+        rows = idx.tolist()
+        return Rollout(self.prompt_ids[idx], self.prompt_mask[idx], self.response_ids[idx],
+                       self.response_mask[idx], [self.prompts[i] for i in rows],
+                       [self.responses[i] for i in rows], self.policy_version, self.group_size)
+
+    @staticmethod
+    def concat(parts: list["Rollout"], pad_id: int) -> "Rollout":
+        """Join generator shards: prompts re-padded on the left, responses on the right."""
+        if len({p.policy_version for p in parts}) != 1:
+            raise ValueError(f"rollout shards from different policy versions: {[p.policy_version for p in parts]}")
+        P = max(p.prompt_ids.shape[1] for p in parts)
+        R = max(p.response_ids.shape[1] for p in parts)
+
+        def left(x, width, value):
+            return F.pad(x, (width - x.shape[1], 0), value=value)
+
+        def right(x, width, value):
+            return F.pad(x, (0, width - x.shape[1]), value=value)
+
+        return Rollout(
+            prompt_ids=torch.cat([left(p.prompt_ids, P, pad_id) for p in parts]),
+            prompt_mask=torch.cat([left(p.prompt_mask, P, 0) for p in parts]),
+            response_ids=torch.cat([right(p.response_ids, R, pad_id) for p in parts]),
+            response_mask=torch.cat([right(p.response_mask, R, 0) for p in parts]),
+            prompts=[s for p in parts for s in p.prompts],
+            responses=[s for p in parts for s in p.responses],
+            policy_version=parts[0].policy_version,
+            group_size=parts[0].group_size,
+        )
+
+
+@dataclass
+class GenerationInfo:
+    """The small part of a generate() result the driver reads (the Rollout stays in the store)."""
+
+    policy_version: int
+    adapter_hash: str
+    num_samples: int
+    response_length_mean: float
+
+
+@dataclass
+class AdapterPayload:
+    """Trainable tensors only (LoRA + value head), as safetensors bytes: never pickled code."""
+
+    version: int
+    sha256: str  # of `data`; the receiver recomputes it
+    data: bytes
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.data)

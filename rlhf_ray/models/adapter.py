@@ -1,0 +1,86 @@
+"""Adapter transfer (LoRA tensors only, versioned + hashed), saving, and merging into the base."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from rlhf_ray.batch import AdapterPayload
+from rlhf_ray.errors import UserError
+
+VALUE_PREFIX = "value_head."
+
+
+class AdapterIntegrityError(RuntimeError):
+    """An adapter payload whose bytes do not match its hash, or whose tensors do not fit the model."""
+
+
+def trainable_state(model, value_head=None) -> dict[str, torch.Tensor]:
+    """LoRA tensors (peft's own key naming) plus the value head's, as contiguous CPU tensors."""
+    from peft import get_peft_model_state_dict
+
+    state = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
+    if value_head is not None:
+        state.update({VALUE_PREFIX + k: v.detach().cpu().contiguous() for k, v in value_head.state_dict().items()})
+    return state
+
+
+def export_adapter(model, version: int, value_head=None) -> AdapterPayload:
+    data = st_save(trainable_state(model, value_head), metadata={"version": str(version)})
+    return AdapterPayload(version=version, sha256=hashlib.sha256(data).hexdigest(), data=data)
+
+
+def import_adapter(model, payload: AdapterPayload, value_head=None) -> str:
+    """Load a payload into `model` after verifying its hash; returns the verified hash."""
+    from peft import set_peft_model_state_dict
+
+    digest = hashlib.sha256(payload.data).hexdigest()
+    if digest != payload.sha256:
+        raise AdapterIntegrityError(
+            f"adapter v{payload.version} failed its hash check (got {digest[:12]}, expected {payload.sha256[:12]}): "
+            "the payload was corrupted or tampered with in transit"
+        )
+    state = st_load(payload.data)
+    value_state = {k[len(VALUE_PREFIX):]: v for k, v in state.items() if k.startswith(VALUE_PREFIX)}
+    lora_state = {k: v for k, v in state.items() if not k.startswith(VALUE_PREFIX)}
+    expected = set(trainable_state(model))
+    if set(lora_state) != expected:
+        missing, extra = sorted(expected - set(lora_state)), sorted(set(lora_state) - expected)
+        raise AdapterIntegrityError(
+            f"adapter v{payload.version} does not fit this model (missing {missing[:3]}, unexpected {extra[:3]})"
+        )
+    set_peft_model_state_dict(model, lora_state)
+    if value_head is not None and value_state:
+        value_head.load_state_dict(value_state)
+    return digest
+
+
+def save_adapter(model, directory: str | Path, value_head=None) -> Path:
+    """peft layout (`PeftModel.from_pretrained` loads it) + value_head.safetensors when present."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    model.save_pretrained(str(directory))
+    if value_head is not None:
+        save_file({k: v.contiguous() for k, v in value_head.state_dict().items()}, str(directory / "value_head.safetensors"))
+    return directory
+
+
+def merge_adapter(base_path: str, adapter_dir: str | Path, out_dir: str | Path, dtype: str = "float32") -> Path:
+    """Fold a LoRA into full/half-precision base weights (W += B @ A * alpha / r) and save a plain checkpoint."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").exists():
+        raise UserError(f"{adapter_dir} holds no adapter (adapter_config.json missing): fix merge.adapter")
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=getattr(torch, dtype))
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    out_dir = Path(out_dir)
+    merged.save_pretrained(str(out_dir))
+    AutoTokenizer.from_pretrained(base_path).save_pretrained(str(out_dir))
+    return out_dir

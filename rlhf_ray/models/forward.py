@@ -1,0 +1,64 @@
+"""Per-token log-probs, entropy and values of response tokens, computed in chunks.
+
+The decoder body runs once over the whole (B, P + R) sequence; the (vocab-sized) LM head and
+log-softmax run over `chunk` response positions at a time, so peak memory is (B, chunk, V)
+instead of (B, R, V)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rlhf_ray.algo import entropy_from_logits
+from rlhf_ray.models.policy import causal_lm_of
+
+
+@dataclass
+class ResponseStats:
+    logprobs: torch.Tensor  # (B, R) log p(response token | prefix); 0 at padding
+    entropy: torch.Tensor | None  # (B, R) entropy of the next-token distribution; 0 at padding
+    values: torch.Tensor | None  # (B, R) value head output; 0 at padding
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Left padding shifts token positions; count real tokens so position 0 is the first real one."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def decoder_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Final hidden states (B, T, H) of the decoder body (LoRA applies; adapter state as set)."""
+    lm = causal_lm_of(model)
+    body = getattr(lm, lm.base_model_prefix)
+    out = body(input_ids=input_ids, attention_mask=attention_mask,
+               position_ids=position_ids(attention_mask), use_cache=False)
+    return out[0] if isinstance(out, tuple) else out.last_hidden_state
+
+
+def response_stats(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int,
+                   chunk: int = 64, value_head=None, with_entropy: bool = False) -> ResponseStats:
+    """Shapes: input_ids, attention_mask (B, P + R) with P = prompt_len -> ResponseStats of (B, R).
+
+    Logits at position t predict token t + 1, so response token j (at P + j) is scored by the
+    hidden state at P + j - 1; the value of that state is the value before emitting token j."""
+    lm = causal_lm_of(model)
+    head = lm.get_output_embeddings()
+    hidden = decoder_hidden(model, input_ids, attention_mask)
+    targets = input_ids[:, prompt_len:]  # (B, R)
+    mask = attention_mask[:, prompt_len:]
+    states = hidden[:, prompt_len - 1 : -1]  # (B, R, H)
+    logprobs, entropies = [], []
+    for start in range(0, targets.shape[1], chunk):
+        h = states[:, start : start + chunk]
+        logits = head(h.to(head.weight.dtype if head.weight.is_floating_point() else h.dtype)).float()
+        lp = torch.log_softmax(logits, dim=-1)
+        logprobs.append(lp.gather(-1, targets[:, start : start + chunk, None]).squeeze(-1))
+        if with_entropy:
+            entropies.append(entropy_from_logits(logits, mask[:, start : start + chunk]))
+    maskf = mask.float()
+    values = value_head(states) * maskf if value_head is not None else None
+    return ResponseStats(
+        logprobs=torch.cat(logprobs, dim=1) * maskf,
+        entropy=torch.cat(entropies, dim=1) if with_entropy else None,
+        values=values,
+    )

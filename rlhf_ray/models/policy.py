@@ -1,0 +1,139 @@
+"""Quantized causal LM + LoRA adapter + value head: the policy every PPO role holds.
+
+The reference policy is this same model under `disable_adapter()`; no second base is loaded."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+# LoRA targets per architecture (attention query/value projections, as in the LoRA paper).
+DEFAULT_TARGETS = {
+    "llama": ["q_proj", "v_proj"],
+    "mistral": ["q_proj", "v_proj"],
+    "qwen2": ["q_proj", "v_proj"],
+    "qwen3": ["q_proj", "v_proj"],
+    "gemma": ["q_proj", "v_proj"],
+    "opt": ["q_proj", "v_proj"],
+    "gpt_neox": ["query_key_value"],
+    "gpt2": ["c_attn"],
+    "bert": ["query", "value"],
+    "roberta": ["query", "value"],
+    "distilbert": ["q_lin", "v_lin"],
+}
+
+
+def quiet_warnings() -> None:
+    """bitsandbytes 8-bit matmuls on CPU cast activations to fp16 and warn on every call."""
+    warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
+    warnings.filterwarnings("ignore", message=".*inputs will be cast from.*")
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def bnb_config(quant: str, skip_modules: list[str] | None = None):
+    """LLM.int8 for 8-bit; NF4 + double quantization with a bf16 compute dtype for 4-bit."""
+    from transformers import BitsAndBytesConfig
+
+    if quant == "none":
+        return None
+    if quant == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip_modules)
+    if quant == "4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+            llm_int8_skip_modules=skip_modules,
+        )
+    raise ValueError(f"unknown quant {quant!r}")
+
+
+def load_kwargs(quant: str, device: str, skip_modules: list[str] | None = None) -> dict:
+    """from_pretrained kwargs: quantization config, placement, and the unquantized dtype."""
+    kwargs: dict = {"device_map": {"": 0} if device == "cuda" else device}
+    qconfig = bnb_config(quant, skip_modules)
+    if qconfig is not None:
+        kwargs["quantization_config"] = qconfig
+    kwargs["dtype"] = torch.bfloat16 if device == "cuda" and quant == "none" else torch.float32
+    return kwargs
+
+
+def load_causal_lm(path: str, quant: str, device: str):
+    from transformers import AutoModelForCausalLM
+
+    quiet_warnings()
+    return AutoModelForCausalLM.from_pretrained(path, **load_kwargs(quant, device, ["lm_head"]))
+
+
+def target_modules_for(model, configured: list[str] | None) -> list[str]:
+    if configured:
+        return list(configured)
+    model_type = model.config.model_type
+    if model_type not in DEFAULT_TARGETS:
+        from rlhf_ray.errors import UserError
+
+        raise UserError(f"no default LoRA targets for model type '{model_type}': set model.target_modules")
+    return DEFAULT_TARGETS[model_type]
+
+
+def attach_lora(model, r: int, alpha: int, dropout: float, targets: list[str] | None,
+                task_type: str = "CAUSAL_LM", gradient_checkpointing: bool = False):
+    """Freeze the (quantized) base and wrap it with a fresh trainable LoRA adapter."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if getattr(model, "is_loaded_in_8bit", False) or getattr(model, "is_loaded_in_4bit", False):
+        # Casts norms to fp32 and makes inputs require grad so LoRA grads flow through int8 layers.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    elif gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
+                      target_modules=target_modules_for(model, targets), task_type=task_type)
+    return get_peft_model(model, lora)
+
+
+class ValueHead(nn.Module):
+    """Scalar value per token from the policy's last hidden state; kept in fp32, never quantized."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.summary = nn.Linear(hidden_size, 1)
+        nn.init.normal_(self.summary.weight, std=1.0 / (hidden_size + 1))
+        nn.init.zeros_(self.summary.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        # hidden (B, T, H) -> (B, T)
+        return self.summary(hidden.float()).squeeze(-1)
+
+
+def reference_mode(model):
+    """Context in which the policy acts as the frozen reference (LoRA disabled)."""
+    return model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
+
+
+def causal_lm_of(model):
+    """The transformers *ForCausalLM inside a peft wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def memory_footprint_bytes(model) -> int:
+    return int(causal_lm_of(model).get_memory_footprint())
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # generation pads with EOS; masks handle it
+    return tokenizer
