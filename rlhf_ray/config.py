@@ -71,6 +71,8 @@ class RewardConfig:
     max_length: int = 256
     quant: Quant = "none"
     # Training the classifier (stage `rlhf-ray reward`).
+    # Labelled reviews (a `label` column of 0 = negative, 1 = positive); same references as data.dataset.
+    dataset: str = "imdb"
     backbone: str = "minilm-l6"
     method: Literal["full", "lora"] = "full"
     train_size: int = 4000

@@ -106,7 +106,7 @@ class PromptStream:
         # The prompt length depends only on (seed, index): resuming reproduces the same prompts.
         gen = torch.Generator().manual_seed(self.seed * 7919 + index)
         n = int(torch.randint(self.min_tokens, self.max_tokens + 1, (1,), generator=gen))
-        ids = self.tokenizer(self.texts[index], add_special_tokens=False)["input_ids"][:n]
+        ids = self.tokenizer(self.texts[index], add_special_tokens=False, truncation=True, max_length=n)["input_ids"]
         return self.tokenizer.decode(ids)
 
     def next(self, n: int) -> list[str]:

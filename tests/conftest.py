@@ -45,3 +45,17 @@ def smollm2(cache_dir) -> str:
     from rlhf_ray.assets import resolve_model
 
     return resolve_model("smollm2-135m-instruct", cache_dir)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One real local Ray cluster for the whole test session; CLI runs in-process attach to it."""
+    import ray
+
+    from rlhf_ray.config import ClusterConfig
+    from rlhf_ray.placement import connect
+
+    started = connect(ClusterConfig())
+    yield ray
+    if started:
+        ray.shutdown()

@@ -33,7 +33,12 @@ def quiet_warnings() -> None:
     """bitsandbytes 8-bit matmuls on CPU cast activations to fp16 and warn on every call."""
     warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
     warnings.filterwarnings("ignore", message=".*inputs will be cast from.*")
+    # peft's k-bit preparation calls a transformers API deprecated in v5; harmless.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # per-load weight bars flood actor logs
 
 
 def default_device() -> str:

@@ -1,0 +1,26 @@
+"""Set-up shared by every role process."""
+
+from __future__ import annotations
+
+import torch
+
+from rlhf_ray.config import Config
+from rlhf_ray.models.policy import attach_lora, load_causal_lm, quiet_warnings
+from rlhf_ray.placement import set_torch_threads
+
+
+def role_device(num_gpus: float) -> str:
+    return "cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu"
+
+
+def init_process(cfg: Config) -> None:
+    quiet_warnings()
+    set_torch_threads(cfg.cluster.torch_threads)
+
+
+def load_policy(cfg: Config, policy_path: str, device: str):
+    """Quantized base + LoRA built the same way in every role, so adapters transfer exactly."""
+    base = load_causal_lm(policy_path, cfg.model.quant, device)
+    m = cfg.model
+    return attach_lora(base, m.lora_r, m.lora_alpha, m.lora_dropout, m.target_modules,
+                       gradient_checkpointing=m.gradient_checkpointing)

@@ -1,0 +1,44 @@
+"""Generator role: samples responses from the quantized policy with the latest synced adapter."""
+
+from __future__ import annotations
+
+from rlhf_ray.batch import AdapterPayload, GenerationInfo, Rollout
+from rlhf_ray.actors.common import init_process, load_policy, role_device
+from rlhf_ray.config import Config
+from rlhf_ray.models.adapter import import_adapter
+from rlhf_ray.models.generate import sample
+from rlhf_ray.models.policy import load_tokenizer
+
+
+class StaleAdapterError(RuntimeError):
+    """A generator asked to sample before it received any adapter."""
+
+
+class Generator:
+    def __init__(self, cfg: Config, policy_path: str, rank: int = 0):
+        init_process(cfg)
+        self.cfg, self.rank = cfg, rank
+        self.device = role_device(cfg.cluster.generator_gpus)
+        self.tokenizer = load_tokenizer(policy_path)
+        self.model = load_policy(cfg, policy_path, self.device).eval()
+        self.version, self.adapter_hash = -1, ""
+
+    def load_adapter(self, payload: AdapterPayload) -> tuple[int, str]:
+        """Install a new adapter after verifying its hash; returns (version, verified hash)."""
+        self.adapter_hash = import_adapter(self.model, payload)
+        self.version = payload.version
+        return self.version, self.adapter_hash
+
+    def generate(self, prompts: list[str], iteration: int) -> tuple[Rollout, GenerationInfo]:
+        if self.version < 0:
+            raise StaleAdapterError(f"generator-{self.rank} has no adapter yet: sync one before generating")
+        g, seed = self.cfg.generate, self.cfg.run.seed
+        group = self.cfg.algo.group_size if self.cfg.algo.advantage != "gae" else 1
+        rollout = sample(
+            self.model, self.tokenizer, prompts, max_new_tokens=g.max_new_tokens, temperature=g.temperature,
+            top_k=g.top_k, top_p=g.top_p, group_size=group, policy_version=self.version, device=self.device,
+            seed=seed * 1_000_003 + iteration * 1_009 + self.rank,  # reproducible per (run, iteration, shard)
+        )
+        info = GenerationInfo(self.version, self.adapter_hash, len(rollout),
+                              float(rollout.response_mask.sum(1).float().mean()))
+        return rollout, info

@@ -1,0 +1,35 @@
+"""Thin Ray wrappers: each role class as an actor, plus `where()` for placement.json.
+
+Nothing else lives here; the roles are plain classes tested without Ray."""
+
+from __future__ import annotations
+
+import ray
+
+from rlhf_ray.actors.generator import Generator
+from rlhf_ray.actors.learner import Learner
+from rlhf_ray.actors.scorer import RewardScorer
+from rlhf_ray.placement import where
+
+
+@ray.remote
+class GeneratorActor(Generator):
+    def where(self) -> dict:
+        return where()
+
+
+@ray.remote
+class RewardScorerActor(RewardScorer):
+    def where(self) -> dict:
+        return where()
+
+
+@ray.remote
+class LearnerActor(Learner):
+    def where(self) -> dict:
+        return where()
+
+    def learn(self, rollouts, scores, iteration):
+        # Ray resolves only top-level ObjectRef arguments; these arrive as lists of refs, so the
+        # shards travel generator -> learner through the object store, never via the driver.
+        return super().learn(ray.get(rollouts), ray.get(scores), iteration)

@@ -1,0 +1,41 @@
+"""`rlhf-ray ppo`: resolve models, attach/start Ray, run the driver."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import ray
+
+from rlhf_ray import driver
+from rlhf_ray.assets import resolve_model
+from rlhf_ray.checkpoint import atomic_write
+from rlhf_ray.config import Config
+from rlhf_ray.placement import connect
+from rlhf_ray.stages.store import ensure_stage
+
+log = logging.getLogger(__name__)
+
+
+def reward_model_path(cfg: Config) -> str:
+    """reward.model if set; else the reward stage's output for this config (trained once, cached)."""
+    if cfg.reward.model is not None:
+        return resolve_model(cfg.reward.model, cfg.cache_dir())
+    from rlhf_ray.stages import reward
+
+    directory = ensure_stage(cfg, "reward", lambda c, d: reward.run(c, d))
+    return str(directory / "model")
+
+
+def run(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
+    started = connect(cfg.cluster)
+    try:
+        policy_path = resolve_model(cfg.model.policy, cfg.cache_dir())
+        reward_path = reward_model_path(cfg)
+        summary = driver.train(cfg, run_dir, policy_path, reward_path, resume)
+    finally:
+        if started:
+            ray.shutdown()
+    atomic_write(run_dir / "DONE.json", json.dumps(summary).encode())
+    return summary

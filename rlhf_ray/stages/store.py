@@ -1,0 +1,51 @@
+"""Content-addressed stage outputs: a stage's output directory is named by a hash of the config
+it depends on, so the pipeline (and PPO's on-demand reward model) skip work already done."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Callable
+
+from rlhf_ray.config import Config
+
+log = logging.getLogger(__name__)
+
+# Keys of the reward section that only affect scoring, not the trained classifier.
+_SCORING_ONLY = {"model", "score", "input", "batch_size", "max_length"}
+
+
+def stage_inputs(cfg: Config, stage: str, upstream: dict[str, str] | None = None) -> dict:
+    """The resolved config a stage's output depends on (and the outputs of stages it consumes)."""
+    d = cfg.to_dict()
+    if stage == "sft":
+        return {"seed": d["run"]["seed"], "model": d["model"], "sft": d["sft"]}
+    if stage == "merge":
+        return {"policy": d["model"]["policy"], "merge": {**d["merge"], **(upstream or {})}}
+    if stage == "reward":
+        return {"seed": d["run"]["seed"], "reward": {k: v for k, v in d["reward"].items() if k not in _SCORING_ONLY}}
+    raise ValueError(f"stage {stage!r} is not content-addressed")
+
+
+def stage_dir(cfg: Config, stage: str, upstream: dict[str, str] | None = None) -> Path:
+    blob = json.dumps(stage_inputs(cfg, stage, upstream), sort_keys=True).encode()
+    return cfg.cache_dir() / "stages" / f"{stage}-{hashlib.sha256(blob).hexdigest()[:16]}"
+
+
+def is_done(directory: Path) -> bool:
+    return (directory / "DONE.json").exists()
+
+
+def ensure_stage(cfg: Config, stage: str, run: Callable[[Config, Path], dict],
+                 upstream: dict[str, str] | None = None) -> Path:
+    """Run `stage` into its content-addressed directory unless a finished output is already there."""
+    directory = stage_dir(cfg, stage, upstream)
+    if is_done(directory):
+        log.info("stage %s: reusing %s", stage, directory)
+        return directory
+    log.info("stage %s: running into %s", stage, directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    run(cfg, directory)
+    return directory
