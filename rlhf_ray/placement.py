@@ -28,12 +28,14 @@ def connect(cluster: ClusterConfig) -> bool:
     if ray.is_initialized():
         return False
     address = cluster.address or os.environ.get("RAY_ADDRESS")
-    runtime_env = {"env_vars": {**WORKER_ENV, **_cache_env()}}
     if address:
         log.info("attaching to Ray at %s", address)
-        ray.init(address=address, namespace=cluster.namespace, runtime_env=runtime_env, log_to_driver=True)
+        # No runtime_env here: a `ray job submit` driver already has the job's, and Ray refuses to merge two.
+        ray.init(address=address, namespace=cluster.namespace, log_to_driver=True)
         return False
-    ray.init(namespace=cluster.namespace, include_dashboard=cluster.dashboard, runtime_env=runtime_env,
+    # address="local": always a fresh local Ray, never a stale cluster found in /tmp/ray.
+    runtime_env = {"env_vars": {**WORKER_ENV, **_cache_env()}}
+    ray.init(address="local", namespace=cluster.namespace, include_dashboard=cluster.dashboard, runtime_env=runtime_env,
              configure_logging=True, logging_level=logging.WARNING)
     return True
 
