@@ -419,12 +419,8 @@ def validate(cfg: Config) -> None:
         "cluster.num_generators",
         f"ppo.batch_size ({cfg.ppo.batch_size}) must be divisible by the number of generators",
     )
-    _check(
-        cfg.ppo.batch_size % (cfg.cluster.num_learners * cfg.ppo.mini_batch_size) == 0
-        or cfg.cluster.num_learners == 1,
-        "cluster.num_learners",
-        "ppo.batch_size must split into whole minibatches per learner",
-    )
+    _check(cfg.cluster.num_learners == 1, "cluster.num_learners",
+           "data-parallel learners are not implemented yet; use 1 (generators and scorers do scale out)")
     valid_stages = ("sft", "merge", "reward", "ppo")
     for i, stage in enumerate(cfg.pipeline.stages):
         _check(stage in valid_stages, f"pipeline.stages[{i}]", f"must be one of {', '.join(valid_stages)}; got {stage!r}")

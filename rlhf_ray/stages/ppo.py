@@ -12,7 +12,7 @@ from rlhf_ray import driver
 from rlhf_ray.assets import resolve_model
 from rlhf_ray.checkpoint import atomic_write
 from rlhf_ray.config import Config
-from rlhf_ray.placement import connect
+from rlhf_ray.placement import check_fits, connect, role_specs
 from rlhf_ray.stages.store import ensure_stage
 
 log = logging.getLogger(__name__)
@@ -24,13 +24,14 @@ def reward_model_path(cfg: Config) -> str:
         return resolve_model(cfg.reward.model, cfg.cache_dir())
     from rlhf_ray.stages import reward
 
-    directory = ensure_stage(cfg, "reward", lambda c, d: reward.run(c, d))
+    directory = ensure_stage(cfg, "reward", reward.run)
     return str(directory / "model")
 
 
 def run(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
     started = connect(cfg.cluster)
     try:
+        check_fits(role_specs(cfg.cluster))  # fail fast, before any model is converted or trained
         policy_path = resolve_model(cfg.model.policy, cfg.cache_dir())
         reward_path = reward_model_path(cfg)
         summary = driver.train(cfg, run_dir, policy_path, reward_path, resume)

@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 from typing import Callable
 
-from rlhf_ray.config import Config
+from rlhf_ray.config import Config, save_config
 
 log = logging.getLogger(__name__)
 
@@ -47,5 +47,6 @@ def ensure_stage(cfg: Config, stage: str, run: Callable[[Config, Path], dict],
         return directory
     log.info("stage %s: running into %s", stage, directory)
     directory.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, directory / "config.yaml")
     run(cfg, directory)
     return directory

@@ -80,6 +80,7 @@ def test_resume_without_checkpoint_and_impossible_gpus_are_user_errors(tmp_path,
     (tmp_path / "empty").mkdir()
     assert main(["ppo", "--resume", str(tmp_path / "empty"), "--config", SMOKE]) == 2
     assert "no checkpoint" in capsys.readouterr().err
-    assert main(["ppo", "--config", SMOKE, "--run-dir", str(tmp_path / "gpu"), "cluster.learner_gpus=0.5"]) == 2
+    # The 24 GB single-GPU layout on this CPU-only cluster: refused up front, nothing trained.
+    assert main(["ppo", "--config", "configs/single_gpu_24gb.yaml", "--run-dir", str(tmp_path / "gpu")]) == 2
     err = capsys.readouterr().err
     assert "GPUs" in err and len(err.strip().splitlines()) == 1
