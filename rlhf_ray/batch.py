@@ -74,6 +74,9 @@ class GenerationInfo:
     adapter_hash: str
     num_samples: int
     response_length_mean: float
+    # Decoded texts, only on iterations whose samples are saved (strings are small; tensors stay put).
+    prompts: list[str] | None = None
+    responses: list[str] | None = None
 
 
 @dataclass

@@ -75,10 +75,12 @@ class RewardConfig:
     dataset: str = "imdb"
     backbone: str = "minilm-l6"
     method: Literal["full", "lora"] = "full"
-    train_size: int = 4000
-    eval_size: int = 1000
+    # Sized for ~4 min on a 2-core CPU with MiniLM (~3.5 s per 32x128-token step): 1600 reviews,
+    # one epoch, lr 2e-4 reach ~83% held-out accuracy (5e-5 is too slow for 50 steps).
+    train_size: int = 1600
+    eval_size: int = 500
     epochs: int = 1
-    lr: float = 5e-5
+    lr: float = 2e-4
     train_batch_size: int = 32
     train_max_length: int = 128
 
@@ -142,11 +144,14 @@ class SFTConfig:
     text_field: str = "text"
     max_length: int = 128
     packing: bool = True
-    batch_size: int = 8
+    # Defaults sized for ~3.5 min on a 2-core CPU with the 8-bit SmolLM2 (~7 s per 4x2x128-token step);
+    # lr 1e-3 because a fresh LoRA must move in 20 steps (2e-4 barely changed the held-out loss).
+    batch_size: int = 4
     grad_accum: int = 2
-    lr: float = 2e-4
-    max_steps: int = 40
-    train_docs: int = 2000
+    lr: float = 1e-3
+    max_steps: int = 20
+    # Shuffled train docs to draw rows from (1000 IMDB docs pack into ~2400 rows, more than 20 steps use).
+    train_docs: int = 1000
     eval_blocks: int = 32
     gpus: float = 0.0
 

@@ -61,26 +61,25 @@ class Roles:
         remove_placement_group(self.placement_group)
 
 
-def sync_adapter(roles: Roles) -> tuple[int, int]:
-    """Push the learner's adapter to every generator; each must confirm version and hash."""
-    payload_ref = roles.learner.adapter.remote()
-    version, sha, nbytes = ray.get(_payload_summary.remote(payload_ref))
+def sync_adapter(roles: Roles, payload_ref, version: int, sha256: str) -> None:
+    """Push an adapter (by ref) to every generator; each must confirm the version and content hash."""
     for got_version, got_sha in ray.get([g.load_adapter.remote(payload_ref) for g in roles.generators]):
-        if (got_version, got_sha) != (version, sha):
-            raise StaleGeneratorError(f"generator confirmed adapter v{got_version} {got_sha[:12]}, expected v{version} {sha[:12]}")
-    return version, nbytes
+        if (got_version, got_sha) != (version, sha256):
+            raise StaleGeneratorError(f"generator confirmed adapter v{got_version} {got_sha[:12]}, expected v{version} {sha256[:12]}")
 
 
-@ray.remote(num_cpus=0)
-def _payload_summary(payload) -> tuple[int, str, int]:
-    return payload.version, payload.sha256, payload.nbytes  # the driver never holds the tensors
+def sync_current(roles: Roles) -> None:
+    payload_ref, receipt_ref = roles.learner.publish.options(num_returns=2).remote()
+    receipt = ray.get(receipt_ref)
+    sync_adapter(roles, payload_ref, receipt["version"], receipt["sha256"])
 
 
 def run_iteration(cfg: Config, roles: Roles, prompts: list[str], iteration: int, want_samples: bool) -> tuple[dict, dict | None]:
     t0 = time.perf_counter()
     # 1. generate: one prompt shard per generator; rollouts stay in the object store
     shards = [prompts[i :: len(roles.generators)] for i in range(len(roles.generators))]
-    outs = [g.generate.options(num_returns=2).remote(shard, iteration) for g, shard in zip(roles.generators, shards)]
+    outs = [g.generate.options(num_returns=2).remote(shard, iteration, want_samples)
+            for g, shard in zip(roles.generators, shards)]
     rollout_refs = [r for r, _ in outs]
     infos = ray.get([info for _, info in outs])
     version = infos[0].policy_version
@@ -92,25 +91,20 @@ def run_iteration(cfg: Config, roles: Roles, prompts: list[str], iteration: int,
     ray.wait(score_refs, num_returns=len(score_refs))
     t2 = time.perf_counter()
     # 3. learn: experience + PPO epochs; the new adapter comes back as a ref
-    metrics_ref, _payload_ref = roles.learner.learn.options(num_returns=2).remote(rollout_refs, score_refs, iteration)
+    metrics_ref, payload_ref = roles.learner.learn.options(num_returns=2).remote(rollout_refs, score_refs, iteration)
     metrics = ray.get(metrics_ref)
     t3 = time.perf_counter()
     # 4. sync the new adapter to every generator (LoRA tensors only) and confirm it
-    synced, _ = sync_adapter(roles)
-    if synced != metrics["policy/version"]:
-        raise StaleGeneratorError(f"synced adapter v{synced} but the learner reports v{metrics['policy/version']}")
+    sync_adapter(roles, payload_ref, metrics["policy/version"], metrics.pop("policy/adapter_sha256"))
     t4 = time.perf_counter()
     metrics.update({"iteration": iteration, "policy/sampled_version": version, "time/generate_s": t1 - t0,
                     "time/score_s": t2 - t1, "time/learn_s": t3 - t2, "time/sync_s": t4 - t3, "time/iteration_s": t4 - t0})
     samples = None
     if want_samples:
-        samples = {"texts": ray.get([_texts.remote(r) for r in rollout_refs]), "scores": ray.get(score_refs)}
+        scores = [float(x) for t in ray.get(score_refs) for x in t]
+        samples = {"prompts": [p for i in infos for p in i.prompts], "responses": [r for i in infos for r in i.responses],
+                   "scores": scores}
     return metrics, samples
-
-
-@ray.remote(num_cpus=0)
-def _texts(rollout) -> tuple[list[str], list[str]]:
-    return rollout.prompts, rollout.responses
 
 
 def train(cfg: Config, run_dir: Path, policy_path: str, reward_path: str, resume: bool) -> dict:
@@ -128,7 +122,7 @@ def train(cfg: Config, run_dir: Path, policy_path: str, reward_path: str, resume
             driver_state = read_json(ckpt / "driver_state.json")
             stream.state = PromptState(**driver_state["prompts"])
             start = driver_state["iteration"] + 1
-        sync_adapter(roles)
+        sync_current(roles)
         log = MetricsLog(run_dir / "metrics.jsonl", keep_through=start - 1 if ckpt else None)
         bar = tqdm(range(start, cfg.ppo.iterations + 1), desc="ppo", unit="it", initial=start - 1, total=cfg.ppo.iterations)
         metrics: dict = {}
@@ -139,7 +133,7 @@ def train(cfg: Config, run_dir: Path, policy_path: str, reward_path: str, resume
             log.write(metrics)
             bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['kl/mean']:.3f}")
             if samples is not None:
-                _write_samples(run_dir, iteration, samples)
+                write_samples(run_dir, iteration, **samples)
             if iteration % cfg.ppo.checkpoint_every == 0 or iteration == cfg.ppo.iterations:
                 files = ray.get(roles.learner.checkpoint.remote())
                 state = {"iteration": iteration, "prompts": asdict(stream.state), "seed": cfg.run.seed}
@@ -149,10 +143,3 @@ def train(cfg: Config, run_dir: Path, policy_path: str, reward_path: str, resume
         roles.stop()
     plot_metrics(run_dir / "metrics.jsonl", run_dir / "metrics.png")
     return {"iterations": cfg.ppo.iterations, "final": {k: metrics.get(k) for k in ("reward/mean", "kl/mean", "policy/version")}}
-
-
-def _write_samples(run_dir: Path, iteration: int, samples: dict) -> None:
-    prompts = [p for ps, _ in samples["texts"] for p in ps]
-    responses = [r for _, rs in samples["texts"] for r in rs]
-    scores = [float(s) for t in samples["scores"] for s in t]
-    write_samples(run_dir, iteration, prompts, responses, scores)

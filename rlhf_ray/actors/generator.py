@@ -29,7 +29,7 @@ class Generator:
         self.version = payload.version
         return self.version, self.adapter_hash
 
-    def generate(self, prompts: list[str], iteration: int) -> tuple[Rollout, GenerationInfo]:
+    def generate(self, prompts: list[str], iteration: int, with_texts: bool = False) -> tuple[Rollout, GenerationInfo]:
         if self.version < 0:
             raise StaleAdapterError(f"generator-{self.rank} has no adapter yet: sync one before generating")
         g, seed = self.cfg.generate, self.cfg.run.seed
@@ -40,5 +40,6 @@ class Generator:
             seed=seed * 1_000_003 + iteration * 1_009 + self.rank,  # reproducible per (run, iteration, shard)
         )
         info = GenerationInfo(self.version, self.adapter_hash, len(rollout),
-                              float(rollout.response_mask.sum(1).float().mean()))
+                              float(rollout.response_mask.sum(1).float().mean()),
+                              rollout.prompts if with_texts else None, rollout.responses if with_texts else None)
         return rollout, info

@@ -64,6 +64,11 @@ class Learner:
     def adapter(self) -> AdapterPayload:
         return export_adapter(self.model, self.version, self.value_head)
 
+    def publish(self) -> tuple[AdapterPayload, dict]:
+        """The current adapter and a small receipt (version, hash, size) the driver can read."""
+        payload = self.adapter()
+        return payload, {"version": payload.version, "sha256": payload.sha256, "nbytes": payload.nbytes}
+
     def checkpoint(self) -> dict[str, bytes]:
         """Everything needed to resume this role, as files (the driver writes them atomically)."""
         buf = io.BytesIO()
@@ -109,6 +114,7 @@ class Learner:
             "advantages/mean": float(algo.masked_mean(exp.advantages, mask)),
             "response/length_mean": float(mask.sum(1).mean()),
             "policy/version": self.version,
+            "policy/adapter_sha256": payload.sha256,
             "sync/bytes": payload.nbytes,
             **stats,
         }

@@ -1,0 +1,272 @@
+"""Recipe step 1: fine-tune a fresh LoRA on the frozen quantized policy base as a causal LM on
+review text. Training runs in a Ray task (same placement options as PPO); the task streams one
+metrics record per optimizer step and finally the adapter files as bytes, which the driver
+writes into the run directory (that directory may not exist on the worker's node).
+
+The run-directory helpers at the top (DONE.json marker, metrics files, file shipping) are shared
+by the merge and reward stages."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import torch
+
+from rlhf_ray.checkpoint import atomic_write, read_json
+from rlhf_ray.config import ClusterConfig, Config
+from rlhf_ray.errors import UserError
+from rlhf_ray.placement import connect
+
+log = logging.getLogger(__name__)
+
+DONE = "DONE.json"
+IGNORE_INDEX = -100  # label value torch's cross_entropy skips
+MAX_GRAD_NORM = 1.0  # clip: a fresh LoRA at a high lr can spike on an odd batch
+
+# ----------------------------------------------------------------------------- run directory
+
+
+def begin(run_dir: Path, resume: bool) -> dict | None:
+    """The stored summary when resuming a finished stage; otherwise clear a stale marker."""
+    marker = run_dir / DONE
+    if resume and marker.exists():
+        log.info("%s is already finished (%s): skipping", run_dir, DONE)
+        return read_json(marker)
+    marker.unlink(missing_ok=True)
+    return None
+
+
+def finish(run_dir: Path, summary: dict) -> dict:
+    """metrics.json, then DONE.json LAST (each written atomically): its presence means every
+    output is complete."""
+    data = json.dumps(summary, indent=2, default=str).encode()
+    atomic_write(run_dir / "metrics.json", data)
+    atomic_write(run_dir / DONE, data)
+    return summary
+
+
+def publish_dir(tmp: Path, target: Path) -> Path:
+    """Replace `target` with the fully written `tmp` (an interrupted rerun leaves no mixed dir)."""
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    return target
+
+
+def write_files(files: dict[str, bytes], target: Path) -> Path:
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for name, data in files.items():
+        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / name).write_bytes(data)
+    return publish_dir(tmp, target)
+
+
+def stream_task(cluster: ClusterConfig, fn: Callable[..., Iterator], options: dict, args: tuple, *,
+                total: int, desc: str, jsonl: Path) -> dict:
+    """Run generator `fn` as a Ray task yielding ("step", record) ... ("done", result).
+
+    Step records go to `jsonl` and a driver-side progress bar as they arrive; returns the result.
+    A Ray started here is shut down again, as the ppo stage does."""
+    import ray
+
+    started = connect(cluster)
+    try:
+        return _consume(ray.remote(fn).options(**options).remote(*args), total, desc, jsonl)
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, UserError):
+            raise exc.cause from None  # a config problem found on the worker: one clear line
+        raise
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _consume(stream, total: int, desc: str, jsonl: Path) -> dict:
+    import ray
+    from tqdm import tqdm
+
+    with jsonl.open("w") as sink, tqdm(total=total, desc=desc, unit="step") as bar:
+        for ref in stream:
+            kind, payload = ray.get(ref)
+            if kind == "done":
+                return payload
+            sink.write(json.dumps(payload) + "\n")
+            sink.flush()
+            bar.update(1)
+            bar.set_postfix(loss=f"{payload['loss']:.3f}")
+    raise RuntimeError(f"{desc} task ended without a result")
+
+
+def prepare_worker(seed: int, torch_threads: int) -> None:
+    """Inside a Ray task: thread count as PPO's actors, seeded generators, and no per-file
+    "Loading weights" bars (Ray would forward them line by line to the driver's log)."""
+    from transformers import set_seed
+    from transformers.utils import logging as hf_logging
+
+    from rlhf_ray.placement import set_torch_threads
+
+    set_torch_threads(torch_threads)
+    set_seed(seed)  # python, numpy and torch generators
+    hf_logging.disable_progress_bar()
+
+
+def shuffled_texts(ref: str, split: str, text_field: str, seed: int, limit: int | None = None) -> list[str]:
+    """A seeded shuffle of one split. The embedded IMDB file is sorted by label, so taking the
+    first rows unshuffled would give only negative reviews."""
+    from rlhf_ray.data import load_text_dataset
+
+    texts = load_text_dataset(ref, split, text_field)["text"].to_pylist()
+    order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(seed)).tolist()
+    return [texts[i] for i in order[:limit]]
+
+
+# ----------------------------------------------------------------------------- rows (pure)
+
+
+def tokenized(texts: list[str], tokenizer, chunk: int = 64) -> Iterator[list[int]]:
+    """Token ids per text, tokenized lazily in chunks (eval stops after a few texts)."""
+    for start in range(0, len(texts), chunk):
+        yield from tokenizer(texts[start : start + chunk], add_special_tokens=False)["input_ids"]
+
+
+def pack(docs: Iterable[list[int]], eos_id: int, block: int) -> Iterator[list[int]]:
+    """Concatenate docs, each ended by EOS, and cut the stream into full `block`-token rows."""
+    buffer: list[int] = []
+    for doc in docs:
+        buffer.extend(doc)
+        buffer.append(eos_id)
+        while len(buffer) >= block:
+            yield buffer[:block]
+            buffer = buffer[block:]
+
+
+def truncate(docs: Iterable[list[int]], eos_id: int, max_length: int) -> Iterator[list[int]]:
+    """One row per doc: the doc plus EOS, cut to `max_length` tokens."""
+    for doc in docs:
+        yield (doc + [eos_id])[:max_length]
+
+
+def collate(rows: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad rows. Labels are masked by length, not by token id: pad may equal EOS, and the
+    real EOS ending a doc must stay in the loss."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, IGNORE_INDEX)}
+
+
+def micro_batches(rows: list[list[int]], batch_size: int, seed: int) -> Iterator[list[list[int]]]:
+    """Endless batches, reshuffled every pass over the rows."""
+    gen = torch.Generator().manual_seed(seed)
+    while True:
+        order = torch.randperm(len(rows), generator=gen).tolist()
+        for start in range(0, len(order), batch_size):
+            yield [rows[i] for i in order[start : start + batch_size]]
+
+
+def target_count(batch: dict[str, torch.Tensor]) -> int:
+    """Tokens that are predicted (every non-masked label after the first position)."""
+    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+
+
+# ----------------------------------------------------------------------------- training (Ray task)
+
+
+def nll_sum(model, batch: dict[str, torch.Tensor], device: str) -> torch.Tensor:
+    """Summed next-token negative log-likelihood over unmasked labels (token-weighted means later)."""
+    batch = {k: v.to(device) for k, v in batch.items()}
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].float().flatten(0, 1), batch["labels"][:, 1:].flatten(),
+        ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+@torch.no_grad()
+def eval_loss(model, rows: list[list[int]], batch_size: int, pad_id: int, device: str) -> float:
+    model.eval()
+    batches = [collate(rows[i : i + batch_size], pad_id) for i in range(0, len(rows), batch_size)]
+    total = sum(nll_sum(model, b, device).item() for b in batches)
+    return total / sum(target_count(b) for b in batches)
+
+
+def sft_rows(s, tokenizer, seed: int) -> tuple[list[list[int]], list[list[int]]]:
+    """Training rows from the first sft.train_docs shuffled train docs; sft.eval_blocks held-out
+    rows from the test split (built the same way, packed or truncated)."""
+    to_rows = pack if s.packing else truncate
+    train_texts = shuffled_texts(s.dataset, "train", s.text_field, seed, s.train_docs)
+    train_rows = list(to_rows(tokenized(train_texts, tokenizer), tokenizer.eos_token_id, s.max_length))
+    test_texts = shuffled_texts(s.dataset, "test", s.text_field, seed)
+    eval_rows = list(itertools.islice(to_rows(tokenized(test_texts, tokenizer), tokenizer.eos_token_id, s.max_length),
+                                      s.eval_blocks))
+    if not train_rows or not eval_rows:
+        raise UserError(f"sft.dataset {s.dataset}: too little text for one {s.max_length}-token block "
+                        "in its train or test split; lower sft.max_length or use a larger dataset")
+    return train_rows, eval_rows
+
+
+def train_sft(cfg: Config) -> Iterator[tuple[str, dict]]:
+    """Ray task body: yields ("step", record) per optimizer step, then ("done", {files, metrics})."""
+    from rlhf_ray.assets import resolve_model
+    from rlhf_ray.checkpoint import read_checkpoint
+    from rlhf_ray.models.adapter import save_adapter
+    from rlhf_ray.models.policy import attach_lora, load_causal_lm, load_tokenizer
+
+    s, m, seed = cfg.sft, cfg.model, cfg.run.seed
+    prepare_worker(seed, cfg.cluster.torch_threads)
+    device = "cuda" if s.gpus > 0 else "cpu"
+    path = resolve_model(m.policy, cfg.cache_dir())
+    tokenizer = load_tokenizer(path)
+    train_rows, eval_rows = sft_rows(s, tokenizer, seed)
+    model = attach_lora(load_causal_lm(path, m.quant, device), m.lora_r, m.lora_alpha, m.lora_dropout,
+                        m.target_modules, gradient_checkpointing=m.gradient_checkpointing)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=s.lr)
+    before = eval_loss(model, eval_rows, s.batch_size, tokenizer.pad_token_id, device)
+    batches = micro_batches(train_rows, s.batch_size, seed)
+    start = time.perf_counter()
+    for step in range(1, s.max_steps + 1):
+        model.train()
+        group = [collate(next(batches), tokenizer.pad_token_id) for _ in range(s.grad_accum)]
+        tokens = sum(target_count(b) for b in group)
+        loss = 0.0
+        for batch in group:  # token-weighted mean over the whole accumulation window
+            part = nll_sum(model, batch, device) / tokens
+            part.backward()
+            loss += part.item()
+        torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        yield "step", {"step": step, "loss": loss, "tokens": tokens, "elapsed_s": round(time.perf_counter() - start, 2)}
+    train_s = time.perf_counter() - start
+    after = eval_loss(model, eval_rows, s.batch_size, tokenizer.pad_token_id, device)
+    with tempfile.TemporaryDirectory() as tmp:
+        files = read_checkpoint(save_adapter(model, tmp))  # path -> bytes: run_dir is the driver's
+    yield "done", {"files": files, "metrics": {
+        "eval_loss_before": before, "eval_loss_after": after, "steps": s.max_steps,
+        "train_rows": len(train_rows), "eval_rows": len(eval_rows), "train_s": round(train_s, 1),
+        "trainable_params": sum(p.numel() for p in params)}}
+
+
+def run(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
+    if (done := begin(run_dir, resume)) is not None:
+        return done
+    start = time.perf_counter()
+    options = {"num_gpus": cfg.sft.gpus, "num_cpus": cfg.cluster.actor_cpus}
+    result = stream_task(cfg.cluster, train_sft, options, (cfg,), total=cfg.sft.max_steps, desc="sft",
+                         jsonl=run_dir / "metrics.jsonl")
+    adapter = write_files(result["files"], run_dir / "adapter")
+    log.info("sft: eval loss %.3f -> %.3f; adapter in %s", result["metrics"]["eval_loss_before"],
+             result["metrics"]["eval_loss_after"], adapter)
+    return finish(run_dir, {"stage": "sft", "adapter": str(adapter), **result["metrics"],
+                            "wall_s": round(time.perf_counter() - start, 1)})
