@@ -18,9 +18,9 @@ def init_process(cfg: Config) -> None:
     set_torch_threads(cfg.cluster.torch_threads)
 
 
-def load_policy(cfg: Config, policy_path: str, device: str):
+def load_policy(cfg: Config, policy_path: str, device: str, gradient_checkpointing: bool | None = None):
     """Quantized base + LoRA built the same way in every role, so adapters transfer exactly."""
     base = load_causal_lm(policy_path, cfg.model.quant, device)
     m = cfg.model
-    return attach_lora(base, m.lora_r, m.lora_alpha, m.lora_dropout, m.target_modules,
-                       gradient_checkpointing=m.gradient_checkpointing)
+    gc = m.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing
+    return attach_lora(base, m.lora_r, m.lora_alpha, m.lora_dropout, m.target_modules, gradient_checkpointing=gc)

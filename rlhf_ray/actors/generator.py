@@ -7,7 +7,7 @@ from rlhf_ray.actors.common import init_process, load_policy, role_device
 from rlhf_ray.config import Config
 from rlhf_ray.models.adapter import import_adapter
 from rlhf_ray.models.generate import sample
-from rlhf_ray.models.policy import load_tokenizer
+from rlhf_ray.models.policy import load_tokenizer, ppo_numerics
 
 
 class StaleAdapterError(RuntimeError):
@@ -20,7 +20,7 @@ class Generator:
         self.cfg, self.rank = cfg, rank
         self.device = role_device(cfg.cluster.generator_gpus)
         self.tokenizer = load_tokenizer(policy_path)
-        self.model = load_policy(cfg, policy_path, self.device).eval()
+        self.model = ppo_numerics(load_policy(cfg, policy_path, self.device, gradient_checkpointing=False))
         self.version, self.adapter_hash = -1, ""
 
     def load_adapter(self, payload: AdapterPayload) -> tuple[int, str]:

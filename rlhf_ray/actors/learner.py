@@ -18,7 +18,7 @@ from rlhf_ray.batch import AdapterPayload, Rollout
 from rlhf_ray.config import Config
 from rlhf_ray.models.adapter import export_adapter, import_adapter, save_adapter
 from rlhf_ray.models.forward import response_stats
-from rlhf_ray.models.policy import ValueHead, load_tokenizer, reference_mode
+from rlhf_ray.models.policy import ValueHead, load_tokenizer, ppo_numerics, reference_mode
 
 
 class StaleRolloutError(RuntimeError):
@@ -51,7 +51,7 @@ class Learner:
         self.critic = cfg.algo.advantage == "gae"  # grpo/rloo: no value head is ever built
         self.tokenizer = load_tokenizer(policy_path)
         torch.manual_seed(cfg.run.seed)  # same fresh LoRA init for the same seed
-        self.model = load_policy(cfg, policy_path, self.device)
+        self.model = ppo_numerics(load_policy(cfg, policy_path, self.device))
         self.value_head = ValueHead(self.model.config.hidden_size).to(self.device) if self.critic else None
         params = [p for p in self.model.parameters() if p.requires_grad]
         if self.value_head is not None:
@@ -122,7 +122,6 @@ class Learner:
 
     @torch.no_grad()
     def make_experience(self, batch: Rollout, scores: torch.Tensor, kl_coef: float) -> Experience:
-        self.model.eval()
         old, ref, values = [], [], []
         for rows in torch.arange(len(batch)).split(self.cfg.ppo.mini_batch_size):
             part = batch.select(rows)
@@ -156,7 +155,6 @@ class Learner:
     def update(self, exp: Experience) -> dict:
         """ppo.epochs passes over shuffled minibatches; grad accumulation over micro-batches."""
         p = self.cfg.ppo
-        self.model.train()
         n = len(exp.rollout)
         micro = p.mini_batch_size // p.grad_accum
         totals: dict[str, float] = {}
