@@ -15,7 +15,7 @@ from pathlib import Path
 
 from rlhf_ray.config import Config
 from rlhf_ray.errors import UserError
-from rlhf_ray.stages.sft import begin, finish, publish_dir
+from rlhf_ray.stages.common import begin, finish, publish_dir
 
 log = logging.getLogger(__name__)
 

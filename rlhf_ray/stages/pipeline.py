@@ -11,7 +11,7 @@ import json
 import logging
 from pathlib import Path
 
-from rlhf_ray.checkpoint import atomic_write, latest_checkpoint
+from rlhf_ray.checkpoint import atomic_write, latest_checkpoint, read_json
 from rlhf_ray.config import Config, save_config
 from rlhf_ray.errors import UserError
 from rlhf_ray.stages import merge, ppo, reward, sft
@@ -48,9 +48,12 @@ def run(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
 
 
 def _run_ppo(cfg: Config, ppo_dir: Path) -> dict:
-    if is_done(ppo_dir):
+    """Skip a finished PPO run, resume an interrupted (or extended: more ppo.iterations) one."""
+    checkpoint = latest_checkpoint(ppo_dir)
+    reached = read_json(checkpoint / "driver_state.json")["iteration"] if checkpoint else 0
+    if is_done(ppo_dir) and reached >= cfg.ppo.iterations:
         log.info("stage ppo: already finished in %s", ppo_dir)
-        return json.loads((ppo_dir / "DONE.json").read_text())
+        return read_json(ppo_dir / "DONE.json")
     ppo_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, ppo_dir / "config.yaml")
-    return ppo.run(cfg, ppo_dir, resume=latest_checkpoint(ppo_dir) is not None)
+    return ppo.run(cfg, ppo_dir, resume=checkpoint is not None)

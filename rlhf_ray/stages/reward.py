@@ -21,7 +21,8 @@ import torch
 from rlhf_ray.checkpoint import read_checkpoint
 from rlhf_ray.config import Config
 from rlhf_ray.errors import UserError
-from rlhf_ray.stages.sft import MAX_GRAD_NORM, begin, finish, prepare_worker, stream_task, write_files
+from rlhf_ray.stages.common import begin, finish, prepare_worker, stream_task, write_files
+from rlhf_ray.stages.sft import MAX_GRAD_NORM
 
 log = logging.getLogger(__name__)
 

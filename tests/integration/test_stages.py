@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-import ray
 import torch
 
 from rlhf_ray.cli import main
@@ -17,15 +16,6 @@ PHRASES = ["the film was good and the actors were good .", "a fine movie with a 
            "great acting and a great plot ."]
 POSITIVE = ["great wonderful film", "i loved this movie , wonderful", "a great and moving story"]
 NEGATIVE = ["awful boring film", "i hated this movie , boring", "an awful and dull story"]
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    """One local Ray for the module; left running so other modules can share it. address="local"
-    starts a fresh one even when a `ray start` cluster exists on this machine (plain ray.init()
-    would attach to that one, and refuse num_cpus)."""
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=4, include_dashboard=False, namespace="rlhf_ray")
 
 
 @pytest.fixture(scope="module")

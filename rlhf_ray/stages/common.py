@@ -1,0 +1,103 @@
+"""Run-directory discipline shared by the sft, merge and reward stages: a DONE.json marker written
+last, files shipped back from Ray tasks as bytes and published atomically, streamed progress."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from rlhf_ray.checkpoint import atomic_write, read_json
+from rlhf_ray.config import ClusterConfig
+from rlhf_ray.errors import UserError
+from rlhf_ray.placement import connect
+
+log = logging.getLogger(__name__)
+
+DONE = "DONE.json"
+
+def begin(run_dir: Path, resume: bool) -> dict | None:
+    """The stored summary when resuming a finished stage; otherwise clear a stale marker."""
+    marker = run_dir / DONE
+    if resume and marker.exists():
+        log.info("%s is already finished (%s): skipping", run_dir, DONE)
+        return read_json(marker)
+    marker.unlink(missing_ok=True)
+    return None
+
+
+def finish(run_dir: Path, summary: dict) -> dict:
+    """metrics.json, then DONE.json LAST (each written atomically): its presence means every
+    output is complete."""
+    data = json.dumps(summary, indent=2, default=str).encode()
+    atomic_write(run_dir / "metrics.json", data)
+    atomic_write(run_dir / DONE, data)
+    return summary
+
+
+def publish_dir(tmp: Path, target: Path) -> Path:
+    """Replace `target` with the fully written `tmp` (an interrupted rerun leaves no mixed dir)."""
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    return target
+
+
+def write_files(files: dict[str, bytes], target: Path) -> Path:
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for name, data in files.items():
+        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / name).write_bytes(data)
+    return publish_dir(tmp, target)
+
+
+def stream_task(cluster: ClusterConfig, fn: Callable[..., Iterator], options: dict, args: tuple, *,
+                total: int, desc: str, jsonl: Path) -> dict:
+    """Run generator `fn` as a Ray task yielding ("step", record) ... ("done", result).
+
+    Step records go to `jsonl` and a driver-side progress bar as they arrive; returns the result.
+    A Ray started here is shut down again, as the ppo stage does."""
+    import ray
+
+    started = connect(cluster)
+    try:
+        return _consume(ray.remote(fn).options(**options).remote(*args), total, desc, jsonl)
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, UserError):
+            raise exc.cause from None  # a config problem found on the worker: one clear line
+        raise
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _consume(stream, total: int, desc: str, jsonl: Path) -> dict:
+    import ray
+    from tqdm import tqdm
+
+    with jsonl.open("w") as sink, tqdm(total=total, desc=desc, unit="step") as bar:
+        for ref in stream:
+            kind, payload = ray.get(ref)
+            if kind == "done":
+                return payload
+            sink.write(json.dumps(payload) + "\n")
+            sink.flush()
+            bar.update(1)
+            bar.set_postfix(loss=f"{payload['loss']:.3f}")
+    raise RuntimeError(f"{desc} task ended without a result")
+
+
+def prepare_worker(seed: int, torch_threads: int) -> None:
+    """Inside a Ray task: thread count as PPO's actors, seeded generators, and no per-file
+    "Loading weights" bars (Ray would forward them line by line to the driver's log)."""
+    from transformers import set_seed
+    from transformers.utils import logging as hf_logging
+
+    from rlhf_ray.placement import set_torch_threads
+
+    set_torch_threads(torch_threads)
+    set_seed(seed)  # python, numpy and torch generators
+    hf_logging.disable_progress_bar()
