@@ -43,7 +43,8 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return path if path.is_dir() else None
 
 
-def read_checkpoint(path: Path) -> dict[str, bytes]:
+def read_dir(path: Path) -> dict[str, bytes]:
+    """Every file below `path` as {relative name: bytes} (checkpoints, adapters shipped from tasks)."""
     return {str(p.relative_to(path)): p.read_bytes() for p in path.rglob("*") if p.is_file()}
 
 

@@ -16,7 +16,7 @@ from ray.util.placement_group import remove_placement_group
 from tqdm import tqdm
 
 from rlhf_ray.actors.remote import GeneratorActor, LearnerActor, RewardScorerActor
-from rlhf_ray.checkpoint import atomic_write, latest_checkpoint, read_checkpoint, read_json, write_checkpoint
+from rlhf_ray.checkpoint import atomic_write, latest_checkpoint, read_dir, read_json, write_checkpoint
 from rlhf_ray.config import Config
 from rlhf_ray.data import PromptState, PromptStream, load_text_dataset
 from rlhf_ray.errors import UserError
@@ -118,7 +118,7 @@ def train(cfg: Config, run_dir: Path, policy_path: str, reward_path: str, resume
     roles = Roles.start(cfg, policy_path, reward_path, run_dir)
     try:
         if ckpt is not None:
-            ray.get(roles.learner.restore.remote(read_checkpoint(ckpt)))
+            ray.get(roles.learner.restore.remote(read_dir(ckpt)))
             driver_state = read_json(ckpt / "driver_state.json")
             stream.state = PromptState(**driver_state["prompts"])
             start = driver_state["iteration"] + 1

@@ -98,14 +98,14 @@ class Learner:
             raise StaleRolloutError(f"rollouts sampled with adapter v{batch.policy_version}, learner is at v{self.version}")
         torch.manual_seed(self.cfg.run.seed * 7_919 + iteration)  # minibatch order + dropout, reproducible on resume
         kl_coef = self.kl_ctl.value
-        exp = self.make_experience(batch, torch.cat(scores).float(), kl_coef)
+        scores_t = torch.cat(scores).float()  # (B,)
+        exp = self.make_experience(batch, scores_t, kl_coef)
         stats = self.update(exp)
         mask = batch.response_mask.float()
         kl_seq = (exp.kl * mask).sum(1).mean()  # summed over tokens, mean over samples
         self.kl_ctl.update(float(kl_seq), len(batch))
         self.version += 1
         payload = self.adapter()
-        scores_t = torch.cat(scores).float()
         metrics = {
             "reward/mean": float(scores_t.mean()),
             "reward/std": float(scores_t.std()) if len(scores_t) > 1 else 0.0,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from rlhf_ray.checkpoint import read_checkpoint
+from rlhf_ray.checkpoint import read_dir
 from rlhf_ray.config import Config
 from rlhf_ray.errors import UserError
 from rlhf_ray.stages.common import begin, finish, prepare_worker, stream_task, write_files
@@ -136,7 +136,7 @@ def train_reward(cfg: Config) -> Iterator[tuple[str, dict]]:
     train_s = time.perf_counter() - start
     after = evaluate(model, tokenizer, eval_texts, eval_labels, r.batch_size, r.train_max_length, device)
     with tempfile.TemporaryDirectory() as tmp:
-        files = read_checkpoint(save_classifier(model, tokenizer, r.method, Path(tmp)))
+        files = read_dir(save_classifier(model, tokenizer, r.method, Path(tmp)))
     yield "done", {"files": files, "metrics": {
         "accuracy_before": before["accuracy"], "accuracy": after["accuracy"], "score_gap": after["score_gap"],
         "method": r.method, "steps": step, "train_size": len(train_texts), "eval_size": len(eval_texts),

@@ -124,7 +124,7 @@ def sft_rows(s, tokenizer, seed: int) -> tuple[list[list[int]], list[list[int]]]
 def train_sft(cfg: Config) -> Iterator[tuple[str, dict]]:
     """Ray task body: yields ("step", record) per optimizer step, then ("done", {files, metrics})."""
     from rlhf_ray.assets import resolve_model
-    from rlhf_ray.checkpoint import read_checkpoint
+    from rlhf_ray.checkpoint import read_dir
     from rlhf_ray.models.adapter import save_adapter
     from rlhf_ray.models.policy import attach_lora, load_causal_lm, load_tokenizer
 
@@ -157,7 +157,7 @@ def train_sft(cfg: Config) -> Iterator[tuple[str, dict]]:
     train_s = time.perf_counter() - start
     after = eval_loss(model, eval_rows, s.batch_size, tokenizer.pad_token_id, device)
     with tempfile.TemporaryDirectory() as tmp:
-        files = read_checkpoint(save_adapter(model, tmp))  # path -> bytes: run_dir is the driver's
+        files = read_dir(save_adapter(model, tmp))  # path -> bytes: run_dir is the driver's
     yield "done", {"files": files, "metrics": {
         "eval_loss_before": before, "eval_loss_after": after, "steps": s.max_steps,
         "train_rows": len(train_rows), "eval_rows": len(eval_rows), "train_s": round(train_s, 1),
