@@ -16,7 +16,7 @@ from rlhf_ray.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-pytestmark = pytest.mark.slow
+
 
 
 def _free_port() -> int:
@@ -58,6 +58,7 @@ def _submit(ray_head, *entrypoint: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_ppo_job_runs_on_the_head(ray_head, tmp_path):
     run = tmp_path / "job-run"
     out = _submit(ray_head, "jobs/ppo.py", "--config", "configs/smoke.yaml", "--run-dir", str(run))
@@ -65,7 +66,19 @@ def test_ppo_job_runs_on_the_head(ray_head, tmp_path):
     assert [r["iteration"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2]
 
 
+@pytest.mark.slow
 def test_bad_config_fails_the_job_with_one_clear_line(ray_head, tmp_path):
     out = _submit(ray_head, "jobs/ppo.py", "--config", "configs/smoke.yaml", "--run-dir", str(tmp_path / "x"), "ppo.lr=-1")
     assert out.returncode != 0
     assert "config key 'ppo.lr': must be > 0" in out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (REPO / "jobs").glob("*.py")))
+def test_every_job_entrypoint_is_wired_to_its_stage(script, tmp_path):
+    """Each jobs/*.py runs its own stage: a bad value for that stage's key is refused with exit 2."""
+    stage = script.removesuffix(".py")
+    key = {"sft": "sft.lr", "merge": "merge.dtype", "reward": "reward.lr"}.get(stage, "ppo.lr")
+    value = "float8" if key == "merge.dtype" else "-1"
+    out = subprocess.run([sys.executable, f"jobs/{script}", "--run-dir", str(tmp_path / "r"), f"{key}={value}"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and f"config key '{key}'" in out.stderr
