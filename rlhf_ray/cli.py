@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from rlhf_ray.config import Config, load_config, save_config
-from rlhf_ray.errors import UserError
+from rlhf_ray.errors import UserError, user_message
 
 STAGES = {
     "ppo": "PPO: Ray actors generate, score and learn (the main job)",
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         stage = importlib.import_module(f"rlhf_ray.stages.{args.command}")
         result = stage.run(cfg, run_dir, resume=bool(getattr(args, "resume", None)))
     except UserError as exc:
-        print(f"rlhf-ray: error: {exc}", file=sys.stderr)
+        print(f"rlhf-ray: error: {user_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("rlhf-ray: interrupted; the last checkpoint is kept (continue with --resume)", file=sys.stderr)

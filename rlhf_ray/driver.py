@@ -6,7 +6,6 @@ reads small metric dicts and GenerationInfo records."""
 from __future__ import annotations
 
 import json
-import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path

@@ -12,3 +12,11 @@ class ConfigError(UserError):
         self.key = key
         fix = fix or f"fix it in the YAML file or override it with {key}=VALUE"
         super().__init__(f"config key '{key}': {problem} ({fix})")
+
+
+def user_message(exc: UserError) -> str:
+    """The user's one line, also when the error was raised inside a Ray actor or task: Ray
+    re-raises it wrapped (the wrapper's text carries a traceback), with the original as `.cause`."""
+    while isinstance(getattr(exc, "cause", None), UserError):
+        exc = exc.cause
+    return exc.args[0] if exc.args else str(exc)

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from rlhf_ray.checkpoint import atomic_write, read_json
 from rlhf_ray.config import ClusterConfig
-from rlhf_ray.errors import UserError
 from rlhf_ray.placement import connect
 
 log = logging.getLogger(__name__)
@@ -63,12 +62,8 @@ def stream_task(cluster: ClusterConfig, fn: Callable[..., Iterator], options: di
     import ray
 
     started = connect(cluster)
-    try:
+    try:  # a UserError raised on the worker reaches the CLI wrapped by Ray; cli.user_message unwraps it
         return _consume(ray.remote(fn).options(**options).remote(*args), total, desc, jsonl)
-    except ray.exceptions.RayTaskError as exc:
-        if isinstance(exc.cause, UserError):
-            raise exc.cause from None  # a config problem found on the worker: one clear line
-        raise
     finally:
         if started:
             ray.shutdown()

@@ -84,3 +84,18 @@ def test_resume_without_checkpoint_and_impossible_gpus_are_user_errors(tmp_path,
     assert main(["ppo", "--config", "configs/single_gpu_24gb.yaml", "--run-dir", str(tmp_path / "gpu")]) == 2
     err = capsys.readouterr().err
     assert "GPUs" in err and len(err.strip().splitlines()) == 1
+
+
+def test_nan_reward_stops_the_run_with_one_clear_line(tmp_path, tiny_classifier, capsys):
+    """A real broken reward model (NaN head weights) scoring inside a Ray actor."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    broken = tmp_path / "broken-classifier"
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_classifier)
+    with torch.no_grad():
+        model.classifier.weight.fill_(float("nan"))
+    model.save_pretrained(broken)
+    AutoTokenizer.from_pretrained(tiny_classifier).save_pretrained(broken)
+    code = main(["ppo", "--config", SMOKE, "--run-dir", str(tmp_path / "run"), f"reward.model={broken}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "non-finite scores" in err and len(err.splitlines()) == 1
