@@ -85,9 +85,9 @@ def run_iteration(cfg: Config, roles: Roles, prompts: list[str], iteration: int,
     if any(info.policy_version != version for info in infos):
         raise StaleGeneratorError(f"generators sampled with different adapters: {[i.policy_version for i in infos]}")
     t1 = time.perf_counter()
-    # 2. score each shard where it lies
+    # 2. score each shard where it lies (scores are B floats: reading them surfaces a bad reward model here)
     score_refs = [roles.scorers[i % len(roles.scorers)].score.remote(ref) for i, ref in enumerate(rollout_refs)]
-    ray.wait(score_refs, num_returns=len(score_refs))
+    scores = [float(x) for t in ray.get(score_refs) for x in t]
     t2 = time.perf_counter()
     # 3. learn: experience + PPO epochs; the new adapter comes back as a ref
     metrics_ref, payload_ref = roles.learner.learn.options(num_returns=2).remote(rollout_refs, score_refs, iteration)
@@ -100,7 +100,6 @@ def run_iteration(cfg: Config, roles: Roles, prompts: list[str], iteration: int,
                     "time/score_s": t2 - t1, "time/learn_s": t3 - t2, "time/sync_s": t4 - t3, "time/iteration_s": t4 - t0})
     samples = None
     if want_samples:
-        scores = [float(x) for t in ray.get(score_refs) for x in t]
         samples = {"prompts": [p for i in infos for p in i.prompts], "responses": [r for i in infos for r in i.responses],
                    "scores": scores}
     return metrics, samples

@@ -54,3 +54,17 @@ def test_checkpoint_restores_adapter_optimizer_and_kl_state(roles, tiny_lm):
     a, b = learner.optimizer.state_dict()["state"], other.optimizer.state_dict()["state"]
     assert a.keys() == b.keys() and all(torch.equal(a[k]["exp_avg"], b[k]["exp_avg"]) for k in a)
     assert other.kl_ctl.value == learner.kl_ctl.value
+
+
+def test_rloo_learner_has_no_critic_and_learns(tiny_lm, tiny_classifier):
+    cfg = load_config("configs/smoke.yaml", ["algo.advantage=rloo", "algo.group_size=2", "ppo.batch_size=2",
+                                             "ppo.mini_batch_size=2", "algo.kl_controller=adaptive"])
+    gen, scorer, learner = Generator(cfg, tiny_lm), RewardScorer(cfg, tiny_classifier), Learner(cfg, tiny_lm)
+    assert learner.value_head is None
+    gen.load_adapter(learner.adapter())
+    rollout, _ = gen.generate(["This movie was", "The plot"], iteration=1)
+    assert len(rollout) == 4 and rollout.prompts[0] == rollout.prompts[1]  # 2 samples per prompt, contiguous
+    coef = learner.kl_ctl.value
+    metrics, payload = learner.learn([rollout], [scorer.score(rollout)], iteration=1)
+    assert "value/loss" not in metrics and metrics["policy/version"] == 1 and payload.version == 1
+    assert metrics["kl/coef"] == coef and learner.kl_ctl.value != coef  # the adaptive controller moved
