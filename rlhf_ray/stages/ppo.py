@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import ray
@@ -14,8 +13,6 @@ from rlhf_ray.checkpoint import atomic_write
 from rlhf_ray.config import Config
 from rlhf_ray.placement import check_fits, connect, role_specs
 from rlhf_ray.stages.store import ensure_stage
-
-log = logging.getLogger(__name__)
 
 
 def reward_model_path(cfg: Config) -> str:
