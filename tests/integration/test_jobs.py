@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -30,8 +31,10 @@ def ray_head():
     """A head node in its own process group; killing the group tears the whole cluster down."""
     port, dash = _free_port(), _free_port()
     # The head (and so every job entrypoint) runs with the project venv first on PATH, as a user
-    # who activated it would; `ray job submit` clients need token auth against Ray 2.59+ heads.
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{BIN}:{os.environ['PATH']}"}
+    # who activated it would. Ray 2.59+ heads use token auth; a fresh machine has no token yet, so
+    # head, job drivers and the `ray job submit` client share one made for this test.
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
+           "PATH": f"{BIN}:{os.environ['PATH']}"}
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dash}",
          "--dashboard-host=127.0.0.1", "--num-cpus=2", "--include-dashboard=true", "--disable-usage-stats"],
