@@ -32,6 +32,11 @@ BUILT_ASSETS = ("tiny-random-llama", "tiny-random-neox", "tiny-random-bert")
 BUILT_VERSION = "v1"  # bump when a builder changes so caches rebuild
 
 
+def looks_like_path(ref: str) -> bool:
+    """A reference written as a path (not a hub id): it must exist locally."""
+    return ref.startswith(("/", "./", "../", "~"))
+
+
 def is_asset_name(ref: str) -> bool:
     return ref in MODEL_ASSETS or ref in DATASET_ASSETS or ref in BUILT_ASSETS
 
@@ -47,7 +52,7 @@ def package_file(package: str, relative: str, hint: str) -> Path:
     return path
 
 
-def _publish_dir(tmp: Path, target: Path) -> None:
+def publish_once(tmp: Path, target: Path) -> None:
     """Atomically move a fully written temp dir to `target`; a concurrent winner is kept."""
     try:
         os.rename(tmp, target)
@@ -87,7 +92,7 @@ def convert_gguf(gguf_path: Path, target: Path) -> Path:
         tokenizer.save_pretrained(str(tmp))
         if model.generation_config is not None:
             model.generation_config.save_pretrained(str(tmp))
-        _publish_dir(tmp, target)
+        publish_once(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
@@ -112,7 +117,7 @@ def resolve_model(ref: str, cache_dir: Path) -> str:
         if not (local / "config.json").exists():
             raise UserError(f"model path {local} has no config.json: point it at a transformers checkpoint directory")
         return str(local)
-    if ref.startswith(("/", "./", "../", "~")):
+    if looks_like_path(ref):
         raise UserError(f"model path {ref} does not exist: train/convert it first or fix the path")
     return ref  # a hub id: transformers fetches it (needs network or a warm HF cache)
 

@@ -325,16 +325,13 @@ def _check(ok: bool, key: str, problem: str) -> None:
         raise ConfigError(key, problem)
 
 
-_PATH_LIKE = re.compile(r"^(/|\./|\.\./|~)")
-
-
 def check_model_ref(key: str, ref: str) -> None:
     """A model/dataset reference that looks like a local path must exist."""
-    from rlhf_ray.assets import is_asset_name
+    from rlhf_ray.assets import is_asset_name, looks_like_path
 
     if is_asset_name(ref) or Path(ref).expanduser().exists():
         return
-    _check(not _PATH_LIKE.match(ref), key, f"path {ref} does not exist")
+    _check(not looks_like_path(ref), key, f"path {ref} does not exist")
 
 
 def validate(cfg: Config) -> None:

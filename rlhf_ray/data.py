@@ -14,7 +14,7 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from rlhf_ray.assets import DATASET_ASSETS, resolve_dataset_file
+from rlhf_ray.assets import DATASET_ASSETS, looks_like_path, resolve_dataset_file
 from rlhf_ray.errors import UserError
 
 Split = Literal["all", "train", "test"]
@@ -50,7 +50,7 @@ def _load_table(ref: str) -> pa.Table:
         if path.suffix in (".jsonl", ".json"):
             return pajson.read_json(path)
         raise UserError(f"dataset file {path} has an unsupported type: use .csv, .tsv, .parquet or .jsonl")
-    if ref.startswith(("/", "./", "../", "~")):
+    if looks_like_path(ref):
         raise UserError(f"dataset path {ref} does not exist: fix data.dataset / sft.dataset")
     return datasets.load_dataset(ref, split="train").data.table  # hub id: needs network or a warm HF cache
 

@@ -6,9 +6,10 @@ reproducible. Exposed as the embedded assets `tiny-random-llama` and `tiny-rando
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from pathlib import Path
+
+from rlhf_ray.assets import publish_once
 
 VOCAB_SIZE = 512
 SPECIAL = ["<pad>", "<eos>", "<unk>", "[CLS]", "[SEP]"]
@@ -40,10 +41,7 @@ def _save(model, tokenizer, target: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
     model.save_pretrained(str(tmp))
     tokenizer.save_pretrained(str(tmp))
-    try:
-        tmp.rename(target)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)  # a concurrent build finished first
+    publish_once(tmp, target)  # a concurrent build that finished first is kept
     return target
 
 
