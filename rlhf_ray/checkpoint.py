@@ -19,19 +19,27 @@ def atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def write_checkpoint(run_dir: Path, iteration: int, files: dict[str, bytes]) -> Path:
-    """Write files into checkpoints/.tmp-*, rename to checkpoints/iter-NNNNNN, then point LATEST at it."""
-    root = run_dir / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"iter-{iteration:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+def replace_dir(tmp: Path, target: Path) -> Path:
+    """Replace `target` with the fully written `tmp` (an interrupted rerun leaves no mixed dir)."""
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    return target
+
+
+def write_dir(files: dict[str, bytes], target: Path) -> Path:
+    """Write {relative name: bytes} into a temp sibling of `target`, then swap it in."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     for name, data in files.items():
         (tmp / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp / name).write_bytes(data)
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    atomic_write(root / "LATEST", final.name.encode())
+    return replace_dir(tmp, target)
+
+
+def write_checkpoint(run_dir: Path, iteration: int, files: dict[str, bytes]) -> Path:
+    """checkpoints/iter-NNNNNN written whole, then LATEST pointed at it."""
+    final = write_dir(files, run_dir / "checkpoints" / f"iter-{iteration:06d}")
+    atomic_write(final.parent / "LATEST", final.name.encode())
     return final
 
 

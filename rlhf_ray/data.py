@@ -3,6 +3,7 @@ prompt stream whose position is part of the checkpoint."""
 
 from __future__ import annotations
 
+import functools
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,21 +56,32 @@ def _load_table(ref: str) -> pa.Table:
     return datasets.load_dataset(ref, split="train").data.table  # hub id: needs network or a warm HF cache
 
 
-def load_text_dataset(ref: str, split: Split = "all", text_field: str = "text") -> pa.Table:
-    """Rows with a cleaned `text` column (and `label` where the source has one), as an Arrow table.
-
-    `train`/`test` are a deterministic 90/10 split by a hash of each text."""
+@functools.lru_cache(maxsize=4)
+def _clean_rows(ref: str, text_field: str, stamp: tuple | None) -> tuple[tuple, tuple | None, tuple]:
+    """(texts, labels, is_test) of every row, cleaned once per process: stages read both splits,
+    and the embedded CSV takes seconds to parse and clean. `stamp` keys local files by mtime/size."""
     table = _load_table(ref)
     if text_field not in table.column_names:
         raise UserError(
             f"dataset {ref} has no column '{text_field}' (columns: {', '.join(table.column_names)}); "
             "set data.text_field / sft.text_field"
         )
-    texts = [clean_text(t or "") for t in table[text_field].to_pylist()]
-    keep = [bool(t) and (split == "all" or _is_test(t) == (split == "test")) for t in texts]
+    texts = tuple(clean_text(t or "") for t in table[text_field].to_pylist())
+    labels = tuple(table["label"].to_pylist()) if "label" in table.column_names else None
+    return texts, labels, tuple(_is_test(t) for t in texts)
+
+
+def load_text_dataset(ref: str, split: Split = "all", text_field: str = "text") -> pa.Table:
+    """Rows with a cleaned `text` column (and `label` where the source has one), as an Arrow table.
+
+    `train`/`test` are a deterministic 90/10 split by a hash of each text."""
+    local = Path(ref).expanduser()
+    stamp = (local.stat().st_mtime_ns, local.stat().st_size) if local.is_file() else None
+    texts, labels, is_test = _clean_rows(ref, text_field, stamp)
+    keep = [bool(t) and (split == "all" or test == (split == "test")) for t, test in zip(texts, is_test)]
     out = {"text": [t for t, k in zip(texts, keep) if k]}
-    if "label" in table.column_names:
-        out["label"] = [lab for lab, k in zip(table["label"].to_pylist(), keep) if k]
+    if labels is not None:
+        out["label"] = [lab for lab, k in zip(labels, keep) if k]
     if not out["text"]:
         raise UserError(f"dataset {ref} (split {split}) has no rows with text: check the file and data.text_field")
     return pa.table(out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -38,6 +39,17 @@ def connect(cluster: ClusterConfig) -> bool:
     ray.init(address="local", namespace=cluster.namespace, include_dashboard=cluster.dashboard, runtime_env=runtime_env,
              configure_logging=True, logging_level=logging.WARNING)
     return True
+
+
+@contextlib.contextmanager
+def attached(cluster: ClusterConfig):
+    """Ray for the duration of a stage: shut down on exit only if this call started it."""
+    started = connect(cluster)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def _cache_env() -> dict[str, str]:

@@ -1,22 +1,25 @@
 """Run-directory discipline shared by the sft, merge and reward stages: a DONE.json marker written
-last, files shipped back from Ray tasks as bytes and published atomically, streamed progress."""
+last and progress streamed from a Ray task (files it ships back are published by checkpoint.write_dir)."""
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from rlhf_ray.checkpoint import atomic_write, read_json
 from rlhf_ray.config import ClusterConfig
-from rlhf_ray.placement import connect
+from rlhf_ray.placement import attached
 
 log = logging.getLogger(__name__)
 
 DONE = "DONE.json"
+
+
+def is_done(run_dir: Path) -> bool:
+    return (run_dir / DONE).exists()
+
 
 def begin(run_dir: Path, resume: bool) -> dict | None:
     """The stored summary when resuming a finished stage; otherwise clear a stale marker."""
@@ -37,22 +40,6 @@ def finish(run_dir: Path, summary: dict) -> dict:
     return summary
 
 
-def publish_dir(tmp: Path, target: Path) -> Path:
-    """Replace `target` with the fully written `tmp` (an interrupted rerun leaves no mixed dir)."""
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
-    return target
-
-
-def write_files(files: dict[str, bytes], target: Path) -> Path:
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    for name, data in files.items():
-        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp / name).write_bytes(data)
-    return publish_dir(tmp, target)
-
-
 def stream_task(cluster: ClusterConfig, fn: Callable[..., Iterator], options: dict, args: tuple, *,
                 total: int, desc: str, jsonl: Path) -> dict:
     """Run generator `fn` as a Ray task yielding ("step", record) ... ("done", result).
@@ -61,12 +48,8 @@ def stream_task(cluster: ClusterConfig, fn: Callable[..., Iterator], options: di
     A Ray started here is shut down again, as the ppo stage does."""
     import ray
 
-    started = connect(cluster)
-    try:  # a UserError raised on the worker reaches the CLI wrapped by Ray; cli.user_message unwraps it
+    with attached(cluster):  # a UserError raised on the worker reaches the CLI wrapped by Ray (see cli)
         return _consume(ray.remote(fn).options(**options).remote(*args), total, desc, jsonl)
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def _consume(stream, total: int, desc: str, jsonl: Path) -> dict:

@@ -13,9 +13,10 @@ import shutil
 import time
 from pathlib import Path
 
+from rlhf_ray.checkpoint import replace_dir
 from rlhf_ray.config import Config
 from rlhf_ray.errors import UserError
-from rlhf_ray.stages.common import begin, finish, publish_dir
+from rlhf_ray.stages.common import begin, finish
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def run(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
     tmp = run_dir / "model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted run
     log.info("merging %s into %s (%s)", cfg.merge.adapter, base, cfg.merge.dtype)
-    model_dir = publish_dir(merge_adapter(base, cfg.merge.adapter, tmp, cfg.merge.dtype), run_dir / "model")
+    model_dir = replace_dir(merge_adapter(base, cfg.merge.adapter, tmp, cfg.merge.dtype), run_dir / "model")
     return finish(run_dir, {"stage": "merge", "model": str(model_dir), "base": base, "adapter": cfg.merge.adapter,
                             "dtype": cfg.merge.dtype, "size_mb": round(dir_size(model_dir) / 2**20, 1),
                             "wall_s": round(time.perf_counter() - start, 1)})

@@ -15,7 +15,8 @@ from rlhf_ray.checkpoint import atomic_write, latest_checkpoint, read_json
 from rlhf_ray.config import Config, save_config
 from rlhf_ray.errors import UserError
 from rlhf_ray.stages import merge, ppo, reward, sft
-from rlhf_ray.stages.store import ensure_stage, is_done
+from rlhf_ray.stages.common import DONE, is_done
+from rlhf_ray.stages.store import ensure_stage
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ def _run_ppo(cfg: Config, ppo_dir: Path) -> dict:
     reached = read_json(checkpoint / "driver_state.json")["iteration"] if checkpoint else 0
     if is_done(ppo_dir) and reached >= cfg.ppo.iterations:
         log.info("stage ppo: already finished in %s", ppo_dir)
-        return read_json(ppo_dir / "DONE.json")
+        return read_json(ppo_dir / DONE)
     ppo_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, ppo_dir / "config.yaml")
     return ppo.run(cfg, ppo_dir, resume=checkpoint is not None)

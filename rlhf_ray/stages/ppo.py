@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import ray
-
 from rlhf_ray import driver
 from rlhf_ray.assets import resolve_model
 from rlhf_ray.checkpoint import atomic_write
 from rlhf_ray.config import Config
-from rlhf_ray.placement import check_fits, connect, role_specs
+from rlhf_ray.placement import attached, check_fits, role_specs
+from rlhf_ray.stages.common import DONE
 from rlhf_ray.stages.store import ensure_stage
 
 
@@ -26,14 +25,10 @@ def reward_model_path(cfg: Config) -> str:
 
 
 def run(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
-    started = connect(cfg.cluster)
-    try:
+    with attached(cfg.cluster):
         check_fits(role_specs(cfg.cluster))  # fail fast, before any model is converted or trained
         policy_path = resolve_model(cfg.model.policy, cfg.cache_dir())
         reward_path = reward_model_path(cfg)
         summary = driver.train(cfg, run_dir, policy_path, reward_path, resume)
-    finally:
-        if started:
-            ray.shutdown()
-    atomic_write(run_dir / "DONE.json", json.dumps(summary).encode())
+    atomic_write(run_dir / DONE, json.dumps(summary).encode())
     return summary

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from rlhf_ray.checkpoint import read_dir
+from rlhf_ray.checkpoint import read_dir, write_dir
 from rlhf_ray.config import Config
 from rlhf_ray.errors import UserError
-from rlhf_ray.stages.common import begin, finish, prepare_worker, stream_task, write_files
+from rlhf_ray.stages.common import begin, finish, prepare_worker, stream_task
 from rlhf_ray.stages.sft import MAX_GRAD_NORM
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ def run(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
     steps = r.epochs * -(-r.train_size // r.train_batch_size)  # upper bound: the split may hold fewer rows
     result = stream_task(cfg.cluster, train_reward, options, (cfg,), total=steps, desc="reward",
                          jsonl=run_dir / "metrics.jsonl")
-    model_dir = write_files(result["files"], run_dir / "model")
+    model_dir = write_dir(result["files"], run_dir / "model")
     log.info("reward: held-out accuracy %.3f -> %.3f; classifier in %s",
              result["metrics"]["accuracy_before"], result["metrics"]["accuracy"], model_dir)
     return finish(run_dir, {"stage": "reward", "model": str(model_dir), **result["metrics"],

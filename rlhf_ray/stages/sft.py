@@ -14,9 +14,10 @@ from pathlib import Path
 
 import torch
 
+from rlhf_ray.checkpoint import read_dir, write_dir
 from rlhf_ray.config import Config
 from rlhf_ray.errors import UserError
-from rlhf_ray.stages.common import begin, finish, prepare_worker, stream_task, write_files
+from rlhf_ray.stages.common import begin, finish, prepare_worker, stream_task
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,6 @@ def sft_rows(s, tokenizer, seed: int) -> tuple[list[list[int]], list[list[int]]]
 def train_sft(cfg: Config) -> Iterator[tuple[str, dict]]:
     """Ray task body: yields ("step", record) per optimizer step, then ("done", {files, metrics})."""
     from rlhf_ray.assets import resolve_model
-    from rlhf_ray.checkpoint import read_dir
     from rlhf_ray.models.adapter import save_adapter
     from rlhf_ray.models.policy import attach_lora, load_causal_lm, load_tokenizer
 
@@ -171,7 +171,7 @@ def run(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
     options = {"num_gpus": cfg.sft.gpus, "num_cpus": cfg.cluster.actor_cpus}
     result = stream_task(cfg.cluster, train_sft, options, (cfg,), total=cfg.sft.max_steps, desc="sft",
                          jsonl=run_dir / "metrics.jsonl")
-    adapter = write_files(result["files"], run_dir / "adapter")
+    adapter = write_dir(result["files"], run_dir / "adapter")
     log.info("sft: eval loss %.3f -> %.3f; adapter in %s", result["metrics"]["eval_loss_before"],
              result["metrics"]["eval_loss_after"], adapter)
     return finish(run_dir, {"stage": "sft", "adapter": str(adapter), **result["metrics"],

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from rlhf_ray.config import Config, save_config
+from rlhf_ray.stages.common import is_done
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +33,6 @@ def stage_inputs(cfg: Config, stage: str, upstream: dict[str, str] | None = None
 def stage_dir(cfg: Config, stage: str, upstream: dict[str, str] | None = None) -> Path:
     blob = json.dumps(stage_inputs(cfg, stage, upstream), sort_keys=True).encode()
     return cfg.cache_dir() / "stages" / f"{stage}-{hashlib.sha256(blob).hexdigest()[:16]}"
-
-
-def is_done(directory: Path) -> bool:
-    return (directory / "DONE.json").exists()
 
 
 def ensure_stage(cfg: Config, stage: str, run: Callable[[Config, Path], dict],
