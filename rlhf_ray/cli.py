@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import logging
@@ -11,7 +12,9 @@ import time
 from pathlib import Path
 
 from rlhf_ray.config import Config, load_config, save_config
+from rlhf_ray.config_help import all_keys, explain, one_of, sections, suggest
 from rlhf_ray.errors import UserError, user_message
+from rlhf_ray.provenance import CONSOLE_LOG, ConsoleLog, collect, write_run_info
 
 STAGES = {
     "ppo": "PPO: Ray actors generate, score and learn (the main job)",
@@ -20,23 +23,63 @@ STAGES = {
     "reward": "train the sentiment reward classifier (recipe step 2b)",
     "pipeline": "sft -> merge -> reward -> ppo, skipping stages whose output exists",
 }
+# Config sections each command reads (its --help lists their keys).
+STAGE_SECTIONS = {
+    "ppo": ["run", "model", "data", "generate", "reward", "algo", "ppo", "cluster"],
+    "sft": ["run", "model", "sft", "cluster"],
+    "merge": ["run", "model", "merge"],
+    "reward": ["run", "reward", "cluster"],
+    "pipeline": list(sections(Config)),
+}
+OPTIONS = ("--config", "--run-dir", "--resume", "--explain", "--help")
+
+
+def _keys_epilog(command: str) -> str:
+    return ("config keys (set in the --config YAML file or override as KEY=VALUE; "
+            "`rlhf-ray config --explain SECTION` shows one section):\n\n" + explain(Config, STAGE_SECTIONS[command]))
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rlhf-ray",
-        description="RLHF (PPO) with quantized LoRA models on Ray. "
-        "Every subcommand takes --config, --run-dir and dotted overrides like ppo.lr=1e-4.",
+        description="RLHF (PPO) with quantized LoRA models on Ray. Every subcommand takes --config, "
+        "--run-dir and dotted overrides like ppo.lr=1e-4; try `rlhf-ray ppo --config configs/smoke.yaml` "
+        "(the whole loop on tiny models in about a minute).",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, help_text in {**STAGES, "config": "print the resolved config (after overrides) and exit"}.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+    for name, help_text in {**STAGES, "config": "print the resolved config (after overrides), or explain its keys"}.items():
+        epilog = _keys_epilog(name) if name in STAGE_SECTIONS else None
+        p = sub.add_parser(name, help=help_text, description=help_text, epilog=epilog,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--config", help="YAML config file (defaults are built in)")
         p.add_argument("--run-dir", help="output directory (default: runs/<command>-<time>)")
         if name in ("ppo", "pipeline"):
             p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
+        if name == "config":
+            p.add_argument("--explain", nargs="*", metavar="SECTION",
+                           help="list every key (type, default, meaning) of these sections or section.keys (all if none)")
         p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
     return parser
+
+
+def reject_dashed_keys(argv: list[str]) -> None:
+    """`--ppo.iterations=3` (the habit of argparse-based tools) -> a one-line hint naming `ppo.iterations=3`."""
+    command = next((t for t in argv if not t.startswith("-")), "")
+    for i, token in enumerate(argv):
+        name, eq, value = token.partition("=")
+        if not name.startswith("--") or name in OPTIONS:
+            continue
+        key = name[2:].replace("-", "_")
+        keys = [key] if key in all_keys(Config) else suggest(Config, key)
+        if not keys:
+            continue  # not a config key: argparse reports it
+        relevant = STAGE_SECTIONS.get(command, [])
+        keys.sort(key=lambda k: (k.split(".")[0] != command, k.split(".")[0] not in relevant))  # stable
+        if not eq and i + 1 < len(argv) and not argv[i + 1].startswith("-") and "=" not in argv[i + 1]:
+            value = argv[i + 1]
+        others = f" (or {one_of(keys[1:])})" if len(keys) > 1 else ""
+        raise UserError(f"unrecognized option {token}: config keys are set without dashes: "
+                        f"write {keys[0]}={value or 'VALUE'}{others}")
 
 
 def _run_dir(args: argparse.Namespace) -> Path:
@@ -58,29 +101,75 @@ def _load(args: argparse.Namespace) -> Config:
     return load_config(args.config, args.overrides)
 
 
+def _config_text(args: argparse.Namespace, cfg: Config) -> str:
+    if args.explain is None:
+        return json.dumps(cfg.to_dict(), indent=2)
+    known = set(sections(Config)) | set(all_keys(Config))
+    for want in args.explain:
+        if want not in known:
+            close = suggest(Config, want) if "." in want else [s for s in sections(Config) if s.startswith(want[:2])]
+            hint = f"; did you mean {one_of(close)}?" if close else ""
+            raise UserError(f"--explain {want}: no such section or key{hint} (sections: {', '.join(sections(Config))})")
+    return explain(Config, args.explain or list(sections(Config)), current=cfg)
+
+
+def finished_run(run_dir: Path, cfg: Config) -> dict | None:
+    """The stored summary of a PPO run whose checkpoints already reach ppo.iterations, else None."""
+    from rlhf_ray.checkpoint import latest_checkpoint, read_json
+    from rlhf_ray.stages.common import DONE
+
+    checkpoint = latest_checkpoint(run_dir)
+    reached = read_json(checkpoint / "driver_state.json")["iteration"] if checkpoint else 0
+    if checkpoint is None or reached < cfg.ppo.iterations:
+        return None
+    done = run_dir / DONE
+    return {"iterations": reached, **(read_json(done) if done.exists() else {})}
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        cfg = _load(args)
-        logging.basicConfig(
-            level=cfg.run.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
-        if args.command == "config":
-            print(json.dumps(cfg.to_dict(), indent=2))
-            return 0
-        run_dir = _run_dir(args)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-        stage = importlib.import_module(f"rlhf_ray.stages.{args.command}")
-        result = stage.run(cfg, run_dir, resume=bool(getattr(args, "resume", None)))
+        reject_dashed_keys(argv)
     except UserError as exc:
-        print(f"rlhf-ray: error: {user_message(exc)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("rlhf-ray: interrupted; the last checkpoint is kept (continue with --resume)", file=sys.stderr)
-        return 130
-    print(json.dumps({"run_dir": str(run_dir), **result}, default=str))
+        return _fail(exc)
+    args = build_parser().parse_args(argv)
+    if getattr(args, "explain", None):  # `--explain ppo ppo.lr=1e-3`: nargs="*" took the override too
+        args.overrides += [w for w in args.explain if "=" in w]
+        args.explain = [w for w in args.explain if "=" not in w]
+    with contextlib.ExitStack() as console:
+        try:
+            cfg = _load(args)
+            logging.basicConfig(
+                level=cfg.run.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+            )
+            if args.command == "config":
+                print(_config_text(args, cfg))
+                return 0
+            run_dir = _run_dir(args)
+            if args.command == "ppo" and args.resume and (done := finished_run(run_dir, cfg)) is not None:
+                print(f"rlhf-ray: {run_dir} is complete ({done['iterations']} of {cfg.ppo.iterations} iterations); "
+                      f"to extend it: rlhf-ray ppo --resume {run_dir} ppo.iterations=N (N > {done['iterations']})",
+                      file=sys.stderr)
+                print(json.dumps({"run_dir": str(run_dir), **done}, default=str))
+                return 0
+            run_dir.mkdir(parents=True, exist_ok=True)
+            console.enter_context(ConsoleLog(run_dir / CONSOLE_LOG))  # from here on, output is also saved
+            write_run_info(run_dir, collect(argv))
+            save_config(cfg, run_dir / "config.yaml")
+            stage = importlib.import_module(f"rlhf_ray.stages.{args.command}")
+            result = stage.run(cfg, run_dir, resume=bool(getattr(args, "resume", None)))
+        except UserError as exc:
+            return _fail(exc)
+        except KeyboardInterrupt:
+            print("rlhf-ray: interrupted; the last checkpoint is kept (continue with --resume)", file=sys.stderr)
+            return 130
+        print(json.dumps({"run_dir": str(run_dir), **result}, default=str))
     return 0
+
+
+def _fail(exc: UserError) -> int:
+    print(f"rlhf-ray: error: {user_message(exc)}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

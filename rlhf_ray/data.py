@@ -15,7 +15,7 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from rlhf_ray.assets import DATASET_ASSETS, looks_like_path, resolve_dataset_file
+from rlhf_ray.refs import DATASET_ASSETS, looks_like_path, resolve_dataset_file
 from rlhf_ray.errors import UserError
 
 Split = Literal["all", "train", "test"]

@@ -19,6 +19,8 @@ from rlhf_ray.config import Config
 from rlhf_ray.models.adapter import export_adapter, import_adapter, save_adapter
 from rlhf_ray.models.forward import response_stats
 from rlhf_ray.models.policy import ValueHead, load_tokenizer, ppo_numerics, reference_mode
+from rlhf_ray.provenance import model_card
+from rlhf_ray.refs import portable_ref
 
 
 class StaleRolloutError(RuntimeError):
@@ -59,6 +61,7 @@ class Learner:
         self.optimizer = torch.optim.AdamW(params, lr=cfg.ppo.lr)
         self.kl_ctl = make_kl_controller(cfg)
         self.version = 0
+        self.last_metrics: dict = {}  # the latest iteration's figures, for the adapter's model card
 
     # ------------------------------------------------------------------ weight sync + checkpoint
     def adapter(self) -> AdapterPayload:
@@ -78,7 +81,8 @@ class Learner:
         files = {"policy.safetensors": payload.data, "optimizer.pt": buf.getvalue(),
                  "learner_state.json": json.dumps(state).encode()}
         with tempfile.TemporaryDirectory() as tmp:  # peft layout too, for users: PeftModel.from_pretrained(ckpt/adapter)
-            save_adapter(self.model, tmp)
+            save_adapter(self.model, tmp, base=portable_ref(self.cfg.model.policy), tokenizer=self.tokenizer,
+                         card=model_card(self.cfg, "ppo", self.last_metrics))
             files.update({f"adapter/{p.name}": p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()})
         return files
 
@@ -118,6 +122,7 @@ class Learner:
             "sync/bytes": payload.nbytes,
             **stats,
         }
+        self.last_metrics = {"iteration": iteration, **{k: v for k, v in metrics.items() if k != "policy/adapter_sha256"}}
         return metrics, payload
 
     @torch.no_grad()

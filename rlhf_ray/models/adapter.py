@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import torch
@@ -59,15 +60,49 @@ def import_adapter(model, payload: AdapterPayload, value_head=None) -> str:
     return digest
 
 
-def save_adapter(model, directory: str | Path, value_head=None) -> Path:
-    """peft layout (`PeftModel.from_pretrained` loads it) + value_head.safetensors when present."""
+def save_adapter(model, directory: str | Path, value_head=None, *, base: str | None = None, tokenizer=None,
+                 card: str | None = None) -> Path:
+    """peft layout (`PeftModel.from_pretrained` loads it) + value_head.safetensors when present.
+
+    `base` replaces the base model peft records (the local directory the model was loaded from,
+    often inside the cache) with the name the user gave (embedded asset, hub id or path), so the
+    directory means the same on another machine; `tokenizer` and `card` (README.md) make it
+    self-contained."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
     model.save_pretrained(str(directory))
     if value_head is not None:
         save_file({k: v.contiguous() for k, v in value_head.state_dict().items()}, str(directory / "value_head.safetensors"))
+    if base is not None:
+        config_path = directory / "adapter_config.json"
+        config = json.loads(config_path.read_text())
+        config["base_model_name_or_path"] = base
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(directory))
+    if card is not None:
+        (directory / "README.md").write_text(card)
     return directory
+
+
+def load_adapter_model(directory: str | Path, quant: str = "none", device: str = "cpu", cache_dir: str | Path | None = None):
+    """A saved adapter on its base, the base found by the name in adapter_config.json through
+    rlhf_ray.assets (an embedded asset is converted or built into this machine's cache on first
+    use). The tokenizer loads from the same directory: AutoTokenizer.from_pretrained(directory)."""
+    from peft import PeftModel
+
+    from rlhf_ray.assets import resolve_model
+    from rlhf_ray.config import Config, RunConfig
+    from rlhf_ray.models.policy import load_causal_lm
+
+    directory = Path(directory)
+    if not (directory / "adapter_config.json").exists():
+        raise UserError(f"{directory} holds no adapter (adapter_config.json missing)")
+    base = json.loads((directory / "adapter_config.json").read_text())["base_model_name_or_path"]
+    cache = Config(run=RunConfig(cache_dir=str(cache_dir) if cache_dir else None)).cache_dir()
+    model = load_causal_lm(resolve_model(base, cache), quant, device)
+    return PeftModel.from_pretrained(model, str(directory))
 
 
 def merge_adapter(base_path: str, adapter_dir: str | Path, out_dir: str | Path, dtype: str = "float32") -> Path:

@@ -6,10 +6,9 @@ reproducible. Exposed as the embedded assets `tiny-random-llama` and `tiny-rando
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
-from rlhf_ray.assets import publish_once
+from rlhf_ray.checkpoint import publish_once, temp_dir
 
 VOCAB_SIZE = 512
 SPECIAL = ["<pad>", "<eos>", "<unk>", "[CLS]", "[SEP]"]
@@ -37,8 +36,7 @@ def build_tokenizer(vocab_size: int = VOCAB_SIZE):
 
 
 def _save(model, tokenizer, target: Path) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    tmp = temp_dir(target.parent, ".tmp-")
     model.save_pretrained(str(tmp))
     tokenizer.save_pretrained(str(tmp))
     publish_once(tmp, target)  # a concurrent build that finished first is kept

@@ -10,6 +10,7 @@ from rlhf_ray.assets import resolve_model
 from rlhf_ray.checkpoint import atomic_write
 from rlhf_ray.config import Config
 from rlhf_ray.placement import attached, check_fits, role_specs
+from rlhf_ray.provenance import model_reference, record_models
 from rlhf_ray.stages.common import DONE
 from rlhf_ray.stages.store import ensure_stage
 
@@ -25,10 +26,13 @@ def reward_model_path(cfg: Config) -> str:
 
 
 def run(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
+    (run_dir / DONE).unlink(missing_ok=True)  # an extended run is not complete until it ends
     with attached(cfg.cluster):
         check_fits(role_specs(cfg.cluster))  # fail fast, before any model is converted or trained
         policy_path = resolve_model(cfg.model.policy, cfg.cache_dir())
         reward_path = reward_model_path(cfg)
+        record_models(run_dir, {"policy": model_reference(cfg.model.policy, policy_path),
+                                "reward": model_reference(cfg.reward.model, reward_path)})
         summary = driver.train(cfg, run_dir, policy_path, reward_path, resume)
     atomic_write(run_dir / DONE, json.dumps(summary).encode())
     return summary

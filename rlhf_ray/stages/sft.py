@@ -127,6 +127,8 @@ def train_sft(cfg: Config) -> Iterator[tuple[str, dict]]:
     from rlhf_ray.assets import resolve_model
     from rlhf_ray.models.adapter import save_adapter
     from rlhf_ray.models.policy import attach_lora, load_causal_lm, load_tokenizer
+    from rlhf_ray.provenance import model_card
+    from rlhf_ray.refs import portable_ref
 
     s, m, seed = cfg.sft, cfg.model, cfg.run.seed
     prepare_worker(seed, cfg.cluster.torch_threads)
@@ -156,12 +158,13 @@ def train_sft(cfg: Config) -> Iterator[tuple[str, dict]]:
         yield "step", {"step": step, "loss": loss, "tokens": tokens, "elapsed_s": round(time.perf_counter() - start, 2)}
     train_s = time.perf_counter() - start
     after = eval_loss(model, eval_rows, s.batch_size, tokenizer.pad_token_id, device)
-    with tempfile.TemporaryDirectory() as tmp:
-        files = read_dir(save_adapter(model, tmp))  # path -> bytes: run_dir is the driver's
-    yield "done", {"files": files, "metrics": {
-        "eval_loss_before": before, "eval_loss_after": after, "steps": s.max_steps,
-        "train_rows": len(train_rows), "eval_rows": len(eval_rows), "train_s": round(train_s, 1),
-        "trainable_params": sum(p.numel() for p in params)}}
+    metrics = {"eval_loss_before": before, "eval_loss_after": after, "steps": s.max_steps,
+               "train_rows": len(train_rows), "eval_rows": len(eval_rows), "train_s": round(train_s, 1),
+               "trainable_params": sum(p.numel() for p in params)}
+    with tempfile.TemporaryDirectory() as tmp:  # path -> bytes: run_dir is the driver's
+        files = read_dir(save_adapter(model, tmp, base=portable_ref(m.policy), tokenizer=tokenizer,
+                                      card=model_card(cfg, "sft", metrics)))
+    yield "done", {"files": files, "metrics": metrics}
 
 
 def run(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
