@@ -129,6 +129,8 @@ class ConsoleLog(contextlib.AbstractContextManager):
         self.path, self.pending = path, ""
 
     def feed(self, text: str) -> None:
+        if self.file.closed:  # a thread (Ray's log printer) that picked up the tee just before __exit__
+            return
         *lines, self.pending = (self.pending + text).split("\n")
         for line in lines:
             redraws = [part for part in line.split("\r") if part.strip()]
