@@ -7,6 +7,7 @@ import contextlib
 import importlib
 import json
 import logging
+import socket
 import sys
 import time
 from pathlib import Path
@@ -32,6 +33,8 @@ STAGE_SECTIONS = {
     "pipeline": list(sections(Config)),
 }
 OPTIONS = ("--config", "--run-dir", "--resume", "--explain", "--help")
+
+log = logging.getLogger(__name__)
 
 
 def _keys_epilog(command: str) -> str:
@@ -154,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             run_dir.mkdir(parents=True, exist_ok=True)
             console.enter_context(ConsoleLog(run_dir / CONSOLE_LOG))  # from here on, output is also saved
+            # Under `ray job submit` this runs on the head node, in Ray's copy of the repo: say where.
+            log.info("run directory: %s (on %s)", run_dir.resolve(), socket.gethostname())
             write_run_info(run_dir, collect(argv))
             save_config(cfg, run_dir / "config.yaml")
             stage = importlib.import_module(f"rlhf_ray.stages.{args.command}")

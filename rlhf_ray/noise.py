@@ -7,7 +7,7 @@ actor and every task process has the filters before Ray or bitsandbytes can log.
   client needs RAY_AUTH_MODE=token and the cluster's token) is in the README.
 - bitsandbytes on a CPU with AVX512-BF16 tries the optional `kernels` package, which downloads a
   4-bit kernel from a hub at run time, and warns when it is missing; its built-in fallback is the
-  path that runs (same results). Said once per process at debug level instead."""
+  path that runs. Said once per process at debug level instead."""
 
 from __future__ import annotations
 
