@@ -110,7 +110,7 @@ def _config_text(args: argparse.Namespace, cfg: Config) -> str:
     known = set(sections(Config)) | set(all_keys(Config))
     for want in args.explain:
         if want not in known:
-            close = suggest(Config, want) if "." in want else [s for s in sections(Config) if s.startswith(want[:2])]
+            close = suggest(Config, want)
             hint = f"; did you mean {one_of(close)}?" if close else ""
             raise UserError(f"--explain {want}: no such section or key{hint} (sections: {', '.join(sections(Config))})")
     return explain(Config, args.explain or list(sections(Config)), current=cfg)

@@ -6,10 +6,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Callable
 
 from rlhf_ray.config import Config, save_config
+from rlhf_ray.provenance import collect, write_run_info
 from rlhf_ray.stages.common import is_done
 
 log = logging.getLogger(__name__)
@@ -45,5 +47,6 @@ def ensure_stage(cfg: Config, stage: str, run: Callable[[Config, Path], dict],
     log.info("stage %s: running into %s", stage, directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_config(cfg, directory / "config.yaml")
+    write_run_info(directory, collect(sys.argv[1:]))  # which machine and versions made this cached output
     run(cfg, directory)
     return directory
