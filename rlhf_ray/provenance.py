@@ -173,13 +173,17 @@ def model_card(cfg, stage: str, figures: dict) -> str:
     recipe (the config sections that shaped it) and its final figures."""
     import yaml
 
-    from rlhf_ray.refs import portable_ref
+    from rlhf_ray.refs import is_asset_name, portable_ref
 
     base = portable_ref(cfg.model.policy)
+    elsewhere = (f"`{base}` is an rlhf_ray embedded asset: `load_adapter_model` converts or builds it in the "
+                 "local cache (`RLHF_RAY_CACHE`) on first use." if is_asset_name(base) else
+                 f"Plain peft works too: `PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(\"{base}\"), "
+                 "\"THIS_DIR\")`.")
     d = cfg.to_dict()
     recipe = yaml.safe_dump({"run": {"seed": d["run"]["seed"]}, **{s: d[s] for s in CARD_SECTIONS[stage]}},
                             sort_keys=False)
-    rows = "\n".join(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in figures.items())
+    rows = "\n".join(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in figures.items()) or "| (none recorded) | |"
     return f"""---
 base_model: {base}
 library_name: peft
@@ -201,8 +205,7 @@ model = load_adapter_model("THIS_DIR")  # finds `{base}` by name, on any machine
 tokenizer = AutoTokenizer.from_pretrained("THIS_DIR")
 ```
 
-If `{base}` is a hub id or a path, plain peft works too:
-`PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{base}"), "THIS_DIR")`.
+{elsewhere}
 
 ## Final figures
 
