@@ -67,6 +67,9 @@ def test_ppo_job_runs_on_the_head(ray_head, tmp_path):
     out = _submit(ray_head, "jobs/ppo.py", "--config", "configs/smoke.yaml", "--run-dir", str(run))
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert [r["iteration"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2]
+    # The job's console output is kept in the run directory too, with the run's provenance.
+    assert "ppo: 100%" in (run / "console.log").read_text()
+    assert (run / "run_info.json").exists() and "run directory:" in out.stdout + out.stderr
 
 
 @pytest.mark.slow
