@@ -34,7 +34,7 @@ STAGE_SECTIONS = {
 }
 OPTIONS = ("--config", "--run-dir", "--resume", "--explain", "--help")
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("rlhf_ray.cli")  # not "__main__" under python -m
 
 
 def _keys_epilog(command: str) -> str:

@@ -65,7 +65,7 @@ def collect(args: list[str]) -> dict:
     entrypoint differs: jobs/ppo.py prepends the subcommand)."""
     return {
         "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "command": {"argv": sys.argv, "args": args, "cwd": os.getcwd()},
+        "command": {"argv": sys.argv, "args": args, "cwd": os.getcwd(), "rlhf_ray": str(Path(__file__).resolve().parent)},
         "environment": {k: os.environ[k] for k in ("RLHF_RAY_CACHE", "RAY_ADDRESS", "RAY_JOB_ID") if k in os.environ},
         "versions": versions(),
         "machine": machine(),
