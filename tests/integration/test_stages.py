@@ -56,6 +56,10 @@ def test_sft_lowers_held_out_loss_and_saves_a_peft_adapter(sft_run, tiny_lm):
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_lm), str(sft_run / "adapter"))
     trained = [p for n, p in model.named_parameters() if "lora_B" in n]
     assert trained and all(p.abs().sum() > 0 for p in trained)  # lora_B starts at zero
+    # Portable: the base as the user named it, the tokenizer, and a model card with the figures.
+    adapter = sft_run / "adapter"
+    assert read_json(adapter / "adapter_config.json")["base_model_name_or_path"] == "tiny-random-llama"
+    assert (adapter / "tokenizer.json").exists() and "| eval_loss_after |" in (adapter / "README.md").read_text()
 
 
 def test_merged_model_equals_base_plus_adapter(ray_session, tiny_lm, tmp_path):
