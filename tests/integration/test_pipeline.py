@@ -4,6 +4,7 @@ then a re-run that skips the finished stages and extends PPO from its checkpoint
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -29,6 +30,11 @@ def test_pipeline_runs_every_stage_then_skips_them(tmp_path):
     assert ppo_cfg["model"]["policy"] == f"{stages['merge']}/model"  # PPO starts from the merged model
     assert ppo_cfg["reward"]["model"] == f"{stages['reward']}/model"  # scored by the trained classifier
     assert [r["iteration"] for r in read_metrics(run / "ppo" / "metrics.jsonl")] == [1, 2]
+    # Provenance: which cached reward stage scored the run (its directory, content hash, accuracy).
+    reward_ref = json.loads((run / "ppo" / "run_info.json").read_text())["models"]["reward"]
+    assert reward_ref["stage_dir"] == stages["reward"] and stages["reward"].endswith("-" + reward_ref["stage_hash"])
+    assert "accuracy" in reward_ref["stage_summary"]
+    assert (Path(stages["reward"]) / "run_info.json").exists()  # cached stage outputs record theirs too
 
     done_times = {s: (tmp_path / "cache" / "stages" / d.split("/")[-1] / "DONE.json").stat().st_mtime
                   for s, d in stages.items() if s != "ppo"}
