@@ -87,7 +87,7 @@ def model_reference(configured: str | None, resolved: str) -> dict:
     directory, the hash in that name and the stage's summary (e.g. held-out accuracy)."""
     ref = {"configured": configured, "resolved": resolved}
     stage_dir = Path(resolved).parent
-    if (stage_dir / "DONE.json").exists():
+    if Path(resolved).is_dir() and (stage_dir / "DONE.json").exists():  # not for a hub id
         summary = json.loads((stage_dir / "DONE.json").read_text())
         ref.update(stage_dir=str(stage_dir), stage_hash=stage_dir.name.rpartition("-")[2], stage_summary=summary)
     return ref

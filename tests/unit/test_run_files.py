@@ -72,7 +72,9 @@ def test_model_reference_names_the_cached_stage_and_its_hash(tmp_path):
     assert ref["configured"] is None and ref["resolved"] == str(stage / "model")
     assert ref["stage_dir"] == str(stage) and ref["stage_hash"] == "0123456789abcdef"
     assert ref["stage_summary"]["accuracy"] == 0.83
+    (tmp_path / "plain").mkdir()
     assert "stage_dir" not in model_reference("tiny-random-bert", str(tmp_path / "plain"))
+    assert "stage_dir" not in model_reference("org/hub-model", "org/hub-model")
 
 
 def test_console_log_keeps_what_the_terminal_shows(tmp_path, capsys):
