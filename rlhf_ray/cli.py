@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from rlhf_ray import rundir
 from rlhf_ray.config import Config, load_config, save_config
 from rlhf_ray.errors import UserError, user_message
 
@@ -35,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--run-dir", help="output directory (default: runs/<command>-<time>)")
         if name in ("ppo", "pipeline"):
             p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
+        if name != "config":
+            p.add_argument("--overwrite", action="store_true", help="replace a run already in --run-dir")
         p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
     return parser
 
@@ -43,10 +46,7 @@ def _run_dir(args: argparse.Namespace) -> Path:
     if getattr(args, "resume", None):
         if args.run_dir and Path(args.run_dir).resolve() != Path(args.resume).resolve():
             raise UserError("--resume RUN_DIR already names the run directory: drop --run-dir")
-        path = Path(args.resume)
-        if not path.is_dir():
-            raise UserError(f"--resume {path}: no such run directory")
-        return path
+        return Path(args.resume)
     return Path(args.run_dir or f"runs/{args.command}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
@@ -69,10 +69,15 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(cfg.to_dict(), indent=2))
             return 0
         run_dir = _run_dir(args)
+        resume = bool(getattr(args, "resume", None))
+        # The pipeline's run dir is re-run to continue, so only its file/dir rule applies.
+        rundir.prepare(run_dir, cfg, resume=resume, overwrite=args.overwrite, strict=args.command != "pipeline")
+        stage = importlib.import_module(f"rlhf_ray.stages.{args.command}")
+        if hasattr(stage, "check"):
+            stage.check(cfg)  # cheap up-front checks (models, data), before the run dir or Ray exist
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
-        stage = importlib.import_module(f"rlhf_ray.stages.{args.command}")
-        result = stage.run(cfg, run_dir, resume=bool(getattr(args, "resume", None)))
+        result = stage.run(cfg, run_dir, resume=resume)
     except UserError as exc:
         print(f"rlhf-ray: error: {user_message(exc)}", file=sys.stderr)
         return 2
