@@ -101,10 +101,16 @@ class Supervisor:
         self.snapshot_s = time.perf_counter() - t0
 
     def run(self, iteration: int, step: Callable[[], T], driver_state: dict) -> T | None:
-        """step() then commit(); on a role failure restart, restore and redo; None = batch skipped."""
+        """step() then commit(); on a role failure restart, restore and redo; None = batch skipped.
+        A failure during a recovery goes round the loop again (and counts against its role)."""
+        failure: BaseException | None = None
+        lost_since = 0.0  # start of the attempt that failed: seconds lost are counted from there
         while True:
             t0 = time.perf_counter()
             try:
+                if failure is not None:
+                    self._recover(iteration, failure, lost_since)
+                    failure = None
                 result = step()
                 self.commit(iteration, driver_state)
                 return result
@@ -114,7 +120,7 @@ class Supervisor:
                     return self._nonfinite(iteration, cause, t0, driver_state)
                 if not isinstance(cause, ROLE_FAILURES):
                     raise
-                self._recover(iteration, cause, t0)
+                failure, lost_since = cause, (lost_since if failure is not None else t0)
 
     def _recover(self, iteration: int, exc: BaseException, t0: float) -> None:
         failed = self.failed_roles() or {"unknown": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}

@@ -69,8 +69,8 @@ def resume_checkpoint(run_dir: Path, cfg: Config) -> Path:
     """The newest intact checkpoint, checked to hold everything this config's learner restores."""
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
-        raise UserError(f"--resume {run_dir}: no intact checkpoint found "
-                        "(checkpoints are written every ppo.checkpoint_every iterations)")
+        raise UserError(f"--resume {run_dir}: no checkpoint to resume from (none written yet, or none intact; "
+                        "checkpoints are written every ppo.checkpoint_every iterations)")
     check_restorable(ckpt, critic=cfg.algo.advantage == "gae")
     return ckpt
 

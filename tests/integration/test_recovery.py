@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +17,11 @@ from pathlib import Path
 
 import pytest
 import ray
+import torch
+from ray.exceptions import RayActorError
+from safetensors.torch import load as st_load
 
+from rlhf_ray.checkpoint import latest_checkpoint
 from rlhf_ray.cli import main
 from rlhf_ray.metrics import read_metrics
 from rlhf_ray.recovery import read_events
@@ -102,6 +107,7 @@ def test_killed_generator_scorer_and_learner_are_restarted(tmp_path, reference):
     # policy/version 1 and a different adapter; every value matches the uninterrupted run.
     assert [r["policy/version"] for r in rows] == [1, 2, 3]
     assert rows == reference
+    assert not our_actors() and not live_groups()  # replaced actors and the group are all gone
 
 
 def test_hung_generator_times_out_and_is_replaced(tmp_path, reference):
@@ -146,3 +152,57 @@ def test_resume_after_sigkill_of_the_driver_reproduces_the_metrics(tmp_path, ref
     assert main(["ppo", "--resume", str(run)]) == 0
     assert comparable(read_metrics(run / "metrics.jsonl")) == reference
 
+
+
+def our_actors() -> list:
+    return [a for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == "rlhf_ray"]
+
+
+def live_groups() -> list:
+    return [g for g in ray.util.placement_group_table().values() if g["state"] != "REMOVED"]
+
+
+def test_a_role_dying_too_often_stops_the_run_resumably(tmp_path, capsys):
+    run = tmp_path / "run"
+    faults = Faults(run, [(1, lambda: ray.kill(actor("learner-0")))])
+    faults.start()
+    code = main(["ppo", *SMOKE, "--run-dir", str(run), "cluster.max_role_restarts=0"])
+    faults.join()
+    err = capsys.readouterr().err
+    errors = [ln for ln in err.splitlines() if ln.startswith("rlhf-ray: error:")]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in err
+    assert "learner-0 failed 1 times" in errors[0] and "--resume" in errors[0]
+    assert [e["kind"] for e in read_events(run / "events.jsonl")] == ["stop"]
+    assert latest_checkpoint(run).name == "iter-000001"  # intact: the stopped run can be resumed
+    assert not our_actors() and not live_groups()
+
+
+def test_an_actor_failing_in_its_constructor_leaks_nothing(tmp_path, tiny_classifier):
+    weightless = tmp_path / "weightless"  # passes the up-front config check, fails to load in the actor
+    weightless.mkdir()
+    for f in Path(tiny_classifier).iterdir():
+        if f.suffix != ".safetensors":
+            shutil.copy(f, weightless / f.name)
+    with pytest.raises(RayActorError):
+        main(["ppo", *SMOKE, "--run-dir", str(tmp_path / "run"), f"reward.model={weightless}"])
+    assert not our_actors() and not live_groups()
+
+
+def test_nan_rewards_are_skipped_when_configured(tmp_path, tiny_classifier):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    broken = tmp_path / "nan-classifier"
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_classifier)
+    with torch.no_grad():
+        model.classifier.weight.fill_(float("nan"))
+    model.save_pretrained(broken)
+    AutoTokenizer.from_pretrained(tiny_classifier).save_pretrained(broken)
+    run = tmp_path / "run"
+    assert main(["ppo", *SMOKE, "--run-dir", str(run), f"reward.model={broken}", "ppo.on_nonfinite=skip"]) == 0
+    events = read_events(run / "events.jsonl")
+    assert [(e["kind"], e["iteration"], e["action"]) for e in events] == [("nonfinite", i, "skip") for i in (1, 2, 3)]
+    assert not (run / "metrics.jsonl").exists()  # no batch was learned from
+    final = latest_checkpoint(run)
+    lora_b = [v for k, v in st_load((final / "policy.safetensors").read_bytes()).items() if "lora_B" in k]
+    assert lora_b and all(torch.count_nonzero(v) == 0 for v in lora_b)  # LoRA B still at its zero init
+    assert json.loads((final / "learner_state.json").read_text())["version"] == 0

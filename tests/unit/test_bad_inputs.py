@@ -147,7 +147,7 @@ def test_fresh_run_into_a_directory_holding_a_run(tmp_path, capsys):
 
 def test_resume_of_a_directory_without_checkpoint(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    assert "no intact checkpoint" in one_line_error(capsys, ["ppo", "--resume", str(tmp_path / "empty"), "--config", SMOKE])
+    assert "no checkpoint to resume from" in one_line_error(capsys, ["ppo", "--resume", str(tmp_path / "empty"), "--config", SMOKE])
 
 
 def test_resume_of_a_missing_directory(tmp_path, capsys):
@@ -156,7 +156,7 @@ def test_resume_of_a_missing_directory(tmp_path, capsys):
 
 def test_resume_whose_only_checkpoint_is_corrupt(tmp_path, capsys):
     fake_run(tmp_path / "run", corrupt=True)
-    assert "no intact checkpoint" in one_line_error(capsys, ["ppo", "--resume", str(tmp_path / "run")])
+    assert "no checkpoint to resume from" in one_line_error(capsys, ["ppo", "--resume", str(tmp_path / "run")])
 
 
 def test_resume_of_a_gae_run_whose_checkpoint_has_no_value_head(tmp_path, capsys):
