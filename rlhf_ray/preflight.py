@@ -30,9 +30,14 @@ def check_local_gpus(cfg: Config) -> None:
     """A local Ray gets this machine's GPUs and no more: asking for more can never be placed."""
     import ray
 
+    from rlhf_ray.placement import check_fits, role_specs
+
     c = cfg.cluster
-    if c.address or os.environ.get("RAY_ADDRESS") or ray.is_initialized():
-        return  # attaching: placement.check_fits compares with the cluster's resources
+    if ray.is_initialized():  # already attached (a test session, a job driver): ask the cluster
+        check_fits(role_specs(c))
+        return
+    if c.address or os.environ.get("RAY_ADDRESS"):
+        return  # attaching later: the ppo stage's check_fits compares with the cluster's resources
     need = c.num_generators * c.generator_gpus + c.num_scorers * c.scorer_gpus + c.num_learners * c.learner_gpus
     if need <= 0:
         return

@@ -125,6 +125,9 @@ def test_hung_generator_times_out_and_is_replaced(tmp_path, reference):
         assert main(["ppo", *SMOKE, "--run-dir", str(run), "cluster.call_timeout_s=8"]) == 0
     finally:
         faults.join()
+        deadline = time.monotonic() + 30  # Ray force-kills a worker that ignores the exit request after a grace period
+        while any(_alive(p) for p in stopped) and time.monotonic() < deadline:
+            time.sleep(0.5)
         left = [pid for pid in stopped if _alive(pid)]
         for pid in left:
             os.kill(pid, signal.SIGKILL)
