@@ -29,7 +29,11 @@ from rlhf_ray.recovery import read_events
 pytestmark = pytest.mark.usefixtures("ray_session")
 
 REPO = Path(__file__).resolve().parents[2]
-SMOKE = ["--config", "configs/smoke.yaml", "ppo.iterations=3"]
+
+
+def ppo(run: Path, *overrides: str) -> list[str]:
+    """`rlhf-ray ppo` arguments: the smoke config for 3 iterations."""
+    return ["ppo", "--config", "configs/smoke.yaml", "--run-dir", str(run), "ppo.iterations=3", *overrides]
 
 
 def comparable(rows: list[dict]) -> list[dict]:
@@ -39,7 +43,7 @@ def comparable(rows: list[dict]) -> list[dict]:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> list[dict]:
     run = tmp_path_factory.mktemp("reference") / "run"
-    assert main(["ppo", *SMOKE, "--run-dir", str(run)]) == 0
+    assert main(ppo(run)) == 0
     return comparable(read_metrics(run / "metrics.jsonl"))
 
 
@@ -96,7 +100,7 @@ def test_killed_generator_scorer_and_learner_are_restarted(tmp_path, reference):
     faults = Faults(run, [(1, lambda: (ray.kill(actor("generator-0")), ray.kill(actor("reward-0")))),
                           (2, lambda: ray.kill(actor("learner-0")))])
     faults.start()
-    assert main(["ppo", *SMOKE, "--run-dir", str(run)]) == 0
+    assert main(ppo(run)) == 0
     faults.join()
     assert faults.error is None
     events = read_events(run / "events.jsonl")
@@ -122,7 +126,7 @@ def test_hung_generator_times_out_and_is_replaced(tmp_path, reference):
     faults = Faults(run, [(1, hang_generator)])
     faults.start()
     try:
-        assert main(["ppo", *SMOKE, "--run-dir", str(run), "cluster.call_timeout_s=8"]) == 0
+        assert main(ppo(run, "cluster.call_timeout_s=8")) == 0
     finally:
         faults.join()
         deadline = time.monotonic() + 30  # Ray force-kills a worker that ignores the exit request after a grace period
@@ -142,7 +146,7 @@ def test_resume_after_sigkill_of_the_driver_reproduces_the_metrics(tmp_path, ref
     run = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local Ray, as a user's run
     env["PYTHONPATH"] = str(REPO)
-    driver = subprocess.Popen([sys.executable, "-m", "rlhf_ray.cli", "ppo", *SMOKE, "--run-dir", str(run)], cwd=REPO,
+    driver = subprocess.Popen([sys.executable, "-m", "rlhf_ray.cli", *ppo(run)], cwd=REPO,
                               env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_iteration(run, 2)
@@ -169,14 +173,16 @@ def test_a_role_dying_too_often_stops_the_run_resumably(tmp_path, capsys):
     run = tmp_path / "run"
     faults = Faults(run, [(1, lambda: ray.kill(actor("learner-0")))])
     faults.start()
-    code = main(["ppo", *SMOKE, "--run-dir", str(run), "cluster.max_role_restarts=0"])
+    code = main(ppo(run, "cluster.max_role_restarts=0"))
     faults.join()
     err = capsys.readouterr().err
     errors = [ln for ln in err.splitlines() if ln.startswith("rlhf-ray: error:")]
     assert code == 2 and len(errors) == 1 and "Traceback" not in err
     assert "learner-0 failed 1 times" in errors[0] and "--resume" in errors[0]
-    assert [e["kind"] for e in read_events(run / "events.jsonl")] == ["stop"]
-    assert latest_checkpoint(run).name == "iter-000001"  # intact: the stopped run can be resumed
+    (stop,) = read_events(run / "events.jsonl")
+    assert stop["kind"] == "stop" and stop["role"] == "learner-0"
+    # the last completed iteration is checkpointed, intact: the stopped run can be resumed
+    assert latest_checkpoint(run).name == f"iter-{stop['iteration'] - 1:06d}"
     assert not our_actors() and not live_groups()
 
 
@@ -187,7 +193,7 @@ def test_an_actor_failing_in_its_constructor_leaks_nothing(tmp_path, tiny_classi
         if f.suffix != ".safetensors":
             shutil.copy(f, weightless / f.name)
     with pytest.raises(RayActorError):
-        main(["ppo", *SMOKE, "--run-dir", str(tmp_path / "run"), f"reward.model={weightless}"])
+        main(ppo(tmp_path / "run", f"reward.model={weightless}"))
     assert not our_actors() and not live_groups()
 
 
@@ -201,7 +207,7 @@ def test_nan_rewards_are_skipped_when_configured(tmp_path, tiny_classifier):
     model.save_pretrained(broken)
     AutoTokenizer.from_pretrained(tiny_classifier).save_pretrained(broken)
     run = tmp_path / "run"
-    assert main(["ppo", *SMOKE, "--run-dir", str(run), f"reward.model={broken}", "ppo.on_nonfinite=skip"]) == 0
+    assert main(ppo(run, f"reward.model={broken}", "ppo.on_nonfinite=skip")) == 0
     events = read_events(run / "events.jsonl")
     assert [(e["kind"], e["iteration"], e["action"]) for e in events] == [("nonfinite", i, "skip") for i in (1, 2, 3)]
     assert not (run / "metrics.jsonl").exists()  # no batch was learned from
