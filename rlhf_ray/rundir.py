@@ -18,7 +18,8 @@ from rlhf_ray.errors import UserError
 
 # Files and folders a run writes; their presence means "this directory holds a run".
 RUN_OUTPUTS = ("config.yaml", "checkpoints", "metrics.jsonl", "events.jsonl", "samples", "placement.json",
-               "metrics.png", "metrics.json", "DONE.json", "pipeline.json", "adapter", "model")
+               "metrics.png", "metrics.json", "DONE.json", "pipeline.json", "adapter", "model",
+               "run_info.json", "console.log")
 
 # Keys a resumed run may change: run length and cadence, logging, where models are cached, and
 # where/how actors run. Anything else would make the resumed run a different experiment.
