@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from rlhf_ray import rundir
 from rlhf_ray.config import Config, load_config, save_config
 from rlhf_ray.config_help import all_keys, explain, one_of, sections, suggest
 from rlhf_ray.errors import UserError, user_message
@@ -32,7 +33,7 @@ STAGE_SECTIONS = {
     "reward": ["run", "reward", "cluster"],
     "pipeline": list(sections(Config)),
 }
-OPTIONS = ("--config", "--run-dir", "--resume", "--explain", "--help")
+OPTIONS = ("--config", "--run-dir", "--resume", "--overwrite", "--explain", "--help")
 
 log = logging.getLogger("rlhf_ray.cli")  # not "__main__" under python -m
 
@@ -58,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--run-dir", help="output directory (default: runs/<command>-<time>)")
         if name in ("ppo", "pipeline"):
             p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
+        if name != "config":
+            p.add_argument("--overwrite", action="store_true", help="replace a run already in --run-dir")
         if name == "config":
             p.add_argument("--explain", nargs="*", metavar="SECTION",
                            help="list every key (type, default, meaning) of these sections or section.keys (all if none)")
@@ -89,10 +92,7 @@ def _run_dir(args: argparse.Namespace) -> Path:
     if getattr(args, "resume", None):
         if args.run_dir and Path(args.run_dir).resolve() != Path(args.resume).resolve():
             raise UserError("--resume RUN_DIR already names the run directory: drop --run-dir")
-        path = Path(args.resume)
-        if not path.is_dir():
-            raise UserError(f"--resume {path}: no such run directory")
-        return path
+        return Path(args.resume)
     return Path(args.run_dir or f"runs/{args.command}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
@@ -149,20 +149,25 @@ def main(argv: list[str] | None = None) -> int:
                 print(_config_text(args, cfg))
                 return 0
             run_dir = _run_dir(args)
-            if args.command == "ppo" and args.resume and (done := finished_run(run_dir, cfg)) is not None:
+            resume = bool(getattr(args, "resume", None))
+            if args.command == "ppo" and resume and (done := finished_run(run_dir, cfg)) is not None:
                 print(f"rlhf-ray: {run_dir} is complete ({done['iterations']} of {cfg.ppo.iterations} iterations); "
                       f"to extend it: rlhf-ray ppo --resume {run_dir} ppo.iterations=N (N > {done['iterations']})",
                       file=sys.stderr)
                 print(json.dumps({"run_dir": str(run_dir), **done}, default=str))
                 return 0
+            # The pipeline's run dir is re-run to continue, so only its file/dir rule applies.
+            rundir.prepare(run_dir, cfg, resume=resume, overwrite=args.overwrite, strict=args.command != "pipeline")
+            stage = importlib.import_module(f"rlhf_ray.stages.{args.command}")
+            if hasattr(stage, "check"):
+                stage.check(cfg)  # cheap up-front checks (models, data), before the run dir or Ray exist
             run_dir.mkdir(parents=True, exist_ok=True)
             console.enter_context(ConsoleLog(run_dir / CONSOLE_LOG))  # from here on, output is also saved
             # Under `ray job submit` this runs on the head node, in Ray's copy of the repo: say where.
             log.info("run directory: %s (on %s)", run_dir.resolve(), socket.gethostname())
             write_run_info(run_dir, collect(argv))
             save_config(cfg, run_dir / "config.yaml")
-            stage = importlib.import_module(f"rlhf_ray.stages.{args.command}")
-            result = stage.run(cfg, run_dir, resume=bool(getattr(args, "resume", None)))
+            result = stage.run(cfg, run_dir, resume=resume)
         except UserError as exc:
             return _fail(exc)
         except KeyboardInterrupt:

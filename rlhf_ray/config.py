@@ -164,6 +164,10 @@ class PPOConfig:
     checkpoint_every: int = 5
     # Save prompts, responses and scores every N iterations (and after the last).
     samples_every: int = 5
+    # Checkpoints kept on disk (older ones are deleted once a newer one is complete); 0 keeps all.
+    keep_checkpoints: int = 3
+    # A NaN/inf reward, loss or gradient: stop the run, or skip that batch (the adapter never sees it).
+    on_nonfinite: Literal["stop", "skip"] = "stop"
 
 
 @dataclass
@@ -190,6 +194,10 @@ class ClusterConfig:
     torch_threads: int = 0
     # Start the Ray dashboard with a local Ray.
     dashboard: bool = False
+    # Seconds the driver waits for any actor call before treating that role as hung and restarting it.
+    call_timeout_s: float = 900.0
+    # Restarts allowed per role in one run (killed, lost or hung actors); one more stops the run.
+    max_role_restarts: int = 3
 
 
 @dataclass
@@ -344,7 +352,12 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(item, "override must look like section.key=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else None
+        if raw.strip() == "":
+            raise ConfigError(key.strip(), f"override '{item}' has no value", "write key=VALUE, or key=null for none")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ConfigError(key.strip(), f"value {raw!r} is not a valid YAML scalar") from None
         # YAML reads "1e-4" as a string; accept scientific notation for numbers.
         if isinstance(value, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", value):
             value = float(value)
@@ -376,9 +389,11 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         if not p.is_file():
             raise ConfigError("--config", f"file {p} does not exist", "pass an existing YAML file")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = yaml.safe_load(p.read_text())
         except yaml.YAMLError as exc:
             raise ConfigError("--config", f"{p} is not valid YAML: {exc}".splitlines()[0]) from None
+        if data is None:
+            raise ConfigError("--config", f"{p} is empty", "pass a YAML file with at least one section, or no --config")
         if not isinstance(data, dict):
             raise ConfigError("--config", f"{p} must hold a mapping of sections")
     extra = parse_overrides(overrides or [])
@@ -525,3 +540,16 @@ def validate(cfg: Config, given: tuple[set[str], ...] = ()) -> None:
         check_model_ref("merge.adapter", cfg.merge.adapter)
     check_model_ref("data.dataset", cfg.data.dataset)
     check_model_ref("sft.dataset", cfg.sft.dataset)
+    _validate_recovery(cfg)
+
+
+def _validate_recovery(cfg: Config) -> None:
+    """Keys of the recovery/run-directory feature, and actor resources Ray cannot place."""
+    c = cfg.cluster
+    _check(c.call_timeout_s > 0, "cluster.call_timeout_s", f"must be > 0; got {c.call_timeout_s}")
+    _check(c.max_role_restarts >= 0, "cluster.max_role_restarts", f"must be >= 0; got {c.max_role_restarts}")
+    _check(cfg.ppo.keep_checkpoints >= 0, "ppo.keep_checkpoints", f"must be >= 0 (0 keeps all); got {cfg.ppo.keep_checkpoints}")
+    # A placement bundle needs some resource: a role with neither CPUs nor a GPU share cannot be placed.
+    for key in ("generator_gpus", "scorer_gpus", "learner_gpus"):
+        _check(c.actor_cpus > 0 or getattr(c, key) > 0, "cluster.actor_cpus",
+               f"must be > 0 when cluster.{key} is 0 (a CPU-only actor needs some CPU); got {c.actor_cpus}")

@@ -20,3 +20,7 @@ def user_message(exc: UserError) -> str:
     while isinstance(getattr(exc, "cause", None), UserError):
         exc = exc.cause
     return exc.args[0] if exc.args else str(exc)
+
+
+class NonFiniteError(UserError):
+    """A NaN or inf reward, loss or gradient: the batch is skipped or the run stopped (ppo.on_nonfinite)."""

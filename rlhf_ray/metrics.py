@@ -15,8 +15,7 @@ class MetricsLog:
     def __init__(self, path: Path, keep_through: int | None = None):
         self.path = path
         if keep_through is not None and path.exists():
-            lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-            kept = [ln for ln in lines if json.loads(ln)["iteration"] <= keep_through]
+            kept = [ln for ln in path.read_text().splitlines() if _iteration(ln) <= keep_through]
             path.write_text("".join(ln + "\n" for ln in kept))
         elif keep_through is None and path.exists():
             path.unlink()
@@ -24,6 +23,14 @@ class MetricsLog:
     def write(self, record: dict) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+def _iteration(line: str) -> float:
+    """A line's iteration; a line a killed driver left half-written counts as past every checkpoint."""
+    try:
+        return json.loads(line)["iteration"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
 
 
 def read_metrics(path: Path) -> list[dict]:

@@ -16,6 +16,7 @@ from rlhf_ray import algo
 from rlhf_ray.actors.common import init_process, load_policy, role_device
 from rlhf_ray.batch import AdapterPayload, Rollout
 from rlhf_ray.config import Config
+from rlhf_ray.errors import NonFiniteError
 from rlhf_ray.models.adapter import export_adapter, import_adapter, save_adapter
 from rlhf_ray.models.forward import response_stats
 from rlhf_ray.models.policy import ValueHead, load_tokenizer, ppo_numerics, reference_mode
@@ -103,6 +104,7 @@ class Learner:
         torch.manual_seed(self.cfg.run.seed * 7_919 + iteration)  # minibatch order + dropout, reproducible on resume
         kl_coef = self.kl_ctl.value
         scores_t = torch.cat(scores).float()  # (B,)
+        _require_finite("reward", scores_t, iteration)
         exp = self.make_experience(batch, scores_t, kl_coef)
         stats = self.update(exp)
         mask = batch.response_mask.float()
@@ -173,6 +175,9 @@ class Learner:
                         totals[key] = totals.get(key, 0.0) + value
                     steps += 1
                 grad_norm = torch.nn.utils.clip_grad_norm_(trainable, p.max_grad_norm)
+                # Before step(): a NaN/inf loss or gradient never reaches the adapter (the driver
+                # then restores the pre-iteration state and skips the batch or stops, ppo.on_nonfinite).
+                _require_finite("loss/gradient", grad_norm, None)
                 totals["policy/grad_norm"] = totals.get("policy/grad_norm", 0.0) + float(grad_norm) * p.grad_accum
                 self.optimizer.step()
         return {k: v / steps for k, v in totals.items()}
@@ -193,3 +198,9 @@ class Learner:
             stats.update({"value/loss": float(v_loss.detach()), "value/clipfrac": float(v_stats["clipfrac"])})
         (loss / grad_accum).backward()
         return stats
+
+
+def _require_finite(what: str, value: torch.Tensor, iteration: int | None) -> None:
+    if not bool(torch.isfinite(value).all()):
+        where = f" at iteration {iteration}" if iteration is not None else ""
+        raise NonFiniteError(f"non-finite {what}{where}: the batch was not applied to the adapter")

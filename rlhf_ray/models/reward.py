@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from rlhf_ray.errors import UserError
+from rlhf_ray.errors import NonFiniteError, UserError
 from rlhf_ray.models.policy import load_kwargs, quiet_warnings
 
 # Classification heads stay in full precision: they are tiny and their outputs are the reward.
@@ -69,7 +69,7 @@ class RewardModel:
         scores = torch.cat(out).cpu()
         bad = (~torch.isfinite(scores)).nonzero().flatten().tolist()
         if bad:
-            raise UserError(f"reward model returned non-finite scores for {len(bad)} text(s), e.g. {texts[bad[0]][:60]!r}: "
+            raise NonFiniteError(f"reward model returned non-finite scores for {len(bad)} text(s), e.g. {texts[bad[0]][:60]!r}: "
                             "check reward.model (a broken or fp16-overflowing classifier)")
         return scores
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rlhf_ray import driver
+from rlhf_ray import driver, preflight
 from rlhf_ray.assets import resolve_model
 from rlhf_ray.checkpoint import atomic_write
 from rlhf_ray.config import Config
@@ -23,6 +23,11 @@ def reward_model_path(cfg: Config) -> str:
 
     directory = ensure_stage(cfg, "reward", reward.run)
     return str(directory / "model")
+
+
+def check(cfg: Config) -> None:
+    """Inputs that can be checked without Ray (run by the CLI before the run directory is made)."""
+    preflight.check_ppo(cfg)
 
 
 def run(cfg: Config, run_dir: Path, resume: bool = False) -> dict:

@@ -96,7 +96,12 @@ def test_console_log_keeps_what_the_terminal_shows(tmp_path, capsys):
 
 
 def _finished_run(run, iterations=2):
-    write_checkpoint(run, iterations, {"driver_state.json": json.dumps({"iteration": iterations}).encode()})
+    from safetensors.torch import save
+    import torch
+
+    files = {"driver_state.json": json.dumps({"iteration": iterations}).encode(), "optimizer.pt": b"",
+             "learner_state.json": b"{}", "policy.safetensors": save({"value_head.summary.bias": torch.zeros(1)})}
+    write_checkpoint(run, iterations, files)
     (run / "config.yaml").write_text(f"ppo:\n  iterations: {iterations}\n")
     atomic_write(run / "DONE.json", json.dumps({"iterations": iterations, "final": {"reward/mean": 1.5}}).encode())
 
@@ -141,16 +146,19 @@ def test_noise_filters_drop_only_the_two_messages():
     noise.install()
     noise.install()  # idempotent
     loggers = [logging.getLogger(noise.RAY_TOKEN_LOGGER), logging.getLogger(noise.BNB_LOGGER)]
+    levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.addHandler(Keep())
+        lg.setLevel(logging.INFO)  # models.policy.quiet_warnings raises bitsandbytes' level when a model loaded first
     try:
         ray_auth._warn_token_auth_enabled()  # Ray's own call, so a changed message fails this test
         ray_auth._warn_token_auth_disabled()  # this one matters and stays
         loggers[1].warning(noise.BNB_MESSAGE + " from kernels-community: %s", "No module named 'kernels'")
         loggers[1].warning("another bitsandbytes warning")
     finally:
-        for lg in loggers:
+        for lg, level in zip(loggers, levels):
             lg.handlers = [h for h in lg.handlers if not isinstance(h, Keep)]
+            lg.setLevel(level)
     assert len(records) == 2 and "disabled" in records[0] and records[1] == "another bitsandbytes warning"
     assert sum(isinstance(f, noise._Drop) for f in loggers[0].filters) == 1
     import importlib.util

@@ -1,0 +1,140 @@
+"""The recovery supervisor and Roles.restart on the session's real Ray, with model-free role actors
+(seconds, not minutes): which role failed, what comes back, what is restored, when the run stops."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+
+import pytest
+import ray
+from ray.exceptions import RayActorError
+from ray.util.placement_group import placement_group
+
+from rlhf_ray.batch import AdapterPayload
+from rlhf_ray.config import load_config
+from rlhf_ray.driver import Roles, make_actor
+from rlhf_ray.placement import RoleSpec, actor_options
+from rlhf_ray.recovery import RunStopped, Supervisor, read_events, timed_get
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+@ray.remote
+class Counter:
+    """Stands in for every role: a learner-like version counter with the calls the supervisor makes."""
+
+    def __init__(self):
+        self.version = 0
+
+    def where(self) -> dict:
+        return {"pid": os.getpid()}
+
+    def step(self) -> int:
+        self.version += 1
+        return self.version
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    def checkpoint(self) -> dict:
+        return {"learner_state.json": json.dumps({"version": self.version}).encode()}
+
+    def restore(self, files: dict) -> int:
+        self.version = json.loads(files["learner_state.json"])["version"]
+        return self.version
+
+    def publish(self):
+        data = str(self.version).encode()
+        payload = AdapterPayload(self.version, hashlib.sha256(data).hexdigest(), data)
+        return payload, {"version": payload.version, "sha256": payload.sha256}
+
+    publish = ray.method(num_returns=2)(publish)
+
+    def load_adapter(self, payload: AdapterPayload) -> tuple[int, str]:
+        self.version = payload.version
+        return payload.version, payload.sha256
+
+
+def kill(actor) -> None:
+    """ray.kill returns before the actor is gone: wait until calls to it fail."""
+    ray.kill(actor)
+    for _ in range(100):
+        try:
+            ray.get(actor.where.remote())
+        except RayActorError:
+            return
+        time.sleep(0.1)
+    raise AssertionError("the killed actor still answers")
+
+
+@pytest.fixture
+def roles():
+    names = ["generator-0", "reward-0", "learner-0"]
+    pg = placement_group([{"CPU": 0.01}] * 3, strategy="PACK")
+    ray.get(pg.ready())
+    makers = {n: lambda i=i, n=n: make_actor(Counter, actor_options(RoleSpec(n, 0.01, 0), pg, i, "test-sup"), ())
+              for i, n in enumerate(names)}
+    actors = [make() for make in makers.values()]
+    ray.get([a.where.remote() for a in actors])  # started, as Roles.start leaves them
+    r = Roles(actors[:1], actors[1:2], actors[2], pg, makers)
+    yield r
+    r.stop()
+
+
+def test_a_killed_learner_comes_back_with_the_committed_state(roles, tmp_path):
+    cfg = load_config("configs/smoke.yaml", ["cluster.call_timeout_s=20"])
+    sup = Supervisor(cfg, roles, tmp_path)
+    sup.commit(0, {"iteration": 0})  # as the driver does before its first iteration
+    assert sup.run(1, lambda: timed_get(roles.learner.step.remote(), 20), {"iteration": 1}) == 1
+    attempts = []
+
+    def step():
+        attempts.append(1)
+        if len(attempts) == 1:
+            timed_get(roles.learner.step.remote(), 20)  # progress the failure must undo
+            kill(roles.learner)
+        return timed_get(roles.learner.step.remote(), 20)
+
+    first = roles.learner
+    assert sup.run(2, step, {"iteration": 2}) == 2  # from version 1 (committed), not 0 (fresh) or 2 (lost)
+    assert roles.learner is not first and len(attempts) == 2
+    (event,) = read_events(tmp_path / "events.jsonl")
+    assert (event["role"], event["iteration"], event["restarts"]) == ("learner-0", 2, 1)
+    assert event["cause"].startswith("died")
+    assert ray.get(roles.generators[0].step.remote()) == 2  # re-synced to the restored version 1 during recovery
+    assert json.loads(sup.state["learner_state.json"])["version"] == 2
+
+
+def test_a_hung_role_is_found_by_the_call_timeout(roles, tmp_path):
+    cfg = load_config("configs/smoke.yaml", ["cluster.call_timeout_s=3"])
+    sup = Supervisor(cfg, roles, tmp_path)
+    sup.commit(0, {"iteration": 0})
+    hung = roles.scorers[0]
+    hung.sleep.remote(120)  # busy for longer than any timeout (one call at a time): a hung actor
+
+    def step():
+        return timed_get(roles.scorers[0].where.remote(), 3)
+
+    t0 = time.monotonic()
+    assert "pid" in sup.run(1, step, {"iteration": 1})
+    assert roles.scorers[0] is not hung and time.monotonic() - t0 < 60
+    (event,) = read_events(tmp_path / "events.jsonl")
+    assert event["role"] == "reward-0" and event["cause"].startswith("hung") and event["seconds_lost"] >= 3
+
+
+def test_more_failures_than_allowed_stop_the_run(roles, tmp_path):
+    cfg = load_config("configs/smoke.yaml", ["cluster.call_timeout_s=20", "cluster.max_role_restarts=1"])
+    sup = Supervisor(cfg, roles, tmp_path)
+    sup.commit(0, {"iteration": 0})
+
+    def step():
+        kill(roles.scorers[0])
+        return timed_get(roles.scorers[0].where.remote(), 20)
+
+    with pytest.raises(RunStopped, match="reward-0 failed 2 times.*max_role_restarts=1.*nothing to resume"):
+        sup.run(1, step, {"iteration": 1})
+    kinds = [e["kind"] for e in read_events(tmp_path / "events.jsonl")]
+    assert kinds == ["recovery", "stop"]
