@@ -169,6 +169,24 @@ class PipelineConfig:
 
 
 @dataclass
+class EvalConfig:
+    # Held-out prompts (openings of test-split reviews of data.dataset) for `rlhf-ray eval`.
+    num_prompts: int = 128
+    # Prompts per generate/score batch.
+    batch_size: int = 32
+
+
+@dataclass
+class LoggingConfig:
+    # Also write TensorBoard event files to RUN_DIR/tensorboard (needs the `tensorboard` package).
+    tensorboard: bool = False
+    # Weights & Biases project to log to (needs `wandb`); None = off.
+    wandb_project: str | None = None
+    # MLflow experiment to log to (needs `mlflow`; tracking URI from $MLFLOW_TRACKING_URI); None = off.
+    mlflow_experiment: str | None = None
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -181,6 +199,8 @@ class Config:
     sft: SFTConfig = field(default_factory=SFTConfig)
     merge: MergeConfig = field(default_factory=MergeConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -434,3 +454,15 @@ def validate(cfg: Config) -> None:
         check_model_ref("merge.adapter", cfg.merge.adapter)
     check_model_ref("data.dataset", cfg.data.dataset)
     check_model_ref("sft.dataset", cfg.sft.dataset)
+    _validate_sampling_and_eval(cfg)
+
+
+def _validate_sampling_and_eval(cfg: Config) -> None:
+    # PPO's log-probs (ratios, KL) are those of softmax(logits / temperature). top-k/top-p truncate
+    # the sampler to a set that moves with every update, so a token sampled from it can have
+    # probability 0 under the next policy (ratio 0, KL inf): refused rather than silently wrong.
+    for key, value, neutral in (("generate.top_k", cfg.generate.top_k, 0), ("generate.top_p", cfg.generate.top_p, 1.0)):
+        _check(value == neutral, key, f"truncated sampling is not supported (PPO log-probs use temperature only); "
+                                      f"use {neutral} and tune generate.temperature")
+    for key in ("num_prompts", "batch_size"):
+        _check(getattr(cfg.eval, key) > 0, f"eval.{key}", f"must be > 0; got {getattr(cfg.eval, key)}")
