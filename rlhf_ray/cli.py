@@ -20,6 +20,8 @@ STAGES = {
     "reward": "train the sentiment reward classifier (recipe step 2b)",
     "pipeline": "sft -> merge -> reward -> ppo, skipping stages whose output exists",
 }
+# Commands that read a finished run (rlhf_ray.stages.<module>: HELP, add_arguments(parser), main(args)).
+TOOLS = {"eval": "evaluate", "generate": "sample", "report": "report"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("ppo", "pipeline"):
             p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
         p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
+    for name, module in TOOLS.items():
+        tool = importlib.import_module(f"rlhf_ray.stages.{module}")
+        tool.add_arguments(sub.add_parser(name, help=tool.HELP, description=tool.HELP))
     return parser
 
 
@@ -61,6 +66,11 @@ def _load(args: argparse.Namespace) -> Config:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command in TOOLS:  # they read a run directory: no new run dir, its config.yaml is kept
+            logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+            result = importlib.import_module(f"rlhf_ray.stages.{TOOLS[args.command]}").main(args)
+            print(json.dumps(result, default=str))
+            return 0
         cfg = _load(args)
         logging.basicConfig(
             level=cfg.run.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

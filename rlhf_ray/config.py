@@ -466,3 +466,10 @@ def _validate_sampling_and_eval(cfg: Config) -> None:
                                       f"use {neutral} and tune generate.temperature")
     for key in ("num_prompts", "batch_size"):
         _check(getattr(cfg.eval, key) > 0, f"eval.{key}", f"must be > 0; got {getattr(cfg.eval, key)}")
+    import importlib.util
+
+    # Metric sinks are optional extras: configured but not installed is an error up front, never a crash mid-run.
+    for key, package in (("tensorboard", "tensorboard"), ("wandb_project", "wandb"), ("mlflow_experiment", "mlflow")):
+        if getattr(cfg.logging, key):
+            _check(importlib.util.find_spec(package) is not None, f"logging.{key}",
+                   f"needs the '{package}' package, which is not installed (pip install {package}, or unset it)")

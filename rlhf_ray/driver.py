@@ -12,14 +12,13 @@ from pathlib import Path
 
 import ray
 from ray.util.placement_group import remove_placement_group
-from tqdm import tqdm
 
 from rlhf_ray.actors.remote import GeneratorActor, LearnerActor, RewardScorerActor
 from rlhf_ray.checkpoint import atomic_write, latest_checkpoint, read_dir, read_json, write_checkpoint
 from rlhf_ray.config import Config
 from rlhf_ray.data import PromptState, PromptStream, load_text_dataset
 from rlhf_ray.errors import UserError
-from rlhf_ray.metrics import MetricsLog, plot_metrics, write_samples
+from rlhf_ray.metrics import MetricsLog, open_sinks, plot_metrics, progress, write_samples
 from rlhf_ray.models.policy import load_tokenizer
 from rlhf_ray.placement import actor_options, create_placement, role_specs
 
@@ -121,8 +120,8 @@ def train(cfg: Config, run_dir: Path, policy_path: str, reward_path: str, resume
             stream.state = PromptState(**driver_state["prompts"])
             start = driver_state["iteration"] + 1
         sync_current(roles)
-        log = MetricsLog(run_dir / "metrics.jsonl", keep_through=start - 1 if ckpt else None)
-        bar = tqdm(range(start, cfg.ppo.iterations + 1), desc="ppo", unit="it", initial=start - 1, total=cfg.ppo.iterations)
+        log = MetricsLog(run_dir / "metrics.jsonl", keep_through=start - 1 if ckpt else None, sinks=open_sinks(cfg, run_dir))
+        bar = progress(range(start, cfg.ppo.iterations + 1), desc="ppo", initial=start - 1, total=cfg.ppo.iterations)
         metrics: dict = {}
         for iteration in bar:
             prompts = stream.next(cfg.ppo.batch_size)
@@ -137,6 +136,7 @@ def train(cfg: Config, run_dir: Path, policy_path: str, reward_path: str, resume
                 state = {"iteration": iteration, "prompts": asdict(stream.state), "seed": cfg.run.seed}
                 files["driver_state.json"] = json.dumps(state).encode()
                 write_checkpoint(run_dir, iteration, files)
+        log.close()
     finally:
         roles.stop()
     plot_metrics(run_dir / "metrics.jsonl", run_dir / "metrics.png")
