@@ -41,6 +41,8 @@ log = logging.getLogger("rlhf_ray.cli")  # not "__main__" under python -m
 def _keys_epilog(command: str) -> str:
     return ("config keys (set in the --config YAML file or override as KEY=VALUE; "
             "`rlhf-ray config --explain SECTION` shows one section):\n\n" + explain(Config, STAGE_SECTIONS[command]))
+# Commands that read a finished run (rlhf_ray.stages.<module>: HELP, add_arguments(parser), main(args)).
+TOOLS = {"eval": "evaluate", "generate": "sample", "report": "report"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--explain", nargs="*", metavar="SECTION",
                            help="list every key (type, default, meaning) of these sections or section.keys (all if none)")
         p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
+    for name, module in TOOLS.items():
+        tool = importlib.import_module(f"rlhf_ray.stages.{module}")
+        tool.add_arguments(sub.add_parser(name, help=tool.HELP, description=tool.HELP))
     return parser
 
 
@@ -139,6 +144,14 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "explain", None):  # `--explain ppo ppo.lr=1e-3`: nargs="*" took the override too
         args.overrides += [w for w in args.explain if "=" in w]
         args.explain = [w for w in args.explain if "=" not in w]
+    if args.command in TOOLS:  # they read a run directory: no new run dir, its config.yaml is kept
+        logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        try:
+            result = importlib.import_module(f"rlhf_ray.stages.{TOOLS[args.command]}").main(args)
+        except UserError as exc:
+            return _fail(exc)
+        print(json.dumps(result, default=str))
+        return 0
     with contextlib.ExitStack() as console:
         try:
             cfg = _load(args)

@@ -243,6 +243,24 @@ class PipelineConfig:
 
 
 @dataclass
+class EvalConfig:
+    # Held-out prompts (openings of test-split reviews of data.dataset) for `rlhf-ray eval`.
+    num_prompts: int = 128
+    # Prompts per generate/score batch.
+    batch_size: int = 32
+
+
+@dataclass
+class LoggingConfig:
+    # Also write TensorBoard event files to RUN_DIR/tensorboard (needs the `tensorboard` package).
+    tensorboard: bool = False
+    # Weights & Biases project to log to (needs `wandb`); None = off.
+    wandb_project: str | None = None
+    # MLflow experiment to log to (needs `mlflow`; tracking URI from $MLFLOW_TRACKING_URI); None = off.
+    mlflow_experiment: str | None = None
+
+
+@dataclass
 class Config:
     # Seed, cache and logging.
     run: RunConfig = field(default_factory=RunConfig)
@@ -266,6 +284,10 @@ class Config:
     merge: MergeConfig = field(default_factory=MergeConfig)
     # The whole recipe (`rlhf-ray pipeline`).
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    # Held-out evaluation (`rlhf-ray eval`).
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    # Metric sinks besides metrics.jsonl.
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -541,6 +563,7 @@ def validate(cfg: Config, given: tuple[set[str], ...] = ()) -> None:
     check_model_ref("data.dataset", cfg.data.dataset)
     check_model_ref("sft.dataset", cfg.sft.dataset)
     _validate_recovery(cfg)
+    _validate_sampling_and_eval(cfg)
 
 
 def _validate_recovery(cfg: Config) -> None:
@@ -553,3 +576,21 @@ def _validate_recovery(cfg: Config) -> None:
     for key in ("generator_gpus", "scorer_gpus", "learner_gpus"):
         _check(c.actor_cpus > 0 or getattr(c, key) > 0, "cluster.actor_cpus",
                f"must be > 0 when cluster.{key} is 0 (a CPU-only actor needs some CPU); got {c.actor_cpus}")
+
+
+def _validate_sampling_and_eval(cfg: Config) -> None:
+    # PPO's log-probs (ratios, KL) are those of softmax(logits / temperature). top-k/top-p truncate
+    # the sampler to a set that moves with every update, so a token sampled from it can have
+    # probability 0 under the next policy (ratio 0, KL inf): refused rather than silently wrong.
+    for key, value, neutral in (("generate.top_k", cfg.generate.top_k, 0), ("generate.top_p", cfg.generate.top_p, 1.0)):
+        _check(value == neutral, key, f"truncated sampling is not supported (PPO log-probs use temperature only); "
+                                      f"use {neutral} and tune generate.temperature")
+    for key in ("num_prompts", "batch_size"):
+        _check(getattr(cfg.eval, key) > 0, f"eval.{key}", f"must be > 0; got {getattr(cfg.eval, key)}")
+    import importlib.util
+
+    # Metric sinks are optional extras: configured but not installed is an error up front, never a crash mid-run.
+    for key, package in (("tensorboard", "tensorboard"), ("wandb_project", "wandb"), ("mlflow_experiment", "mlflow")):
+        if getattr(cfg.logging, key):
+            _check(importlib.util.find_spec(package) is not None, f"logging.{key}",
+                   f"needs the '{package}' package, which is not installed (pip install {package}, or unset it)")

@@ -13,13 +13,12 @@ from pathlib import Path
 
 import ray
 from ray.util.placement_group import remove_placement_group
-from tqdm import tqdm
 
 from rlhf_ray.actors.remote import GeneratorActor, LearnerActor, RewardScorerActor
 from rlhf_ray.checkpoint import atomic_write, read_dir, write_checkpoint
 from rlhf_ray.config import Config
 from rlhf_ray.data import PromptState, PromptStream, load_text_dataset
-from rlhf_ray.metrics import MetricsLog, plot_metrics, write_samples
+from rlhf_ray.metrics import MetricsLog, open_sinks, plot_metrics, progress, write_samples
 from rlhf_ray.models.policy import load_tokenizer
 from rlhf_ray.placement import actor_options, create_placement, role_specs
 from rlhf_ray.recovery import Supervisor, timed_get
@@ -170,8 +169,8 @@ def train(cfg: Config, run_dir: Path, policy_path: str, reward_path: str, resume
         roles.sync(cfg.cluster.call_timeout_s)
         supervisor = Supervisor(cfg, roles, run_dir)  # restarts failed roles, redoes their iteration
         supervisor.commit(start - 1, driver_state_of(cfg, start - 1, stream))
-        log = MetricsLog(run_dir / "metrics.jsonl", keep_through=start - 1 if ckpt else None)
-        bar = tqdm(range(start, cfg.ppo.iterations + 1), desc="ppo", unit="it", initial=start - 1, total=cfg.ppo.iterations)
+        log = MetricsLog(run_dir / "metrics.jsonl", keep_through=start - 1 if ckpt else None, sinks=open_sinks(cfg, run_dir))
+        bar = progress(range(start, cfg.ppo.iterations + 1), desc="ppo", initial=start - 1, total=cfg.ppo.iterations)
         metrics: dict = {}
         for iteration in bar:
             prompts = stream.next(cfg.ppo.batch_size)
@@ -186,6 +185,7 @@ def train(cfg: Config, run_dir: Path, policy_path: str, reward_path: str, resume
                     write_samples(run_dir, iteration, **samples)
             if iteration % cfg.ppo.checkpoint_every == 0 or iteration == cfg.ppo.iterations:
                 write_checkpoint(run_dir, iteration, supervisor.state, keep=cfg.ppo.keep_checkpoints)
+        log.close()
     finally:
         roles.stop()
     if (run_dir / "metrics.jsonl").exists():

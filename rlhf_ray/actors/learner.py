@@ -157,6 +157,7 @@ class Learner:
             self.model, part.input_ids.to(self.device), part.attention_mask.to(self.device),
             part.prompt_ids.shape[1], chunk=self.cfg.model.logprob_chunk,
             value_head=self.value_head if with_values else None, with_entropy=with_entropy,
+            temperature=self.cfg.generate.temperature,  # the generator's sampling distribution
         )
 
     def update(self, exp: Experience) -> dict:

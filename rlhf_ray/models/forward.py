@@ -36,8 +36,12 @@ def decoder_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor)
 
 
 def response_stats(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int,
-                   chunk: int = 64, value_head=None, with_entropy: bool = False) -> ResponseStats:
+                   chunk: int = 64, value_head=None, with_entropy: bool = False,
+                   temperature: float = 1.0) -> ResponseStats:
     """Shapes: input_ids, attention_mask (B, P + R) with P = prompt_len -> ResponseStats of (B, R).
+
+    Log-probs and entropy are those of softmax(logits / temperature): the distribution the
+    generator sampled from (models.generate), so ratios and KL describe the sampling policy.
 
     Logits at position t predict token t + 1, so response token j (at P + j) is scored by the
     hidden state at P + j - 1; the value of that state is the value before emitting token j."""
@@ -50,7 +54,7 @@ def response_stats(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     logprobs, entropies = [], []
     for start in range(0, targets.shape[1], chunk):
         h = states[:, start : start + chunk]
-        logits = head(h.to(head.weight.dtype if head.weight.is_floating_point() else h.dtype)).float()
+        logits = head(h.to(head.weight.dtype if head.weight.is_floating_point() else h.dtype)).float() / temperature
         lp = torch.log_softmax(logits, dim=-1)
         logprobs.append(lp.gather(-1, targets[:, start : start + chunk, None]).squeeze(-1))
         if with_entropy:

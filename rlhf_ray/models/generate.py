@@ -1,10 +1,18 @@
-"""Sampling responses: left-padded prompts in, right-padded responses with an EOS-aware mask out."""
+"""Sampling responses: left-padded prompts in, right-padded responses with an EOS-aware mask out.
+
+The sampling distribution is softmax(logits / temperature) and nothing else: every generation
+setting is passed explicitly and the model's own `generation_config.json` is set aside while
+sampling, so a `repetition_penalty` or `top_k` shipped with a checkpoint cannot change the policy
+that PPO's log-probs (models.forward.response_stats with the same temperature) describe."""
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
 from rlhf_ray.batch import Rollout
+from rlhf_ray.models.policy import causal_lm_of
 
 
 def response_mask_from(response_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
@@ -14,30 +22,57 @@ def response_mask_from(response_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
     return (eos_before == 0).long()
 
 
+def sampling_config(tokenizer, *, max_new_tokens: int, temperature: float, top_k: int = 0, top_p: float = 1.0):
+    """A GenerationConfig with every logits processor set to its neutral value except the ones asked for."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        do_sample=True, num_beams=1, num_return_sequences=1, max_new_tokens=max_new_tokens, min_new_tokens=0,
+        temperature=temperature, top_k=top_k, top_p=top_p, min_p=None, top_h=None, typical_p=1.0,
+        epsilon_cutoff=0.0, eta_cutoff=0.0, repetition_penalty=1.0, no_repeat_ngram_size=0, bad_words_ids=None,
+        suppress_tokens=None, begin_suppress_tokens=None, forced_bos_token_id=None, forced_eos_token_id=None,
+        renormalize_logits=False, remove_invalid_values=False, use_cache=True,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+    )
+
+
+@contextlib.contextmanager
+def model_defaults_ignored(model):
+    """generate() fills every unset field from the model's own generation config (transformers 5.x):
+    swap in an empty one so only what `sampling_config` says applies."""
+    from transformers import GenerationConfig
+
+    lm = causal_lm_of(model)
+    saved = lm.generation_config
+    lm.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        lm.generation_config = saved
+
+
 @torch.no_grad()
 def sample(model, tokenizer, prompts: list[str], *, max_new_tokens: int, temperature: float = 1.0,
            top_k: int = 0, top_p: float = 1.0, group_size: int = 1, seed: int = 0,
-           policy_version: int = 0, device: str = "cpu") -> Rollout:
-    """Draw `group_size` samples per prompt (rows of one prompt are contiguous)."""
+           policy_version: int = 0, device: str = "cpu", return_logits: bool = False) -> Rollout | tuple[Rollout, torch.Tensor]:
+    """Draw `group_size` samples per prompt (rows of one prompt are contiguous).
+
+    With `return_logits`, also the processed next-token scores the sampler drew from, (B, R, V)
+    log-space (for tests that compare them with the learner's log-probs)."""
     tokenizer.padding_side = "left"
     expanded = [p for p in prompts for _ in range(group_size)]
     enc = tokenizer(expanded, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    config = sampling_config(tokenizer, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
+    config.return_dict_in_generate, config.output_scores = return_logits, return_logits
     torch.manual_seed(seed)  # reproducible sampling for a given (run seed, iteration, shard)
-    out = model.generate(
-        **enc,
-        do_sample=True,
-        temperature=temperature,
-        top_k=top_k if top_k > 0 else None,
-        top_p=top_p,
-        max_new_tokens=max_new_tokens,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
+    with model_defaults_ignored(model):
+        out = model.generate(**enc, generation_config=config)
+    sequences = out.sequences if return_logits else out
     prompt_len = enc["input_ids"].shape[1]
-    response_ids = out[:, prompt_len:].cpu()
+    response_ids = sequences[:, prompt_len:].cpu()
     response_mask = response_mask_from(response_ids, tokenizer.eos_token_id)
     response_ids = torch.where(response_mask.bool(), response_ids, tokenizer.pad_token_id)
-    return Rollout(
+    rollout = Rollout(
         prompt_ids=enc["input_ids"].cpu(),
         prompt_mask=enc["attention_mask"].cpu(),
         response_ids=response_ids,
@@ -47,3 +82,6 @@ def sample(model, tokenizer, prompts: list[str], *, max_new_tokens: int, tempera
         policy_version=policy_version,
         group_size=group_size,
     )
+    if return_logits:
+        return rollout, torch.stack(out.scores, dim=1).float().cpu()
+    return rollout

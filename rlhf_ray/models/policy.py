@@ -121,6 +121,13 @@ class ValueHead(nn.Module):
         return self.summary(hidden.float()).squeeze(-1)
 
 
+def _zero_dropout_fields(obj) -> None:
+    """Float attributes named like dropout rates (attention_dropout, hidden_dropout, resid_pdrop...)."""
+    for name, value in list(vars(obj).items()):
+        if ("dropout" in name or name.endswith("_pdrop")) and isinstance(value, float) and not isinstance(value, bool):
+            setattr(obj, name, 0.0)
+
+
 def ppo_numerics(model):
     """Put a policy in the one numerical mode every PPO role uses: train mode, dropout off.
 
@@ -128,11 +135,20 @@ def ppo_numerics(model):
     activations): on SmolLM2 8-bit we measured up to 0.5 nats of per-token log-prob difference,
     which made PPO ratios != 1 before any update. Train mode is the one gradients need and is the
     closer of the two to fp32 (0.21 vs 0.48 nats), so sampler, old/ref log-probs and updates all
-    use it. Dropout stays off so a ratio is exactly 1 until the adapter changes (as TRL's PPO)."""
+    use it. Dropout stays off so a ratio is exactly 1 until the adapter changes (as TRL's PPO).
+    HF attention applies `attention_dropout` functionally in train mode (a float copied from the
+    config onto each attention module, no nn.Dropout), so those rates are zeroed too."""
     model.train()
+    configs = {id(c): c for c in (getattr(m, "config", None) for m in model.modules()) if c is not None}
+    for config in configs.values():
+        if hasattr(config, "to_dict"):  # transformers PretrainedConfig (peft's config dicts are skipped)
+            _zero_dropout_fields(config)
     for module in model.modules():
         if isinstance(module, nn.Dropout):
+            module.p = 0.0
             module.eval()
+        else:
+            _zero_dropout_fields(module)
     return model
 
 
