@@ -136,6 +136,10 @@ class ClusterConfig:
     # torch threads per actor; 0 = all cores of the node (phases do not overlap, see README).
     torch_threads: int = 0
     dashboard: bool = False
+    # Placement group strategy: PACK (share nodes/GPUs, spill over) or SPREAD (replicas on different nodes).
+    placement_strategy: Literal["PACK", "SPREAD"] = "PACK"
+    # Seconds to wait for the roles to be placed (an autoscaler may be adding nodes) before giving up.
+    placement_timeout_s: float = 600.0
 
 
 @dataclass
@@ -334,6 +338,16 @@ def check_model_ref(key: str, ref: str) -> None:
     _check(not looks_like_path(ref), key, f"path {ref} does not exist")
 
 
+def _check_data_parallel(cfg: Config) -> None:
+    """Data-parallel learners split every micro-batch into equal shards."""
+    micro, n = cfg.ppo.mini_batch_size // cfg.ppo.grad_accum, cfg.cluster.num_learners
+    _check(micro % n == 0, "cluster.num_learners",
+           f"each learner takes an equal share of every micro-batch: ppo.mini_batch_size / ppo.grad_accum ({micro}) "
+           f"must be divisible by cluster.num_learners ({n})")
+    _check(cfg.cluster.placement_timeout_s > 0, "cluster.placement_timeout_s",
+           f"must be > 0; got {cfg.cluster.placement_timeout_s}")
+
+
 def validate(cfg: Config) -> None:
     """Cross-field and range checks. Everything here is cheap: no model or Ray is touched."""
     positive = {
@@ -421,8 +435,7 @@ def validate(cfg: Config) -> None:
         "cluster.num_generators",
         f"ppo.batch_size ({cfg.ppo.batch_size}) must be divisible by the number of generators",
     )
-    _check(cfg.cluster.num_learners == 1, "cluster.num_learners",
-           "data-parallel learners are not implemented yet; use 1 (generators and scorers do scale out)")
+    _check_data_parallel(cfg)
     valid_stages = ("sft", "merge", "reward", "ppo")
     for i, stage in enumerate(cfg.pipeline.stages):
         _check(stage in valid_stages, f"pipeline.stages[{i}]", f"must be one of {', '.join(valid_stages)}; got {stage!r}")

@@ -14,14 +14,16 @@ import ray
 from ray.util.placement_group import remove_placement_group
 from tqdm import tqdm
 
-from rlhf_ray.actors.remote import GeneratorActor, LearnerActor, RewardScorerActor
+from rlhf_ray.actors.remote import GeneratorActor, RewardScorerActor
+from rlhf_ray.artifacts import ModelRef
 from rlhf_ray.checkpoint import atomic_write, latest_checkpoint, read_dir, read_json, write_checkpoint
 from rlhf_ray.config import Config
 from rlhf_ray.data import PromptState, PromptStream, load_text_dataset
 from rlhf_ray.errors import UserError
 from rlhf_ray.metrics import MetricsLog, plot_metrics, write_samples
 from rlhf_ray.models.policy import load_tokenizer
-from rlhf_ray.placement import actor_options, create_placement, role_specs
+from rlhf_ray.learner_group import LearnerGroup
+from rlhf_ray.placement import actor_options, create_placement, role_specs, run_id
 
 
 class StaleGeneratorError(RuntimeError):
@@ -32,27 +34,28 @@ class StaleGeneratorError(RuntimeError):
 class Roles:
     generators: list
     scorers: list
-    learner: object
+    learner: LearnerGroup
     placement_group: object
 
     @staticmethod
-    def start(cfg: Config, policy_path: str, reward_path: str, run_dir: Path) -> "Roles":
+    def start(cfg: Config, policy: ModelRef, reward: ModelRef, run_dir: Path) -> "Roles":
         specs = role_specs(cfg.cluster)
-        pg = create_placement(specs)
-        ns = cfg.cluster.namespace
-        opts = [actor_options(s, pg, i, ns) for i, s in enumerate(specs)]
+        run = run_id(run_dir)  # actor and placement group names are per run: concurrent jobs never collide
+        pg = create_placement(specs, cfg.cluster, name=f"rlhf_ray/{run}")
+        opts = [actor_options(s, pg, i, cfg.cluster.namespace, run) for i, s in enumerate(specs)]
         n_gen, n_sc = cfg.cluster.num_generators, cfg.cluster.num_scorers
-        gens = [GeneratorActor.options(**opts[i]).remote(cfg, policy_path, i) for i in range(n_gen)]
-        scorers = [RewardScorerActor.options(**opts[n_gen + i]).remote(cfg, reward_path) for i in range(n_sc)]
-        learner = LearnerActor.options(**opts[n_gen + n_sc]).remote(cfg, policy_path)
+        gens = [GeneratorActor.options(**opts[i]).remote(cfg, policy, i) for i in range(n_gen)]
+        scorers = [RewardScorerActor.options(**opts[n_gen + i]).remote(cfg, reward) for i in range(n_sc)]
+        learner = LearnerGroup.start(cfg, policy, opts[n_gen + n_sc :])
         roles = Roles(gens, scorers, learner, pg)
         places = ray.get([a.where.remote() for a in roles.all()])  # also waits for every model to load
-        layout = [{"actor": s.name, "num_gpus": s.num_gpus, "num_cpus": s.num_cpus, **p} for s, p in zip(specs, places)]
+        layout = [{"actor": s.name, "name": o["name"], "num_gpus": s.num_gpus, "num_cpus": s.num_cpus, **p}
+                  for s, o, p in zip(specs, opts, places)]
         atomic_write(run_dir / "placement.json", json.dumps(layout, indent=2).encode())
         return roles
 
     def all(self) -> list:
-        return [*self.generators, *self.scorers, self.learner]
+        return [*self.generators, *self.scorers, *self.learner.actors]
 
     def stop(self) -> None:
         for actor in self.all():
@@ -68,7 +71,7 @@ def sync_adapter(roles: Roles, payload_ref, version: int, sha256: str) -> None:
 
 
 def sync_current(roles: Roles) -> None:
-    payload_ref, receipt_ref = roles.learner.publish.options(num_returns=2).remote()
+    payload_ref, receipt_ref = roles.learner.publish()
     receipt = ray.get(receipt_ref)
     sync_adapter(roles, payload_ref, receipt["version"], receipt["sha256"])
 
@@ -90,7 +93,7 @@ def run_iteration(cfg: Config, roles: Roles, prompts: list[str], iteration: int,
     scores = [float(x) for t in ray.get(score_refs) for x in t]
     t2 = time.perf_counter()
     # 3. learn: experience + PPO epochs; the new adapter comes back as a ref
-    metrics_ref, payload_ref = roles.learner.learn.options(num_returns=2).remote(rollout_refs, score_refs, iteration)
+    metrics_ref, payload_ref = roles.learner.learn(rollout_refs, score_refs, iteration)
     metrics = ray.get(metrics_ref)
     t3 = time.perf_counter()
     # 4. sync the new adapter to every generator (LoRA tensors only) and confirm it
@@ -105,7 +108,8 @@ def run_iteration(cfg: Config, roles: Roles, prompts: list[str], iteration: int,
     return metrics, samples
 
 
-def train(cfg: Config, run_dir: Path, policy_path: str, reward_path: str, resume: bool) -> dict:
+def train(cfg: Config, run_dir: Path, policy_path: str, policy: ModelRef, reward: ModelRef, resume: bool) -> dict:
+    """policy_path: the driver's own copy (its tokenizer cuts prompts); policy/reward: what actors load."""
     tokenizer = load_tokenizer(policy_path)
     texts = load_text_dataset(cfg.data.dataset, "train", cfg.data.text_field)["text"].to_pylist()
     stream = PromptStream(texts, tokenizer, cfg.data.prompt_min_tokens, cfg.data.prompt_max_tokens, cfg.run.seed)
@@ -113,10 +117,10 @@ def train(cfg: Config, run_dir: Path, policy_path: str, reward_path: str, resume
     ckpt = latest_checkpoint(run_dir) if resume else None
     if resume and ckpt is None:
         raise UserError(f"--resume {run_dir}: no checkpoint found (checkpoints are written every ppo.checkpoint_every iterations)")
-    roles = Roles.start(cfg, policy_path, reward_path, run_dir)
+    roles = Roles.start(cfg, policy, reward, run_dir)
     try:
         if ckpt is not None:
-            ray.get(roles.learner.restore.remote(read_dir(ckpt)))
+            ray.get(roles.learner.restore(read_dir(ckpt)))
             driver_state = read_json(ckpt / "driver_state.json")
             stream.state = PromptState(**driver_state["prompts"])
             start = driver_state["iteration"] + 1
@@ -133,7 +137,7 @@ def train(cfg: Config, run_dir: Path, policy_path: str, reward_path: str, resume
             if samples is not None:
                 write_samples(run_dir, iteration, **samples)
             if iteration % cfg.ppo.checkpoint_every == 0 or iteration == cfg.ppo.iterations:
-                files = ray.get(roles.learner.checkpoint.remote())
+                files = ray.get(roles.learner.checkpoint())
                 state = {"iteration": iteration, "prompts": asdict(stream.state), "seed": cfg.run.seed}
                 files["driver_state.json"] = json.dumps(state).encode()
                 write_checkpoint(run_dir, iteration, files)
