@@ -113,10 +113,11 @@ def check_fits(specs: list[RoleSpec]) -> bool:
         total = {k: max(total.get(k, 0.0), float(maximum.get(k, 0))) for k in {*total, *maximum}}
     for spec in specs:
         if not any(_fits(bundle(spec), node) for node in nodes):
-            largest = max(node.get("GPU" if spec.num_gpus > 0 else "CPU", 0) for node in nodes)
+            unit = "GPU" if spec.num_gpus > 0 else "CPU"
+            largest = max(node.get(unit, 0) for node in nodes)
             raise UserError(f"role {spec.name} asks for {bundle(spec)} but no node{' type' if limits else ''} of this Ray "
-                            f"cluster has that much (largest: {largest:g} {'GPU' if spec.num_gpus > 0 else 'CPU'}): "
-                            "lower cluster.*_gpus / cluster.actor_cpus")
+                            f"cluster has that much (the largest has {largest:g} {unit}s): "
+                            "lower cluster.*_gpus (0 = CPU) or cluster.actor_cpus")
     need = {key: sum(bundle(s).get(key, 0.0) for s in specs) for key in ("CPU", "GPU")}
     scope = "can grow to" if limits else "has"
     for key, hint in (("GPU", "lower cluster.*_gpus (fractions of one GPU share it) or set them to 0 for CPU"),
