@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,18 +87,35 @@ def _fits(need: dict[str, float], have: dict) -> bool:
     return all(amount <= have.get(key, 0) + 1e-9 for key, amount in need.items())
 
 
-def autoscaling_limits() -> tuple[list[dict], dict] | None:
-    """(node type shapes, max total resources) when an autoscaler can add nodes, else None.
+UNKNOWN_LIMITS: tuple[list[dict], dict] = ([], {})
 
-    The autoscaler publishes its cluster config (node types with min/max counts) to the GCS; a
-    fixed cluster (plain `ray start`, a local Ray) has none or no type that can grow."""
+
+def autoscaling_limits() -> tuple[list[dict], dict] | None:
+    """(node type shapes, max total resources) when an autoscaler can add nodes; None on a fixed cluster.
+
+    Autoscaler v2 publishes its node types with min/max counts to the GCS. The v1 autoscaler only
+    publishes a status report: on a fixed cluster (a local Ray, plain `ray start` nodes) its provider
+    is the read-only one, whose node types are named `node_<id>`; any other type means a real
+    provider that can launch nodes, with limits we cannot read (UNKNOWN_LIMITS: wait, never refuse)."""
     from ray._private.state import state
 
     config = state.get_cluster_config()
     groups = [g for g in (config.node_group_configs if config else []) if g.resources and g.max_count != 0]
-    if not any(g.max_count == -1 or g.max_count > g.min_count for g in groups):
-        return None
-    return [dict(g.resources) for g in groups], state.get_max_resources_from_cluster_config() or {}
+    if groups:
+        if not any(g.max_count == -1 or g.max_count > g.min_count for g in groups):
+            return None
+        return [dict(g.resources) for g in groups], state.get_max_resources_from_cluster_config() or {}
+    return UNKNOWN_LIMITS if _v1_autoscaler_can_launch() else None
+
+
+def _v1_autoscaler_can_launch() -> bool:
+    from ray._private import ray_constants
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    raw = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+    report = (json.loads(raw).get("autoscaler_report") or {}) if raw else {}
+    types = {*(report.get("active_nodes") or {}), *(report.get("pending_launches") or {})}
+    return any(not re.fullmatch(r"node_[0-9a-f]+", t) for t in types)
 
 
 def check_fits(specs: list[RoleSpec]) -> bool:
@@ -107,6 +126,8 @@ def check_fits(specs: list[RoleSpec]) -> bool:
     nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
     total = {k: float(v) for k, v in ray.cluster_resources().items()}
     limits = autoscaling_limits()
+    if limits is UNKNOWN_LIMITS:
+        return True
     if limits is not None:
         shapes, maximum = limits
         nodes = nodes + shapes

@@ -26,12 +26,8 @@ def test_placement_waits_for_the_autoscaler(tmp_path):
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     result = json.loads((tmp_path / "result.json").read_text())
-    assert result["nodes_before"] == 1 and result["nodes_after"] >= 2  # it waited while nodes were added
-    for case in ("too_big_role", "too_many_roles"):
-        refusal = result[case]
-        assert refusal["error"] and "\n" not in refusal["error"] and refusal["seconds"] < 10, (case, refusal)
-    assert "no node type" in result["too_big_role"]["error"]
-    assert "the Ray cluster can grow to" in result["too_many_roles"]["error"]
+    # 3 CPUs asked of a 1-CPU head: refused on a fixed cluster, here it waited while nodes were added
+    assert result["nodes_before"] == 1 and result["nodes_after"] >= 2, result
 
 
 def test_fixed_cluster_refuses_an_impossible_request_in_one_line(ray_session, tmp_path, capsys):
