@@ -31,6 +31,11 @@ def test_placement_waits_for_the_autoscaler(tmp_path):
 
 
 def test_fixed_cluster_refuses_an_impossible_request_in_one_line(ray_session, tmp_path, capsys):
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    deadline = time.monotonic() + 30  # the (read-only) autoscaler's first status report, as on a fresh cluster
+    while _internal_kv_get("__autoscaling_status") is None and time.monotonic() < deadline:
+        time.sleep(1)
     assert autoscaling_limits() is None  # a local Ray cannot grow
     cpus = ray_session.cluster_resources()["CPU"]
     with pytest.raises(UserError, match="the Ray cluster has"):

@@ -40,6 +40,7 @@ def _rank(rank: int, world: int, port: int, model: str, out: str) -> None:
     torch.save({"metrics": metrics, "adapter": payload.data, "kl_coef": learner.kl_ctl.value}, f"{out}/rank{rank}.pt")
 
 
+@pytest.mark.slow  # two processes each import torch/transformers and build a learner: ~40 s of CPU
 def test_two_learners_take_the_single_learner_step(tiny_lm, tmp_path):
     from rlhf_ray.actors.learner import Learner
 
