@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import sys
 from pathlib import Path
 
 WORK = Path(sys.argv[1]).resolve()
 DRIVER_CACHE = WORK / "driver-cache"
-os.environ["RLHF_RAY_CACHE"] = str(DRIVER_CACHE)
+# Set before Ray is imported: the raylets inherit them (each node then overrides the cache dir),
+# and the cluster's token auth (Ray 2.59+) uses a token of this run's own.
+os.environ.update({"RLHF_RAY_CACHE": str(DRIVER_CACHE), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)})
 
 import ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
