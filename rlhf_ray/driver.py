@@ -20,9 +20,9 @@ from rlhf_ray.checkpoint import atomic_write, latest_checkpoint, read_dir, read_
 from rlhf_ray.config import Config
 from rlhf_ray.data import PromptState, PromptStream, load_text_dataset
 from rlhf_ray.errors import UserError
+from rlhf_ray.learner_group import LearnerGroup
 from rlhf_ray.metrics import MetricsLog, plot_metrics, write_samples
 from rlhf_ray.models.policy import load_tokenizer
-from rlhf_ray.learner_group import LearnerGroup
 from rlhf_ray.placement import actor_options, create_placement, role_specs, run_id
 
 
