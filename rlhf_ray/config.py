@@ -198,6 +198,10 @@ class ClusterConfig:
     call_timeout_s: float = 900.0
     # Restarts allowed per role in one run (killed, lost or hung actors); one more stops the run.
     max_role_restarts: int = 3
+    # Placement group strategy: PACK (share nodes/GPUs, spill over) or SPREAD (replicas on different nodes).
+    placement_strategy: Literal["PACK", "SPREAD"] = "PACK"
+    # Seconds to wait for the roles to be placed (an autoscaler may be adding nodes) before giving up.
+    placement_timeout_s: float = 600.0
 
 
 @dataclass
@@ -452,6 +456,16 @@ def check_model_ref(key: str, ref: str) -> None:
     _check(not looks_like_path(ref), key, f"path {ref} does not exist")
 
 
+def _check_data_parallel(cfg: Config) -> None:
+    """Data-parallel learners split every micro-batch into equal shards."""
+    micro, n = cfg.ppo.mini_batch_size // cfg.ppo.grad_accum, cfg.cluster.num_learners
+    _check(micro % n == 0, "cluster.num_learners",
+           f"each learner takes an equal share of every micro-batch: ppo.mini_batch_size / ppo.grad_accum ({micro}) "
+           f"must be divisible by cluster.num_learners ({n})")
+    _check(cfg.cluster.placement_timeout_s > 0, "cluster.placement_timeout_s",
+           f"must be > 0; got {cfg.cluster.placement_timeout_s}")
+
+
 def _check_divisible(whole: tuple[str, int], part: tuple[str, int], given: tuple[set[str], ...], why: str = "") -> None:
     """`whole` must be a multiple of `part`. The error names the key the user set (command line
     first, then the YAML file; the divisor when both or neither) and the values that would fit."""
@@ -549,8 +563,7 @@ def validate(cfg: Config, given: tuple[set[str], ...] = ()) -> None:
                f"{cfg.algo.advantage} needs at least 2 samples per prompt; got {cfg.algo.group_size}")
     _check_divisible(("ppo.batch_size", p.batch_size), ("cluster.num_generators", cfg.cluster.num_generators), given,
                      ": each generator samples an equal shard")
-    _check(cfg.cluster.num_learners == 1, "cluster.num_learners",
-           "data-parallel learners are not implemented yet; use 1 (generators and scorers do scale out)")
+    _check_data_parallel(cfg)
     valid_stages = ("sft", "merge", "reward", "ppo")
     for i, stage in enumerate(cfg.pipeline.stages):
         _check(stage in valid_stages, f"pipeline.stages[{i}]", f"must be one of {', '.join(valid_stages)}; got {stage!r}")

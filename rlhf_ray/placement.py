@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import re
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
@@ -15,6 +19,8 @@ from rlhf_ray.config import ClusterConfig
 from rlhf_ray.errors import UserError
 
 log = logging.getLogger(__name__)
+
+PROGRESS_EVERY_S = 10.0  # one progress line this often while placement waits
 
 # Variables every Ray worker of ours gets: offline hubs, no tokenizer thread pools fighting torch.
 WORKER_ENV = {
@@ -73,40 +79,109 @@ def role_specs(cluster: ClusterConfig, with_scorers: bool = True) -> list[RoleSp
     return specs
 
 
-def check_fits(specs: list[RoleSpec]) -> None:
-    """Fail before placing anything when the cluster cannot hold the roles (a clear error, not a hang)."""
-    total = ray.cluster_resources()
-    need_gpu = sum(s.num_gpus for s in specs)
-    need_cpu = sum(s.num_cpus for s in specs)
-    if need_gpu > total.get("GPU", 0) + 1e-9:
-        raise UserError(
-            f"the roles ask for {need_gpu:g} GPUs in all but the Ray cluster has {total.get('GPU', 0):g}: "
-            "lower cluster.*_gpus (fractions of one GPU share it) or set them to 0 for CPU"
-        )
-    if need_cpu > total.get("CPU", 0) + 1e-9:
-        raise UserError(
-            f"the roles ask for {need_cpu:g} CPUs in all but the Ray cluster has {total.get('CPU', 0):g}: "
-            "lower cluster.actor_cpus"
-        )
+def bundle(spec: RoleSpec) -> dict[str, float]:
+    return {"CPU": spec.num_cpus, **({"GPU": spec.num_gpus} if spec.num_gpus > 0 else {})}
 
 
-def create_placement(specs: list[RoleSpec], timeout_s: float = 120.0) -> PlacementGroup:
-    """One bundle per role, PACK strategy: on one GPU node every role lands on the same device
-    (fractional num_gpus); on a cluster, bundles that do not fit spill to other nodes."""
-    check_fits(specs)
-    bundles = [{"CPU": s.num_cpus, **({"GPU": s.num_gpus} if s.num_gpus > 0 else {})} for s in specs]
-    pg = placement_group(bundles, strategy="PACK", name="rlhf_ray")
-    ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
-    if not ready:
-        remove_placement_group(pg)
-        raise UserError(f"Ray could not place the roles {bundles} within {timeout_s:.0f}s: "
-                        "the cluster lacks free resources (check `ray status`)")
+def _fits(need: dict[str, float], have: dict) -> bool:
+    return all(amount <= have.get(key, 0) + 1e-9 for key, amount in need.items())
+
+
+UNKNOWN_LIMITS: tuple[list[dict], dict] = ([], {})
+
+
+def autoscaling_limits() -> tuple[list[dict], dict] | None:
+    """(node type shapes, max total resources) when an autoscaler can add nodes; None on a fixed cluster.
+
+    Autoscaler v2 publishes its node types with min/max counts to the GCS. The v1 autoscaler only
+    publishes a status report: on a fixed cluster (a local Ray, plain `ray start` nodes) its provider
+    is the read-only one, whose node types are named `node_<id>`; any other type means a real
+    provider that can launch nodes, with limits we cannot read (UNKNOWN_LIMITS: wait, never refuse)."""
+    from ray._private.state import state
+
+    config = state.get_cluster_config()
+    groups = [g for g in (config.node_group_configs if config else []) if g.resources and g.max_count != 0]
+    if groups:
+        if not any(g.max_count == -1 or g.max_count > g.min_count for g in groups):
+            return None
+        return [dict(g.resources) for g in groups], state.get_max_resources_from_cluster_config() or {}
+    return UNKNOWN_LIMITS if _v1_autoscaler_can_launch() else None
+
+
+def _v1_autoscaler_can_launch() -> bool:
+    from ray._private import ray_constants
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    raw = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+    report = (json.loads(raw).get("autoscaler_report") or {}) if raw else {}
+    types = {*(report.get("active_nodes") or {}), *(report.get("pending_launches") or {})}
+    return any(not re.fullmatch(r"node_[0-9a-f]+", t) for t in types)
+
+
+def check_fits(specs: list[RoleSpec]) -> bool:
+    """Refuse at once (one line) what can never fit; True when placement may wait for the autoscaler.
+
+    Never fits: a role larger than every node (type), or, on a fixed-size cluster, more than the
+    cluster's total resources. An autoscaling cluster is measured against its configured maximum."""
+    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    total = {k: float(v) for k, v in ray.cluster_resources().items()}
+    limits = autoscaling_limits()
+    if limits is UNKNOWN_LIMITS:
+        return True
+    if limits is not None:
+        shapes, maximum = limits
+        nodes = nodes + shapes
+        total = {k: max(total.get(k, 0.0), float(maximum.get(k, 0))) for k in {*total, *maximum}}
+    for spec in specs:
+        if not any(_fits(bundle(spec), node) for node in nodes):
+            unit = "GPU" if spec.num_gpus > 0 else "CPU"
+            largest = max(node.get(unit, 0) for node in nodes)
+            raise UserError(f"role {spec.name} asks for {bundle(spec)} but no node{' type' if limits else ''} of this Ray "
+                            f"cluster has that much (the largest has {largest:g} {unit}s): "
+                            "lower cluster.*_gpus (0 = CPU) or cluster.actor_cpus")
+    need = {key: sum(bundle(s).get(key, 0.0) for s in specs) for key in ("CPU", "GPU")}
+    scope = "can grow to" if limits else "has"
+    for key, hint in (("GPU", "lower cluster.*_gpus (fractions of one GPU share it) or set them to 0 for CPU"),
+                      ("CPU", "lower cluster.actor_cpus")):
+        if need[key] > total.get(key, 0) + 1e-9:
+            raise UserError(f"the roles ask for {need[key]:g} {key}s in all but the Ray cluster {scope} "
+                            f"{total.get(key, 0):g}: {hint}")
+    return limits is not None and not _fits(need, ray.available_resources())
+
+
+def run_id(run_dir) -> str:
+    """Unique per run, readable in `ray list actors`: concurrent jobs on one cluster never collide."""
+    return f"{Path(run_dir).name}-{os.urandom(3).hex()}"
+
+
+def create_placement(specs: list[RoleSpec], cluster: ClusterConfig, name: str = "rlhf_ray") -> PlacementGroup:
+    """One bundle per role. PACK: on one GPU node every role shares the device (fractional num_gpus)
+    and bundles that do not fit spill to other nodes; SPREAD: replicas on different nodes where
+    possible. A pending group is itself the autoscaler's demand, so waiting is requesting."""
+    grows = check_fits(specs)
+    bundles = [bundle(s) for s in specs]
+    pg = placement_group(bundles, strategy=cluster.placement_strategy, name=name)
+    timeout = cluster.placement_timeout_s
+    start = time.monotonic()
+    while not ray.wait([pg.ready()], timeout=min(PROGRESS_EVERY_S, max(timeout - (time.monotonic() - start), 0)))[0]:
+        waited = time.monotonic() - start
+        if waited >= timeout:
+            remove_placement_group(pg)
+            raise UserError(f"Ray could not place the roles {bundles} within {timeout:.0f}s: the cluster lacks free "
+                            "resources (check `ray status`; raise cluster.placement_timeout_s to wait longer)")
+        log.warning("placement: waiting %.0fs of %.0fs for %s (%s)", waited, timeout, _summary(bundles),
+                    "the autoscaler is adding nodes" if grows else "resources are in use")
     return pg
 
 
-def actor_options(spec: RoleSpec, pg: PlacementGroup, index: int, namespace: str) -> dict:
+def _summary(bundles: list[dict]) -> str:
+    need = {k: sum(b.get(k, 0) for b in bundles) for k in ("CPU", "GPU")}
+    return f"{len(bundles)} bundles, {need['CPU']:g} CPU, {need['GPU']:g} GPU"
+
+
+def actor_options(spec: RoleSpec, pg: PlacementGroup, index: int, namespace: str, run: str) -> dict:
     return {
-        "name": spec.name,
+        "name": f"{run}/{spec.name}",  # per run, role last: `ray list actors` shows both
         "namespace": namespace,
         "num_cpus": spec.num_cpus,
         "num_gpus": spec.num_gpus,

@@ -43,7 +43,7 @@ class RunStopped(UserError):
 class Restartable(Protocol):
     """What the supervisor needs from the driver's Roles."""
 
-    learner: object
+    learner: object  # a LearnerGroup: checkpoint() and restore(files) return refs
 
     def named(self) -> dict[str, object]: ...
 
@@ -95,7 +95,7 @@ class Supervisor:
     def commit(self, iteration: int, driver_state: dict) -> None:
         """Copy the learner's state into driver memory: the point every recovery returns to."""
         t0 = time.perf_counter()
-        files = timed_get(self.roles.learner.checkpoint.remote(), self.timeout_s)
+        files = timed_get(self.roles.learner.checkpoint(), self.timeout_s)
         files["driver_state.json"] = json.dumps(driver_state).encode()
         self.state, self.state_iteration = files, iteration
         self.snapshot_s = time.perf_counter() - t0
@@ -154,7 +154,7 @@ class Supervisor:
 
     def restore(self) -> None:
         """Learner back to the last completed iteration; every generator re-synced to it."""
-        timed_get(self.roles.learner.restore.remote(self.state), self.timeout_s)
+        timed_get(self.roles.learner.restore(self.state), self.timeout_s)
         self.roles.sync(self.timeout_s)
 
     def _nonfinite(self, iteration: int, exc: NonFiniteError, t0: float, driver_state: dict) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rlhf_ray.artifacts import ModelRef, materialize
 from rlhf_ray.batch import AdapterPayload, GenerationInfo, Rollout
 from rlhf_ray.actors.common import init_process, load_policy, role_device
 from rlhf_ray.config import Config
@@ -15,8 +16,9 @@ class StaleAdapterError(RuntimeError):
 
 
 class Generator:
-    def __init__(self, cfg: Config, policy_path: str, rank: int = 0):
+    def __init__(self, cfg: Config, policy: ModelRef, rank: int = 0):
         init_process(cfg)
+        policy_path = materialize(policy, cfg.cache_dir())  # on this node: no shared disk assumed
         self.cfg, self.rank = cfg, rank
         self.device = role_device(cfg.cluster.generator_gpus)
         self.tokenizer = load_tokenizer(policy_path)

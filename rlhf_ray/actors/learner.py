@@ -14,9 +14,11 @@ import torch
 
 from rlhf_ray import algo
 from rlhf_ray.actors.common import init_process, load_policy, role_device
+from rlhf_ray.artifacts import ModelRef, materialize
 from rlhf_ray.batch import AdapterPayload, Rollout
 from rlhf_ray.config import Config
 from rlhf_ray.errors import NonFiniteError
+from rlhf_ray.dp import DataParallel, join, token_share
 from rlhf_ray.models.adapter import export_adapter, import_adapter, save_adapter
 from rlhf_ray.models.forward import response_stats
 from rlhf_ray.models.policy import ValueHead, load_tokenizer, ppo_numerics, reference_mode
@@ -47,8 +49,9 @@ def make_kl_controller(cfg: Config):
 
 
 class Learner:
-    def __init__(self, cfg: Config, policy_path: str):
+    def __init__(self, cfg: Config, policy: ModelRef):
         init_process(cfg)
+        policy_path = materialize(policy, cfg.cache_dir())  # on this node: no shared disk assumed
         self.cfg = cfg
         self.device = role_device(cfg.cluster.learner_gpus)
         self.critic = cfg.algo.advantage == "gae"  # grpo/rloo: no value head is ever built
@@ -63,6 +66,13 @@ class Learner:
         self.kl_ctl = make_kl_controller(cfg)
         self.version = 0
         self.last_metrics: dict = {}  # the latest iteration's figures, for the adapter's model card
+        self.dp = DataParallel()  # a single learner until join_group
+
+    def join_group(self, host: str, port: int, rank: int, world: int) -> int:
+        """Become rank `rank` of `world` data-parallel learners (rank 0 listens on host:port)."""
+        self.dp = join(host, port, rank, world, self.device)
+        self.dp.broadcast([q for g in self.optimizer.param_groups for q in g["params"]])
+        return rank
 
     # ------------------------------------------------------------------ weight sync + checkpoint
     def adapter(self) -> AdapterPayload:
@@ -130,18 +140,18 @@ class Learner:
     @torch.no_grad()
     def make_experience(self, batch: Rollout, scores: torch.Tensor, kl_coef: float) -> Experience:
         old, ref, values = [], [], []
-        for rows in torch.arange(len(batch)).split(self.cfg.ppo.mini_batch_size):
+        for rows in self.dp.block(len(batch)).split(self.cfg.ppo.mini_batch_size):  # own rows, gathered below
             part = batch.select(rows)
             stats = self._forward(part, with_values=self.critic)
             old.append(stats.logprobs)
             values.append(stats.values)
             with reference_mode(self.model):  # the reference policy: same weights, adapter off
                 ref.append(self._forward(part, with_values=False).logprobs)
-        old_lp, ref_lp = torch.cat(old), torch.cat(ref)
+        old_lp, ref_lp = self.dp.gather(torch.cat(old)), self.dp.gather(torch.cat(ref))
         mask = batch.response_mask.to(self.device)
         a = self.cfg.algo
         if self.critic:
-            old_values = torch.cat(values)
+            old_values = self.dp.gather(torch.cat(values))
             rewards, kl = algo.shape_rewards(scores.to(self.device), old_lp, ref_lp, mask, kl_coef, a.kl_kind)
             adv, returns = algo.compute_gae(rewards, old_values, mask, a.gamma, a.gae_lambda)
             if self.cfg.ppo.whiten_advantages:
@@ -166,7 +176,7 @@ class Learner:
         n = len(exp.rollout)
         micro = p.mini_batch_size // p.grad_accum
         totals: dict[str, float] = {}
-        steps = 0
+        steps, grad_norms = 0, 0.0
         trainable = [q for g in self.optimizer.param_groups for q in g["params"]]
         for _ in range(p.epochs):
             for mb in torch.randperm(n).split(p.mini_batch_size):
@@ -175,17 +185,21 @@ class Learner:
                     for key, value in self._micro_step(exp, rows, p.grad_accum).items():
                         totals[key] = totals.get(key, 0.0) + value
                     steps += 1
+                self.dp.sum_grads(trainable)  # sum of shard gradients == the whole minibatch's gradient
                 grad_norm = torch.nn.utils.clip_grad_norm_(trainable, p.max_grad_norm)
                 # Before step(): a NaN/inf loss or gradient never reaches the adapter (the driver
                 # then restores the pre-iteration state and skips the batch or stops, ppo.on_nonfinite).
                 _require_finite("loss/gradient", grad_norm, None)
-                totals["policy/grad_norm"] = totals.get("policy/grad_norm", 0.0) + float(grad_norm) * p.grad_accum
+                grad_norms += float(grad_norm) * p.grad_accum
                 self.optimizer.step()
-        return {k: v / steps for k, v in totals.items()}
+        totals = self.dp.sum_stats(totals, self.device)  # shard stats are token-weighted: sums are whole-batch values
+        return {**{k: v / steps for k, v in totals.items()}, "policy/grad_norm": grad_norms / steps}
 
     def _micro_step(self, exp: Experience, rows: torch.Tensor, grad_accum: int) -> dict[str, float]:
         p = self.cfg.ppo
-        part = exp.rollout.select(rows)
+        shard = self.dp.shard(rows)
+        weight = token_share(exp.rollout.response_mask, rows, shard)  # 1.0 for a single learner
+        rows, part = shard, exp.rollout.select(shard)
         mask = part.response_mask.to(self.device)
         out = self._forward(part, with_values=self.critic, with_entropy=True)
         pg_loss, pg_stats = algo.policy_loss(out.logprobs, exp.old_logprobs[rows], exp.advantages[rows], mask, p.clip_range)
@@ -197,8 +211,8 @@ class Learner:
             v_loss, v_stats = algo.value_loss(out.values, exp.old_values[rows], exp.returns[rows], mask, p.clip_range_value)
             loss = loss + p.vf_coef * v_loss
             stats.update({"value/loss": float(v_loss.detach()), "value/clipfrac": float(v_stats["clipfrac"])})
-        (loss / grad_accum).backward()
-        return stats
+        (loss * weight / grad_accum).backward()
+        return {key: value * weight for key, value in stats.items()}
 
 
 def _require_finite(what: str, value: torch.Tensor, iteration: int | None) -> None:

@@ -29,6 +29,12 @@ class LearnerActor(Learner):
     def where(self) -> dict:
         return where()
 
+    def dp_address(self) -> tuple[str, int]:
+        """Where rank 0 of the data-parallel learners listens: this node's IP and a free port."""
+        from rlhf_ray.dp import free_port
+
+        return ray.util.get_node_ip_address(), free_port()
+
     def learn(self, rollouts, scores, iteration):
         # Ray resolves only top-level ObjectRef arguments; these arrive as lists of refs, so the
         # shards travel generator -> learner through the object store, never via the driver.

@@ -5,14 +5,16 @@ from __future__ import annotations
 import torch
 
 from rlhf_ray.actors.common import init_process, role_device
+from rlhf_ray.artifacts import ModelRef, materialize
 from rlhf_ray.batch import Rollout
 from rlhf_ray.config import Config
 from rlhf_ray.models.reward import RewardModel
 
 
 class RewardScorer:
-    def __init__(self, cfg: Config, reward_path: str):
+    def __init__(self, cfg: Config, reward: ModelRef):
         init_process(cfg)
+        reward_path = materialize(reward, cfg.cache_dir())  # on this node: no shared disk assumed
         r = cfg.reward
         self.input = r.input
         self.model = RewardModel(reward_path, score=r.score, quant=r.quant, device=role_device(cfg.cluster.scorer_gpus),

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from rlhf_ray import driver, preflight
+from rlhf_ray.artifacts import share
 from rlhf_ray.assets import resolve_model
 from rlhf_ray.checkpoint import atomic_write
 from rlhf_ray.config import Config
@@ -34,10 +35,12 @@ def run(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
     (run_dir / DONE).unlink(missing_ok=True)  # an extended run is not complete until it ends
     with attached(cfg.cluster):
         check_fits(role_specs(cfg.cluster))  # fail fast, before any model is converted or trained
-        policy_path = resolve_model(cfg.model.policy, cfg.cache_dir())
+        policy_path = resolve_model(cfg.model.policy, cfg.cache_dir())  # the driver's copy: its tokenizer
         reward_path = reward_model_path(cfg)
         record_models(run_dir, {"policy": model_reference(cfg.model.policy, policy_path),
                                 "reward": model_reference(cfg.reward.model, reward_path)})
-        summary = driver.train(cfg, run_dir, policy_path, reward_path, resume)
+        # No shared disk: assets travel by name, local directories through the object store.
+        policy, reward = share(cfg.model.policy), share(cfg.reward.model or reward_path)
+        summary = driver.train(cfg, run_dir, policy_path, policy, reward, resume)
     atomic_write(run_dir / DONE, json.dumps(summary).encode())
     return summary

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -70,6 +71,24 @@ def test_ppo_job_runs_on_the_head(ray_head, tmp_path):
     # The job's console output is kept in the run directory too, with the run's provenance.
     assert "ppo: 100%" in (run / "console.log").read_text()
     assert (run / "run_info.json").exists() and "run directory:" in out.stdout + out.stderr
+
+
+@pytest.mark.slow
+def test_two_jobs_at_once_on_one_head(ray_head, tmp_path):
+    """Per-run actor and placement-group names: two runs on one cluster do not collide."""
+    address, env = ray_head
+    runs = [tmp_path / "job-a", tmp_path / "job-b"]
+    jobs = [subprocess.Popen([str(BIN / "ray"), "job", "submit", "--address", address, "--runtime-env",
+                              "jobs/runtime_env.yaml", "--", "python", "-m", "rlhf_ray", "ppo", "--config",
+                              "configs/smoke.yaml", "--run-dir", str(run)],
+                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for run in runs]
+    outs = [job.communicate(timeout=600)[0] for job in jobs]
+    assert all(job.returncode == 0 for job in jobs), "\n".join(o[-3000:] for o in outs)
+    names = [[p["name"] for p in json.loads((run / "placement.json").read_text())] for run in runs]
+    assert [n.rsplit("/", 1)[1] for n in names[0]] == ["generator-0", "reward-0", "learner-0"]  # role still shown
+    assert not set(names[0]) & set(names[1])
+    assert all([r["iteration"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2] for run in runs)
 
 
 @pytest.mark.slow

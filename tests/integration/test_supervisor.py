@@ -15,9 +15,10 @@ from ray.util.placement_group import placement_group
 
 from rlhf_ray.batch import AdapterPayload
 from rlhf_ray.config import load_config
-from rlhf_ray.driver import Roles, make_actor
+from rlhf_ray.learner_group import LearnerGroup
 from rlhf_ray.placement import RoleSpec, actor_options
 from rlhf_ray.recovery import RunStopped, Supervisor, read_events, timed_get
+from rlhf_ray.roles import LEARNER, Roles, make_actor
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -75,11 +76,13 @@ def roles():
     names = ["generator-0", "reward-0", "learner-0"]
     pg = placement_group([{"CPU": 0.01}] * 3, strategy="PACK")
     ray.get(pg.ready())
-    makers = {n: lambda i=i, n=n: make_actor(Counter, actor_options(RoleSpec(n, 0.01, 0), pg, i, "test-sup"), ())
-              for i, n in enumerate(names)}
-    actors = [make() for make in makers.values()]
-    ray.get([a.where.remote() for a in actors])  # started, as Roles.start leaves them
-    r = Roles(actors[:1], actors[1:2], actors[2], pg, makers)
+    options = [actor_options(RoleSpec(n, 0.01, 0), pg, i, "test-sup", "run") for i, n in enumerate(names)]
+    makers = {n: lambda o=o: make_actor(Counter, o, ()) for n, o in zip(names[:2], options)}
+    makers[LEARNER] = lambda: LearnerGroup([make_actor(Counter, options[2], ())])
+    actors = [makers[n]() for n in names[:2]]
+    learner = makers[LEARNER]()
+    ray.get([a.where.remote() for a in [*actors, *learner.actors]])  # started, as Roles.start leaves them
+    r = Roles(actors[:1], actors[1:2], learner, pg, makers, names[2:])
     yield r
     r.stop()
 
@@ -88,19 +91,19 @@ def test_a_killed_learner_comes_back_with_the_committed_state(roles, tmp_path):
     cfg = load_config("configs/smoke.yaml", ["cluster.call_timeout_s=20"])
     sup = Supervisor(cfg, roles, tmp_path)
     sup.commit(0, {"iteration": 0})  # as the driver does before its first iteration
-    assert sup.run(1, lambda: timed_get(roles.learner.step.remote(), 20), {"iteration": 1}) == 1
+    assert sup.run(1, lambda: timed_get(roles.learner.actors[0].step.remote(), 20), {"iteration": 1}) == 1
     attempts = []
 
     def step():
         attempts.append(1)
         if len(attempts) == 1:
-            timed_get(roles.learner.step.remote(), 20)  # progress the failure must undo
-            kill(roles.learner)
-        return timed_get(roles.learner.step.remote(), 20)
+            timed_get(roles.learner.actors[0].step.remote(), 20)  # progress the failure must undo
+            kill(roles.learner.actors[0])
+        return timed_get(roles.learner.actors[0].step.remote(), 20)
 
-    first = roles.learner
+    first = roles.learner.actors[0]
     assert sup.run(2, step, {"iteration": 2}) == 2  # from version 1 (committed), not 0 (fresh) or 2 (lost)
-    assert roles.learner is not first and len(attempts) == 2
+    assert roles.learner.actors[0] is not first and len(attempts) == 2
     (event,) = read_events(tmp_path / "events.jsonl")
     assert (event["role"], event["iteration"], event["restarts"]) == ("learner-0", 2, 1)
     assert event["cause"].startswith("died")

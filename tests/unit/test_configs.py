@@ -24,3 +24,11 @@ def test_single_gpu_layout_fits_one_card():
     c = load_config(Path(CONFIGS[0]).parent / "single_gpu_24gb.yaml").cluster
     shares = c.num_generators * c.generator_gpus + c.num_scorers * c.scorer_gpus + c.num_learners * c.learner_gpus
     assert 0 < shares <= 1.0
+
+
+def test_cluster_gpu_layout_fills_whole_workers_and_keeps_learners_apart():
+    c = load_config(Path(CONFIGS[0]).parent / "cluster_gpu.yaml").cluster
+    assert c.num_generators == c.num_scorers == c.num_learners == 2
+    # one replica of each role per 1-GPU worker; NCCL needs the two learners on different GPUs
+    assert c.generator_gpus + c.scorer_gpus + c.learner_gpus == pytest.approx(1.0)
+    assert c.learner_gpus > 0.5 and c.placement_strategy == "SPREAD"
