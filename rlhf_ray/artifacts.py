@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from rlhf_ray.assets import resolve_model
+from rlhf_ray.checkpoint import publish_once, read_dir, temp_dir
 from rlhf_ray.refs import is_asset_name
-from rlhf_ray.checkpoint import read_dir
 
 log = logging.getLogger(__name__)
 
@@ -82,17 +80,12 @@ def _fetch(artifact: Artifact, root: Path) -> Path:
     files = ray.get(artifact.files)
     if content_hash(files) != artifact.sha256:
         raise RuntimeError(f"artifact {artifact.name} arrived corrupted (hash mismatch)")
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+    tmp = temp_dir(root, ".tmp-")  # the user's umask, as every other file we write
     try:
         for name, data in files.items():
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             (tmp / name).write_bytes(data)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not target.is_dir():  # not a concurrent winner: a real error
-                raise
+        publish_once(tmp, target)  # a concurrent actor on this node may have won: its copy is complete
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target

@@ -48,7 +48,7 @@ def publish_once(tmp: Path, target: Path) -> None:
     try:
         os.rename(tmp, target)
     except OSError:
-        if not (target / "config.json").exists():
+        if not target.is_dir():  # targets only ever appear by rename, so an existing one is complete
             raise
         shutil.rmtree(tmp, ignore_errors=True)  # another process finished first: theirs is complete
 
