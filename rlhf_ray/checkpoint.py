@@ -115,10 +115,6 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return None
 
 
-def checkpoint_iteration(path: Path) -> int:
-    return int(path.name.removeprefix("iter-"))
-
-
 def read_dir(path: Path) -> dict[str, bytes]:
     """Every file below `path` as {relative name: bytes} (checkpoints, adapters shipped from tasks)."""
     return {str(p.relative_to(path)): p.read_bytes() for p in path.rglob("*") if p.is_file()}
