@@ -171,8 +171,9 @@ def _panel(ax, rows, title, left: tuple[str, ...], right: tuple[str, ...] = ()) 
         ax.text(0.5, 0.5, "not logged in this run", ha="center", va="center", transform=ax.transAxes)
 
 
-def plot_metrics(path: Path, out: Path) -> Path | None:
-    """The run's curves as one PNG; skipped (None) when matplotlib is not installed."""
+def plot_metrics(path: Path, out: Path, title: str | None = None) -> Path | None:
+    """The run's curves as one PNG (titled with the run and the date of its last metrics line);
+    skipped (None) when matplotlib is not installed."""
     try:
         import matplotlib
 
@@ -195,6 +196,8 @@ def plot_metrics(path: Path, out: Path) -> Path | None:
     _phase_times(axes[1, 2], rows)
     for a in axes[1]:
         a.set_xlabel("iteration")
+    stamp = time.strftime("%Y-%m-%d", time.localtime(path.stat().st_mtime))
+    fig.suptitle(f"{title or path.parent.name}: {len(rows)} PPO iterations ({stamp})", fontsize=11)
     fig.tight_layout()
     fig.savefig(out, dpi=72)
     plt.close(fig)
