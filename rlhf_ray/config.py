@@ -104,6 +104,7 @@ class PPOConfig:
     iterations: int = 20
     # Prompts per iteration (each sampled group_size times for grpo/rloo).
     batch_size: int = 16
+    # Samples (rollout rows, not prompts) per optimizer step; must divide batch_size x samples per prompt.
     mini_batch_size: int = 8
     # Micro-batches per minibatch (gradient accumulation).
     grad_accum: int = 1
@@ -117,6 +118,10 @@ class PPOConfig:
     whiten_advantages: bool = True
     checkpoint_every: int = 5
     samples_every: int = 5
+    # Sample batch k+1 while the learner trains on batch k (one step off-policy; see rlhf_ray/overlap.py).
+    overlap: bool = False
+    # Most adapter versions a rollout may lag the learner by (must be >= 1 with overlap; 0 = on-policy only).
+    max_policy_lag: int = 1
 
 
 @dataclass
@@ -169,6 +174,14 @@ class PipelineConfig:
 
 
 @dataclass
+class BenchConfig:
+    # Timed repetitions per measurement (the median is reported); one untimed warm-up precedes them.
+    repeats: int = 3
+    # Quantization modes compared side by side (memory, generation tokens/s, update time).
+    quant_modes: list[str] = field(default_factory=lambda: ["none", "8bit", "4bit"])
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -181,6 +194,7 @@ class Config:
     sft: SFTConfig = field(default_factory=SFTConfig)
     merge: MergeConfig = field(default_factory=MergeConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -404,11 +418,6 @@ def validate(cfg: Config) -> None:
     _check(0 <= cfg.sft.gpus <= 1, "sft.gpus", f"GPU fraction must be in (0, 1] (or 0 for CPU); got {cfg.sft.gpus}")
     _check(cfg.cluster.actor_cpus >= 0, "cluster.actor_cpus", f"must be >= 0; got {cfg.cluster.actor_cpus}")
     _check(
-        cfg.ppo.batch_size % cfg.ppo.mini_batch_size == 0,
-        "ppo.mini_batch_size",
-        f"ppo.batch_size ({cfg.ppo.batch_size}) must be divisible by ppo.mini_batch_size ({cfg.ppo.mini_batch_size})",
-    )
-    _check(
         cfg.ppo.mini_batch_size % cfg.ppo.grad_accum == 0,
         "ppo.grad_accum",
         f"ppo.mini_batch_size ({cfg.ppo.mini_batch_size}) must be divisible by ppo.grad_accum ({cfg.ppo.grad_accum})",
@@ -426,6 +435,7 @@ def validate(cfg: Config) -> None:
     valid_stages = ("sft", "merge", "reward", "ppo")
     for i, stage in enumerate(cfg.pipeline.stages):
         _check(stage in valid_stages, f"pipeline.stages[{i}]", f"must be one of {', '.join(valid_stages)}; got {stage!r}")
+    _validate_batches(cfg)
     check_model_ref("model.policy", cfg.model.policy)
     check_model_ref("reward.backbone", cfg.reward.backbone)
     if cfg.reward.model is not None:
@@ -434,3 +444,23 @@ def validate(cfg: Config) -> None:
         check_model_ref("merge.adapter", cfg.merge.adapter)
     check_model_ref("data.dataset", cfg.data.dataset)
     check_model_ref("sft.dataset", cfg.sft.dataset)
+
+
+def samples_per_prompt(cfg: Config) -> int:
+    """Rollout rows per prompt: group_size for the group baselines (grpo/rloo), 1 for gae."""
+    return cfg.algo.group_size if cfg.algo.advantage != "gae" else 1
+
+
+def _validate_batches(cfg: Config) -> None:
+    """ppo.mini_batch_size counts samples (rollout rows), the unit the learner splits and steps on."""
+    p = cfg.ppo
+    samples = p.batch_size * samples_per_prompt(cfg)
+    _check(samples % p.mini_batch_size == 0, "ppo.mini_batch_size",
+           f"the samples per iteration (ppo.batch_size x samples per prompt = {samples}) must be divisible by "
+           f"ppo.mini_batch_size ({p.mini_batch_size})")
+    _check(p.max_policy_lag >= 0, "ppo.max_policy_lag", f"must be >= 0; got {p.max_policy_lag}")
+    _check(not p.overlap or p.max_policy_lag >= 1, "ppo.max_policy_lag",
+           "ppo.overlap samples one adapter version behind the learner: needs ppo.max_policy_lag >= 1")
+    _check(cfg.bench.repeats > 0, "bench.repeats", f"must be > 0; got {cfg.bench.repeats}")
+    for i, mode in enumerate(cfg.bench.quant_modes):
+        _check(mode in ("none", "8bit", "4bit"), f"bench.quant_modes[{i}]", f"must be one of none, 8bit, 4bit; got {mode!r}")

@@ -21,11 +21,8 @@ from rlhf_ray.data import PromptState, PromptStream, load_text_dataset
 from rlhf_ray.errors import UserError
 from rlhf_ray.metrics import MetricsLog, plot_metrics, write_samples
 from rlhf_ray.models.policy import load_tokenizer
+from rlhf_ray.overlap import RolloutSource, StaleGeneratorError
 from rlhf_ray.placement import actor_options, create_placement, role_specs
-
-
-class StaleGeneratorError(RuntimeError):
-    """A generator sampled with (or confirmed) an adapter other than the learner's latest."""
 
 
 @dataclass
@@ -73,17 +70,13 @@ def sync_current(roles: Roles) -> None:
     sync_adapter(roles, payload_ref, receipt["version"], receipt["sha256"])
 
 
-def run_iteration(cfg: Config, roles: Roles, prompts: list[str], iteration: int, want_samples: bool) -> tuple[dict, dict | None]:
+def run_iteration(roles: Roles, source: RolloutSource, iteration: int, want_samples: bool) -> tuple[dict, dict | None]:
     t0 = time.perf_counter()
-    # 1. generate: one prompt shard per generator; rollouts stay in the object store
-    shards = [prompts[i :: len(roles.generators)] for i in range(len(roles.generators))]
-    outs = [g.generate.options(num_returns=2).remote(shard, iteration, want_samples)
-            for g, shard in zip(roles.generators, shards)]
-    rollout_refs = [r for r, _ in outs]
-    infos = ray.get([info for _, info in outs])
+    # 1. generate: one prompt shard per generator, rollouts stay in the object store (with ppo.overlap
+    #    this batch was launched during the previous iteration, and the next one starts now)
+    batch = source.take(iteration)
+    rollout_refs, infos = batch.rollout_refs, batch.infos
     version = infos[0].policy_version
-    if any(info.policy_version != version for info in infos):
-        raise StaleGeneratorError(f"generators sampled with different adapters: {[i.policy_version for i in infos]}")
     t1 = time.perf_counter()
     # 2. score each shard where it lies (scores are B floats: reading them surfaces a bad reward model here)
     score_refs = [roles.scorers[i % len(roles.scorers)].score.remote(ref) for i, ref in enumerate(rollout_refs)]
@@ -93,11 +86,14 @@ def run_iteration(cfg: Config, roles: Roles, prompts: list[str], iteration: int,
     metrics_ref, payload_ref = roles.learner.learn.options(num_returns=2).remote(rollout_refs, score_refs, iteration)
     metrics = ray.get(metrics_ref)
     t3 = time.perf_counter()
-    # 4. sync the new adapter to every generator (LoRA tensors only) and confirm it
+    # 4. sync the new adapter to every generator (LoRA tensors only) and confirm it; a batch sampled
+    #    ahead finishes first, so its wait counts as generation
+    ahead_s = source.settle()
     sync_adapter(roles, payload_ref, metrics["policy/version"], metrics.pop("policy/adapter_sha256"))
     t4 = time.perf_counter()
-    metrics.update({"iteration": iteration, "policy/sampled_version": version, "time/generate_s": t1 - t0,
-                    "time/score_s": t2 - t1, "time/learn_s": t3 - t2, "time/sync_s": t4 - t3, "time/iteration_s": t4 - t0})
+    metrics.update({"iteration": iteration, "policy/sampled_version": version, "time/generate_s": t1 - t0 + ahead_s,
+                    "time/score_s": t2 - t1, "time/learn_s": t3 - t2, "time/sync_s": t4 - t3 - ahead_s,
+                    "time/iteration_s": t4 - t0})
     samples = None
     if want_samples:
         samples = {"prompts": [p for i in infos for p in i.prompts], "responses": [r for i in infos for r in i.responses],
@@ -124,17 +120,18 @@ def train(cfg: Config, run_dir: Path, policy_path: str, reward_path: str, resume
         log = MetricsLog(run_dir / "metrics.jsonl", keep_through=start - 1 if ckpt else None)
         bar = tqdm(range(start, cfg.ppo.iterations + 1), desc="ppo", unit="it", initial=start - 1, total=cfg.ppo.iterations)
         metrics: dict = {}
+        source = RolloutSource(roles.generators, stream, cfg.ppo.batch_size, cfg.ppo.overlap,
+                               lambda it: it % cfg.ppo.samples_every == 0 or it == cfg.ppo.iterations, cfg.ppo.iterations)
         for iteration in bar:
-            prompts = stream.next(cfg.ppo.batch_size)
-            want = iteration % cfg.ppo.samples_every == 0 or iteration == cfg.ppo.iterations
-            metrics, samples = run_iteration(cfg, roles, prompts, iteration, want)
+            want = source.want_samples(iteration)
+            metrics, samples = run_iteration(roles, source, iteration, want)
             log.write(metrics)
             bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['kl/mean']:.3f}")
             if samples is not None:
                 write_samples(run_dir, iteration, **samples)
             if iteration % cfg.ppo.checkpoint_every == 0 or iteration == cfg.ppo.iterations:
                 files = ray.get(roles.learner.checkpoint.remote())
-                state = {"iteration": iteration, "prompts": asdict(stream.state), "seed": cfg.run.seed}
+                state = {"iteration": iteration, "prompts": asdict(source.prompt_state()), "seed": cfg.run.seed}
                 files["driver_state.json"] = json.dumps(state).encode()
                 write_checkpoint(run_dir, iteration, files)
     finally:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,12 +18,9 @@ from rlhf_ray.actors.common import init_process, load_policy, role_device
 from rlhf_ray.batch import AdapterPayload, Rollout
 from rlhf_ray.config import Config
 from rlhf_ray.models.adapter import export_adapter, import_adapter, save_adapter
-from rlhf_ray.models.forward import response_stats
+from rlhf_ray.models.forward import ResponseStats, response_stats
 from rlhf_ray.models.policy import ValueHead, load_tokenizer, ppo_numerics, reference_mode
-
-
-class StaleRolloutError(RuntimeError):
-    """Rollouts sampled with an adapter other than the learner's current one."""
+from rlhf_ray.overlap import AdapterHistory, StaleRolloutError  # noqa: F401 (re-exported for callers)
 
 
 @dataclass
@@ -34,6 +32,9 @@ class Experience:
     advantages: torch.Tensor  # (B, R)
     returns: torch.Tensor | None  # (B, R)
     kl: torch.Tensor  # (B, R) per-token KL estimate (masked)
+    # The current policy's forward over the whole batch, with grad, when old_logprobs came from it:
+    # the first PPO step reuses it instead of running the same forward again (see make_experience).
+    first_pass: ResponseStats | None = None
 
 
 def make_kl_controller(cfg: Config):
@@ -59,6 +60,8 @@ class Learner:
         self.optimizer = torch.optim.AdamW(params, lr=cfg.ppo.lr)
         self.kl_ctl = make_kl_controller(cfg)
         self.version = 0
+        # Adapters that lagging (overlapped) rollouts may have been sampled with; empty when on-policy.
+        self.history = AdapterHistory(cfg.ppo.max_policy_lag if cfg.ppo.overlap else 0)
 
     # ------------------------------------------------------------------ weight sync + checkpoint
     def adapter(self) -> AdapterPayload:
@@ -94,12 +97,16 @@ class Learner:
     # ------------------------------------------------------------------ PPO iteration
     def learn(self, rollouts: list[Rollout], scores: list[torch.Tensor], iteration: int) -> tuple[dict, AdapterPayload]:
         batch = Rollout.concat(rollouts, self.tokenizer.pad_token_id)
-        if batch.policy_version != self.version:
-            raise StaleRolloutError(f"rollouts sampled with adapter v{batch.policy_version}, learner is at v{self.version}")
+        lag = self.history.check(batch.policy_version, self.version)
         torch.manual_seed(self.cfg.run.seed * 7_919 + iteration)  # minibatch order + dropout, reproducible on resume
         kl_coef = self.kl_ctl.value
         scores_t = torch.cat(scores).float()  # (B,)
-        exp = self.make_experience(batch, scores_t, kl_coef)
+        t0 = time.perf_counter()
+        # old log-probs (and values) from the adapter that sampled the batch: the PPO ratio's denominator
+        with self.history.policy_at(self.model, self.value_head, batch.policy_version, self.version):
+            exp = self.make_experience(batch, scores_t, kl_coef)
+        t1 = time.perf_counter()
+        self.history.record(self.version, self.model, self.value_head)
         stats = self.update(exp)
         mask = batch.response_mask.float()
         kl_seq = (exp.kl * mask).sum(1).mean()  # summed over tokens, mean over samples
@@ -116,21 +123,43 @@ class Learner:
             "policy/version": self.version,
             "policy/adapter_sha256": payload.sha256,
             "sync/bytes": payload.nbytes,
+            "policy/lag": lag,
+            "time/experience_s": t1 - t0,
+            "time/update_s": time.perf_counter() - t1,
             **stats,
         }
         return metrics, payload
 
-    @torch.no_grad()
     def make_experience(self, batch: Rollout, scores: torch.Tensor, kl_coef: float) -> Experience:
-        old, ref, values = [], [], []
-        for rows in torch.arange(len(batch)).split(self.cfg.ppo.mini_batch_size):
-            part = batch.select(rows)
-            stats = self._forward(part, with_values=self.critic)
-            old.append(stats.logprobs)
-            values.append(stats.values)
-            with reference_mode(self.model):  # the reference policy: same weights, adapter off
-                ref.append(self._forward(part, with_values=False).logprobs)
-        old_lp, ref_lp = torch.cat(old), torch.cat(ref)
+        """Old log-probs + values (current adapter), reference log-probs (adapter off), advantages."""
+        first_pass, old, values, ref = None, [], [], []
+        if self._first_step_is_whole_batch(batch):
+            # The first PPO step sees the whole batch under the sampling policy: its forward (with
+            # grad) IS the old-log-prob pass, so it runs once and update() reuses the graph.
+            first_pass = self._forward(batch, with_values=self.critic, with_entropy=True)
+            old.append(first_pass.logprobs.detach())
+            values.append(first_pass.values.detach() if self.critic else None)
+        with torch.no_grad():
+            for rows in torch.arange(len(batch)).split(self.cfg.ppo.mini_batch_size):
+                part = batch.select(rows)
+                if first_pass is None:
+                    stats = self._forward(part, with_values=self.critic)
+                    old.append(stats.logprobs)
+                    values.append(stats.values)
+                with reference_mode(self.model):  # the reference policy: same weights, adapter off
+                    ref.append(self._forward(part, with_values=False).logprobs)
+        exp = self._advantages(batch, scores, torch.cat(old), torch.cat(ref), values, kl_coef)
+        exp.first_pass = first_pass
+        return exp
+
+    def _first_step_is_whole_batch(self, batch: Rollout) -> bool:
+        """One minibatch, no accumulation, and the batch sampled by the current adapter (no lag)."""
+        p = self.cfg.ppo
+        return p.mini_batch_size >= len(batch) and p.grad_accum == 1 and batch.policy_version == self.version
+
+    @torch.no_grad()
+    def _advantages(self, batch: Rollout, scores: torch.Tensor, old_lp: torch.Tensor, ref_lp: torch.Tensor,
+                    values: list, kl_coef: float) -> Experience:
         mask = batch.response_mask.to(self.device)
         a = self.cfg.algo
         if self.critic:
@@ -153,7 +182,8 @@ class Learner:
         )
 
     def update(self, exp: Experience) -> dict:
-        """ppo.epochs passes over shuffled minibatches; grad accumulation over micro-batches."""
+        """ppo.epochs passes over shuffled minibatches; grad accumulation over micro-batches. The very
+        first micro-step reuses exp.first_pass when make_experience ran it (same rows, same graph)."""
         p = self.cfg.ppo
         n = len(exp.rollout)
         micro = p.mini_batch_size // p.grad_accum
@@ -164,7 +194,8 @@ class Learner:
             for mb in torch.randperm(n).split(p.mini_batch_size):
                 self.optimizer.zero_grad(set_to_none=True)
                 for rows in mb.split(micro):
-                    for key, value in self._micro_step(exp, rows, p.grad_accum).items():
+                    reuse, exp.first_pass = exp.first_pass, None
+                    for key, value in self._micro_step(exp, rows, p.grad_accum, reuse).items():
                         totals[key] = totals.get(key, 0.0) + value
                     steps += 1
                 grad_norm = torch.nn.utils.clip_grad_norm_(trainable, p.max_grad_norm)
@@ -172,11 +203,15 @@ class Learner:
                 self.optimizer.step()
         return {k: v / steps for k, v in totals.items()}
 
-    def _micro_step(self, exp: Experience, rows: torch.Tensor, grad_accum: int) -> dict[str, float]:
+    def _micro_step(self, exp: Experience, rows: torch.Tensor, grad_accum: int,
+                    whole: ResponseStats | None = None) -> dict[str, float]:
         p = self.cfg.ppo
         part = exp.rollout.select(rows)
         mask = part.response_mask.to(self.device)
-        out = self._forward(part, with_values=self.critic, with_entropy=True)
+        if whole is None:
+            out = self._forward(part, with_values=self.critic, with_entropy=True)
+        else:  # the whole batch's forward from make_experience, put in this step's (shuffled) row order
+            out = ResponseStats(whole.logprobs[rows], whole.entropy[rows], whole.values[rows] if self.critic else None)
         pg_loss, pg_stats = algo.policy_loss(out.logprobs, exp.old_logprobs[rows], exp.advantages[rows], mask, p.clip_range)
         entropy = algo.masked_mean(out.entropy, mask)
         loss = pg_loss - p.ent_coef * entropy
