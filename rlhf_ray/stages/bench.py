@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
-import logging
 import statistics
 import time
 from pathlib import Path
@@ -38,8 +37,6 @@ from rlhf_ray.placement import attached, check_fits, role_specs
 from rlhf_ray.stages.bench_report import environment, render
 from rlhf_ray.stages.common import DONE
 from rlhf_ray.stages.ppo import reward_model_path
-
-log = logging.getLogger(__name__)
 
 
 def median(xs: list[float]) -> float:
