@@ -32,8 +32,8 @@ class Experience:
     advantages: torch.Tensor  # (B, R)
     returns: torch.Tensor | None  # (B, R)
     kl: torch.Tensor  # (B, R) per-token KL estimate (masked)
-    # The current policy's forward over the whole batch, with grad, when old_logprobs came from it:
-    # the first PPO step reuses it instead of running the same forward again (see make_experience).
+    # The current policy's forward (with grad) over the first micro-step's rows, whose old_logprobs
+    # came from it: update() reuses it instead of running the same forward again (see learn()).
     first_pass: ResponseStats | None = None
 
 
@@ -101,13 +101,15 @@ class Learner:
         torch.manual_seed(self.cfg.run.seed * 7_919 + iteration)  # minibatch order + dropout, reproducible on resume
         kl_coef = self.kl_ctl.value
         scores_t = torch.cat(scores).float()  # (B,)
+        orders = [torch.randperm(len(batch)) for _ in range(self.cfg.ppo.epochs)]  # the first one shapes make_experience
+        first_rows = self._first_rows(orders, lag)
         t0 = time.perf_counter()
         # old log-probs (and values) from the adapter that sampled the batch: the PPO ratio's denominator
         with self.history.policy_at(self.model, self.value_head, batch.policy_version, self.version):
-            exp = self.make_experience(batch, scores_t, kl_coef)
+            exp = self.make_experience(batch, scores_t, kl_coef, first_rows)
         t1 = time.perf_counter()
         self.history.record(self.version, self.model, self.value_head)
-        stats = self.update(exp)
+        stats = self.update(exp, orders)
         mask = batch.response_mask.float()
         kl_seq = (exp.kl * mask).sum(1).mean()  # summed over tokens, mean over samples
         self.kl_ctl.update(float(kl_seq), len(batch))
@@ -130,40 +132,46 @@ class Learner:
         }
         return metrics, payload
 
-    def make_experience(self, batch: Rollout, scores: torch.Tensor, kl_coef: float) -> Experience:
-        """Old log-probs + values (current adapter), reference log-probs (adapter off), advantages."""
-        first_pass, old, values, ref = None, [], [], []
-        if self._first_step_is_whole_batch(batch):
-            # The first PPO step sees the whole batch under the sampling policy: its forward (with
-            # grad) IS the old-log-prob pass, so it runs once and update() reuses the graph.
-            first_pass = self._forward(batch, with_values=self.critic, with_entropy=True)
-            old.append(first_pass.logprobs.detach())
-            values.append(first_pass.values.detach() if self.critic else None)
+    def make_experience(self, batch: Rollout, scores: torch.Tensor, kl_coef: float,
+                        first_rows: torch.Tensor | None = None) -> Experience:
+        """Old log-probs + values (adapter as set), reference log-probs (adapter off), advantages.
+        `first_rows` are forwarded with grad and kept in exp.first_pass for update()'s first micro-step."""
+        old = torch.zeros(batch.response_ids.shape, device=self.device)
+        values = torch.zeros(batch.response_ids.shape, device=self.device) if self.critic else None
+        rest = torch.ones(len(batch), dtype=torch.bool)
+        first_pass = None
+        if first_rows is not None:
+            first_pass = self._forward(batch.select(first_rows), with_values=self.critic, with_entropy=True)
+            old[first_rows] = first_pass.logprobs.detach()
+            if self.critic:
+                values[first_rows] = first_pass.values.detach()
+            rest[first_rows] = False
+        ref, rest_rows = [], rest.nonzero().flatten()
         with torch.no_grad():
+            for rows in rest_rows.split(self.cfg.ppo.mini_batch_size) if len(rest_rows) else []:
+                stats = self._forward(batch.select(rows), with_values=self.critic)
+                old[rows] = stats.logprobs
+                if self.critic:
+                    values[rows] = stats.values
             for rows in torch.arange(len(batch)).split(self.cfg.ppo.mini_batch_size):
-                part = batch.select(rows)
-                if first_pass is None:
-                    stats = self._forward(part, with_values=self.critic)
-                    old.append(stats.logprobs)
-                    values.append(stats.values)
                 with reference_mode(self.model):  # the reference policy: same weights, adapter off
-                    ref.append(self._forward(part, with_values=False).logprobs)
-        exp = self._advantages(batch, scores, torch.cat(old), torch.cat(ref), values, kl_coef)
+                    ref.append(self._forward(batch.select(rows), with_values=False).logprobs)
+        exp = self._advantages(batch, scores, old, torch.cat(ref), values, kl_coef)
         exp.first_pass = first_pass
         return exp
 
-    def _first_step_is_whole_batch(self, batch: Rollout) -> bool:
-        """One minibatch, no accumulation, and the batch sampled by the current adapter (no lag)."""
+    def _first_rows(self, orders: list[torch.Tensor], lag: int) -> torch.Tensor | None:
+        """On-policy, the first micro-step's rows are scored by the sampling policy itself: that forward
+        (with grad) doubles as their old-log-prob pass. Off-policy (lag > 0) there is nothing to share."""
         p = self.cfg.ppo
-        return p.mini_batch_size >= len(batch) and p.grad_accum == 1 and batch.policy_version == self.version
+        return orders[0][: p.mini_batch_size // p.grad_accum] if lag == 0 else None
 
     @torch.no_grad()
     def _advantages(self, batch: Rollout, scores: torch.Tensor, old_lp: torch.Tensor, ref_lp: torch.Tensor,
-                    values: list, kl_coef: float) -> Experience:
+                    old_values: torch.Tensor | None, kl_coef: float) -> Experience:
         mask = batch.response_mask.to(self.device)
         a = self.cfg.algo
         if self.critic:
-            old_values = torch.cat(values)
             rewards, kl = algo.shape_rewards(scores.to(self.device), old_lp, ref_lp, mask, kl_coef, a.kl_kind)
             adv, returns = algo.compute_gae(rewards, old_values, mask, a.gamma, a.gae_lambda)
             if self.cfg.ppo.whiten_advantages:
@@ -181,17 +189,16 @@ class Learner:
             value_head=self.value_head if with_values else None, with_entropy=with_entropy,
         )
 
-    def update(self, exp: Experience) -> dict:
-        """ppo.epochs passes over shuffled minibatches; grad accumulation over micro-batches. The very
-        first micro-step reuses exp.first_pass when make_experience ran it (same rows, same graph)."""
+    def update(self, exp: Experience, orders: list[torch.Tensor]) -> dict:
+        """One pass per epoch over minibatches in `orders` (a row permutation per epoch); grad accumulation
+        over micro-batches. The first micro-step reuses exp.first_pass when make_experience ran it on its rows."""
         p = self.cfg.ppo
-        n = len(exp.rollout)
         micro = p.mini_batch_size // p.grad_accum
         totals: dict[str, float] = {}
         steps = 0
         trainable = [q for g in self.optimizer.param_groups for q in g["params"]]
-        for _ in range(p.epochs):
-            for mb in torch.randperm(n).split(p.mini_batch_size):
+        for order in orders:
+            for mb in order.split(p.mini_batch_size):
                 self.optimizer.zero_grad(set_to_none=True)
                 for rows in mb.split(micro):
                     reuse, exp.first_pass = exp.first_pass, None
@@ -210,8 +217,8 @@ class Learner:
         mask = part.response_mask.to(self.device)
         if whole is None:
             out = self._forward(part, with_values=self.critic, with_entropy=True)
-        else:  # the whole batch's forward from make_experience, put in this step's (shuffled) row order
-            out = ResponseStats(whole.logprobs[rows], whole.entropy[rows], whole.values[rows] if self.critic else None)
+        else:  # make_experience's forward over exactly these rows
+            out = whole
         pg_loss, pg_stats = algo.policy_loss(out.logprobs, exp.old_logprobs[rows], exp.advantages[rows], mask, p.clip_range)
         entropy = algo.masked_mean(out.entropy, mask)
         # ent_coef 0: entropy is only a metric; keeping it out of the loss spares its (B, R, vocab) backward

@@ -1,5 +1,5 @@
-"""Issue 10 on the plain roles (no Ray): the whole-batch first step reuses its forward for the old
-log-probs (one pass fewer, same update), and lagging rollouts get old log-probs from the adapter
+"""Issue 10 on the plain roles (no Ray): the first micro-step's forward doubles as its rows' old-log-prob
+pass (one pass fewer, same update), and lagging rollouts get old log-probs from the adapter
 that sampled them, within ppo.max_policy_lag."""
 
 from __future__ import annotations
@@ -37,16 +37,20 @@ def batch(tiny_lm, tiny_classifier):
     return rollout, scorer.score(rollout)
 
 
-def test_whole_batch_first_step_reuses_its_forward_and_updates_the_same(tiny_lm, batch):
+@pytest.mark.parametrize("overrides,forwards", [
+    (WHOLE_BATCH, (4, 3)),  # old + ref + 2 epochs x 1 step; the first step's forward is the old pass now
+    # old, ref in 2 chunks + 4 steps; now: first step rows (with grad) + 1 old chunk + 2 ref + 3 more steps
+    (WHOLE_BATCH + ["ppo.mini_batch_size=2"], (2 + 2 + 4, 1 + 1 + 2 + 3)),
+])
+def test_first_micro_step_reuses_its_forward_and_updates_the_same(tiny_lm, batch, overrides, forwards):
     rollout, scores = batch
-    cfg = load_config("configs/smoke.yaml", WHOLE_BATCH)
+    cfg = load_config("configs/smoke.yaml", overrides)
     fused, plain = Learner(cfg, tiny_lm), Learner(cfg, tiny_lm)
-    plain._first_step_is_whole_batch = lambda b: False  # the pre-issue-10 path: a separate old-log-prob pass
+    plain._first_rows = lambda orders, lag: None  # the pre-issue-10 path: a separate old-log-prob pass
     fused_calls, plain_calls = _count_forwards(fused), _count_forwards(plain)
     m_fused, p_fused = fused.learn([rollout], [scores], iteration=1)
     m_plain, p_plain = plain.learn([rollout], [scores], iteration=1)
-    # 2 epochs of one minibatch: old + ref + 2 update forwards before; the first update forward is the old pass now
-    assert (plain_calls[0], fused_calls[0]) == (4, 3)
+    assert (plain_calls[0], fused_calls[0]) == forwards
     for key in ("policy/loss", "policy/approx_kl", "kl/mean", "value/loss", "advantages/mean"):
         assert m_fused[key] == pytest.approx(m_plain[key], rel=1e-5, abs=1e-7), key
     a, b = fused.model.state_dict(), plain.model.state_dict()
