@@ -117,13 +117,12 @@ class RolloutSource:
         import ray
 
         batch = self.ahead[1] if self.ahead and self.ahead[0] == iteration else self._launch(iteration)
-        self.ahead = None
+        # queued right behind this batch on each generator, so it starts the moment this one is done
+        self.ahead = (iteration + 1, self._launch(iteration + 1)) if self.overlap and iteration < self.last else None
         batch.infos = ray.get(batch.info_refs)
         versions = {info.policy_version for info in batch.infos}
         if len(versions) != 1:
             raise StaleGeneratorError(f"generators sampled with different adapters: {sorted(versions)}")
-        if self.overlap and iteration < self.last:
-            self.ahead = (iteration + 1, self._launch(iteration + 1))
         return batch
 
     def settle(self) -> float:
