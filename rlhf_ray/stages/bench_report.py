@@ -90,7 +90,7 @@ def render(report: dict) -> str:
         [k, f"{v:.2f}", f"{p['percent'][k]:.1f}"] for k, v in p["seconds"].items()])
     lines += _table("(e) quantization modes (in-process roles)",
                     ["mode", "model MB", "generate tokens/s", "old+ref s", "update s"], [
-        [m, f"{r['memory_bytes'] / 1e6:.0f}", f"{r['generate_tokens_per_s']:.1f}", f"{r['experience_s']:.2f}",
+        [m, f"{r['memory_bytes'] / 1e6:.1f}", f"{r['generate_tokens_per_s']:.1f}", f"{r['experience_s']:.2f}",
          f"{r['update_s']:.2f}"] for m, r in q.items()])
     lines += [f"(f) samples/s through Ray on this workload: {h['samples_per_s']:.2f}"]
     return "\n".join(lines)
