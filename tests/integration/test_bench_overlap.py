@@ -55,3 +55,19 @@ def test_overlapped_rollouts_lag_one_version_within_the_bound(tmp_path):
     # (the checkpoint after iteration 2 is taken while batch 3 is already drawn and sampling)
     state = json.loads((on / "checkpoints" / "iter-000002" / "driver_state.json").read_text())
     assert state["prompts"]["cursor"] == 2 * 4
+
+
+def test_workers_get_the_drivers_priority_and_real_thread_counts():
+    """Ray's defaults (nice 15, OMP_NUM_THREADS=1 for a 0.5-CPU actor) made actors slower than the roles
+    in-process; the local Ray started by rlhf_ray.placement.connect overrides both."""
+    import os
+
+    import ray
+
+    @ray.remote(num_cpus=0.5)
+    def worker_view():
+        return os.getpriority(os.PRIO_PROCESS, 0), os.environ.get("OMP_NUM_THREADS"), os.environ.get("MKL_NUM_THREADS")
+
+    nice, omp, mkl = ray.get(worker_view.remote())
+    assert nice == os.getpriority(os.PRIO_PROCESS, 0)
+    assert omp == mkl == str(os.cpu_count())
