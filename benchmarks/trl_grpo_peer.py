@@ -78,7 +78,7 @@ def main() -> int:
     import trl
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import BitsAndBytesConfig, TrainerCallback
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
@@ -96,14 +96,16 @@ def main() -> int:
         config = GRPOConfig(
             output_dir=out, use_cpu=True, per_device_train_batch_size=16, num_generations=4,
             max_completion_length=32, beta=0.04, max_steps=args.steps, learning_rate=1e-4,
-            logging_steps=1, report_to=[], save_strategy="no", seed=0,
-            model_init_kwargs={"quantization_config": BitsAndBytesConfig(load_in_8bit=True,
-                                                                           llm_int8_skip_modules=["lm_head"])},
-            **extra,
+            logging_steps=1, report_to=[], save_strategy="no", seed=0, **extra,
         )
+        # Loaded here, not by path: the converted SmolLM2 config names no `architectures`, which TRL's
+        # own loader needs. Same quantization as the project's policy.
+        model = AutoModelForCausalLM.from_pretrained(
+            args.model, dtype=torch.float32,
+            quantization_config=BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=["lm_head"]))
         lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
         clock = StepClock()
-        trainer = GRPOTrainer(model=args.model, reward_funcs=classifier_reward(args.reward), args=config,
+        trainer = GRPOTrainer(model=model, reward_funcs=classifier_reward(args.reward), args=config,
                               train_dataset=Dataset.from_dict({"prompt": prompts}), peft_config=lora, callbacks=[clock])
         clock.marks = [time.perf_counter()]
         trainer.train()
