@@ -24,6 +24,7 @@ STAGES = {
     "merge": "fold an adapter into full-precision base weights and save (recipe step 2)",
     "reward": "train the sentiment reward classifier (recipe step 2b)",
     "pipeline": "sft -> merge -> reward -> ppo, skipping stages whose output exists",
+    "bench": "time PPO through Ray vs in-process, generation, sync, phases, quantization modes",
 }
 # Config sections each command reads (its --help lists their keys).
 STAGE_SECTIONS = {

@@ -140,7 +140,7 @@ class PPOConfig:
     iterations: int = 20
     # Prompts per iteration (each sampled group_size times for grpo/rloo).
     batch_size: int = 16
-    # Samples per optimizer step; ppo.batch_size must be divisible by it.
+    # Samples (rollout rows, not prompts) per optimizer step; must divide batch_size x samples per prompt.
     mini_batch_size: int = 8
     # Micro-batches per minibatch (gradient accumulation).
     grad_accum: int = 1
@@ -168,6 +168,10 @@ class PPOConfig:
     keep_checkpoints: int = 3
     # A NaN/inf reward, loss or gradient: stop the run, or skip that batch (the adapter never sees it).
     on_nonfinite: Literal["stop", "skip"] = "stop"
+    # Sample batch k+1 while the learner trains on batch k (one step off-policy; see rlhf_ray/overlap.py).
+    overlap: bool = False
+    # Most adapter versions a rollout may lag the learner by (must be >= 1 with overlap; 0 = on-policy only).
+    max_policy_lag: int = 1
 
 
 @dataclass
@@ -265,6 +269,14 @@ class LoggingConfig:
 
 
 @dataclass
+class BenchConfig:
+    # Timed repetitions per measurement (the median is reported); one untimed warm-up precedes them.
+    repeats: int = 3
+    # Quantization modes compared side by side (memory, generation tokens/s, update time).
+    quant_modes: list[str] = field(default_factory=lambda: ["none", "8bit", "4bit"])
+
+
+@dataclass
 class Config:
     # Seed, cache and logging.
     run: RunConfig = field(default_factory=RunConfig)
@@ -292,6 +304,8 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     # Metric sinks besides metrics.jsonl.
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    # `rlhf-ray bench`: repetitions and quantization modes.
+    bench: BenchConfig = field(default_factory=BenchConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -556,7 +570,6 @@ def validate(cfg: Config, given: tuple[set[str], ...] = ()) -> None:
     _check(0 <= cfg.sft.gpus <= 1, "sft.gpus", f"GPU fraction must be in (0, 1] (or 0 for CPU); got {cfg.sft.gpus}")
     _check(cfg.cluster.actor_cpus >= 0, "cluster.actor_cpus", f"must be >= 0; got {cfg.cluster.actor_cpus}")
     p = cfg.ppo
-    _check_divisible(("ppo.batch_size", p.batch_size), ("ppo.mini_batch_size", p.mini_batch_size), given)
     _check_divisible(("ppo.mini_batch_size", p.mini_batch_size), ("ppo.grad_accum", p.grad_accum), given)
     if cfg.algo.advantage in ("grpo", "rloo"):
         _check(cfg.algo.group_size >= 2, "algo.group_size",
@@ -567,6 +580,7 @@ def validate(cfg: Config, given: tuple[set[str], ...] = ()) -> None:
     valid_stages = ("sft", "merge", "reward", "ppo")
     for i, stage in enumerate(cfg.pipeline.stages):
         _check(stage in valid_stages, f"pipeline.stages[{i}]", f"must be one of {', '.join(valid_stages)}; got {stage!r}")
+    _validate_batches(cfg, given)
     check_model_ref("model.policy", cfg.model.policy)
     check_model_ref("reward.backbone", cfg.reward.backbone)
     if cfg.reward.model is not None:
@@ -607,3 +621,25 @@ def _validate_sampling_and_eval(cfg: Config) -> None:
         if getattr(cfg.logging, key):
             _check(importlib.util.find_spec(package) is not None, f"logging.{key}",
                    f"needs the '{package}' package, which is not installed (pip install {package}, or unset it)")
+
+
+def samples_per_prompt(cfg: Config) -> int:
+    """Rollout rows per prompt: group_size for the group baselines (grpo/rloo), 1 for gae."""
+    return cfg.algo.group_size if cfg.algo.advantage != "gae" else 1
+
+
+def _validate_batches(cfg: Config, given: tuple[set[str], ...] = ()) -> None:
+    """ppo.mini_batch_size counts samples (rollout rows), the unit the learner splits and steps on."""
+    p = cfg.ppo
+    samples = p.batch_size * samples_per_prompt(cfg)
+    if samples == p.batch_size:  # gae: one sample per prompt; blame the key the user set
+        _check_divisible(("ppo.batch_size", p.batch_size), ("ppo.mini_batch_size", p.mini_batch_size), given)
+    _check(samples % p.mini_batch_size == 0, "ppo.mini_batch_size",
+           f"the samples per iteration (ppo.batch_size x samples per prompt = {samples}) must be divisible by "
+           f"ppo.mini_batch_size ({p.mini_batch_size})")
+    _check(p.max_policy_lag >= 0, "ppo.max_policy_lag", f"must be >= 0; got {p.max_policy_lag}")
+    _check(not p.overlap or p.max_policy_lag >= 1, "ppo.max_policy_lag",
+           "ppo.overlap samples one adapter version behind the learner: needs ppo.max_policy_lag >= 1")
+    _check(cfg.bench.repeats > 0, "bench.repeats", f"must be > 0; got {cfg.bench.repeats}")
+    for i, mode in enumerate(cfg.bench.quant_modes):
+        _check(mode in ("none", "8bit", "4bit"), f"bench.quant_modes[{i}]", f"must be one of none, 8bit, 4bit; got {mode!r}")

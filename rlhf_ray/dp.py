@@ -41,6 +41,13 @@ class DataParallel:
         dist.all_gather(parts, t.contiguous())
         return torch.cat(parts)
 
+    def combine(self, t: torch.Tensor) -> torch.Tensor:
+        """Rows each rank filled (zeros elsewhere; every row filled by exactly one rank) -> all rows
+        on every rank. A sum of one value and zeros is exact, so every rank gets the same bits."""
+        if self.world > 1:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t
+
     def sum_grads(self, params: list[torch.Tensor]) -> None:
         """All-reduce (sum) the gradients of `params` in one flat buffer; every rank gets the same bits."""
         if self.world == 1:

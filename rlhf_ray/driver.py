@@ -16,23 +16,20 @@ from rlhf_ray.config import Config
 from rlhf_ray.data import PromptState, PromptStream, load_text_dataset
 from rlhf_ray.metrics import MetricsLog, open_sinks, plot_metrics, progress, write_samples
 from rlhf_ray.models.policy import load_tokenizer
+from rlhf_ray.overlap import RolloutSource
 from rlhf_ray.recovery import Supervisor, timed_get
-from rlhf_ray.roles import Roles, StaleGeneratorError, sync_adapter
+from rlhf_ray.roles import Roles, sync_adapter
 from rlhf_ray.rundir import resume_checkpoint
 
 
-def run_iteration(cfg: Config, roles: Roles, prompts: list[str], iteration: int, want_samples: bool) -> tuple[dict, dict | None]:
+def run_iteration(cfg: Config, roles: Roles, source: RolloutSource, iteration: int) -> tuple[dict, dict | None]:
     timeout = cfg.cluster.call_timeout_s  # every wait is bounded: a hung actor is restarted, not waited on
     t0 = time.perf_counter()
-    # 1. generate: one prompt shard per generator; rollouts stay in the object store
-    shards = [prompts[i :: len(roles.generators)] for i in range(len(roles.generators))]
-    outs = [g.generate.options(num_returns=2).remote(shard, iteration, want_samples)
-            for g, shard in zip(roles.generators, shards)]
-    rollout_refs = [r for r, _ in outs]
-    infos = timed_get([info for _, info in outs], timeout)
+    # 1. generate: one prompt shard per generator, rollouts stay in the object store (with ppo.overlap
+    #    this batch was launched during the previous iteration, and the next one starts now)
+    batch = source.take(iteration)
+    rollout_refs, infos = batch.rollout_refs, batch.infos
     version = infos[0].policy_version
-    if any(info.policy_version != version for info in infos):
-        raise StaleGeneratorError(f"generators sampled with different adapters: {[i.policy_version for i in infos]}")
     t1 = time.perf_counter()
     # 2. score each shard where it lies (scores are B floats: reading them surfaces a bad reward model here)
     score_refs = [roles.scorers[i % len(roles.scorers)].score.remote(ref) for i, ref in enumerate(rollout_refs)]
@@ -42,13 +39,16 @@ def run_iteration(cfg: Config, roles: Roles, prompts: list[str], iteration: int,
     metrics_ref, payload_ref = roles.learner.learn(rollout_refs, score_refs, iteration)
     metrics = timed_get(metrics_ref, timeout)
     t3 = time.perf_counter()
-    # 4. sync the new adapter to every generator (LoRA tensors only) and confirm it
+    # 4. sync the new adapter to every generator (LoRA tensors only) and confirm it; a batch sampled
+    #    ahead finishes first, so its wait counts as generation
+    ahead_s = source.settle()
     sync_adapter(roles, payload_ref, metrics["policy/version"], metrics.pop("policy/adapter_sha256"), timeout)
     t4 = time.perf_counter()
-    metrics.update({"iteration": iteration, "policy/sampled_version": version, "time/generate_s": t1 - t0,
-                    "time/score_s": t2 - t1, "time/learn_s": t3 - t2, "time/sync_s": t4 - t3, "time/iteration_s": t4 - t0})
+    metrics.update({"iteration": iteration, "policy/sampled_version": version, "time/generate_s": t1 - t0 + ahead_s,
+                    "time/score_s": t2 - t1, "time/learn_s": t3 - t2, "time/sync_s": t4 - t3 - ahead_s,
+                    "time/iteration_s": t4 - t0})
     samples = None
-    if want_samples:
+    if source.want_samples(iteration):
         samples = {"prompts": [p for i in infos for p in i.prompts], "responses": [r for i in infos for r in i.responses],
                    "scores": scores}
     return metrics, samples
@@ -70,16 +70,15 @@ def train(cfg: Config, run_dir: Path, policy_path: str, policy: ModelRef, reward
             stream.state = PromptState(**driver_state["prompts"])
             start = driver_state["iteration"] + 1
         roles.sync(cfg.cluster.call_timeout_s)
+        source = RolloutSource(roles.generators, stream, cfg, last_iteration=cfg.ppo.iterations)
         supervisor = Supervisor(cfg, roles, run_dir)  # restarts failed roles, redoes their iteration
-        supervisor.commit(start - 1, driver_state_of(cfg, start - 1, stream))
+        supervisor.commit(start - 1, driver_state_of(cfg, start - 1, source))
         log = MetricsLog(run_dir / "metrics.jsonl", keep_through=start - 1 if ckpt else None, sinks=open_sinks(cfg, run_dir))
         bar = progress(range(start, cfg.ppo.iterations + 1), desc="ppo", initial=start - 1, total=cfg.ppo.iterations)
         metrics: dict = {}
         for iteration in bar:
-            prompts = stream.next(cfg.ppo.batch_size)
-            want = iteration % cfg.ppo.samples_every == 0 or iteration == cfg.ppo.iterations
-            result = supervisor.run(iteration, lambda: run_iteration(cfg, roles, prompts, iteration, want),
-                                    driver_state_of(cfg, iteration, stream))
+            result = supervisor.run(iteration, lambda: run_iteration(cfg, roles, source, iteration),
+                                    lambda: driver_state_of(cfg, iteration, source))
             if result is not None:  # None: a non-finite batch was skipped (see events.jsonl)
                 metrics, samples = result
                 log.write({**metrics, "time/snapshot_s": supervisor.snapshot_s})
@@ -96,5 +95,6 @@ def train(cfg: Config, run_dir: Path, policy_path: str, policy: ModelRef, reward
     return {"iterations": cfg.ppo.iterations, "final": {k: metrics.get(k) for k in ("reward/mean", "kl/mean", "policy/version")}}
 
 
-def driver_state_of(cfg: Config, iteration: int, stream: PromptStream) -> dict:
-    return {"iteration": iteration, "prompts": asdict(stream.state), "seed": cfg.run.seed}
+def driver_state_of(cfg: Config, iteration: int, source: RolloutSource) -> dict:
+    """What a resumed driver needs: the prompt position from before any batch sampled ahead."""
+    return {"iteration": iteration, "prompts": asdict(source.prompt_state()), "seed": cfg.run.seed}

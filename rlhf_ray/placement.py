@@ -30,6 +30,20 @@ WORKER_ENV = {
 }
 
 
+# Ray starts workers at nice 15: on a busy machine every actor then yields the CPU to any ordinary
+# process, Ray's own daemons included (see docs/benchmarks.md, "Faster than the peer"). Our actors are
+# the job, not background work. On a cluster started with `ray start`, set RAY_worker_niceness=0 there.
+LOCAL_SYSTEM_CONFIG = {"worker_niceness": 0}
+
+
+def thread_env(torch_threads: int) -> dict[str, str]:
+    """OpenMP/BLAS thread counts for worker processes. Ray sets OMP_NUM_THREADS=1 for any worker with
+    under 2 reserved CPUs (ours reserve 0.5); libraries that read it when they load (MKL, OpenBLAS, a
+    second OpenMP runtime) would then run single-threaded whatever torch.set_num_threads says."""
+    threads = str(torch_threads or os.cpu_count() or 1)
+    return {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}
+
+
 def connect(cluster: ClusterConfig) -> bool:
     """Attach to cluster.address / $RAY_ADDRESS, or start a local Ray. Returns True if we started it."""
     if ray.is_initialized():
@@ -41,9 +55,9 @@ def connect(cluster: ClusterConfig) -> bool:
         ray.init(address=address, namespace=cluster.namespace, log_to_driver=True)
         return False
     # address="local": always a fresh local Ray, never a stale cluster found in /tmp/ray.
-    runtime_env = {"env_vars": {**WORKER_ENV, **_cache_env()}}
+    runtime_env = {"env_vars": {**WORKER_ENV, **thread_env(cluster.torch_threads), **_cache_env()}}
     ray.init(address="local", namespace=cluster.namespace, include_dashboard=cluster.dashboard, runtime_env=runtime_env,
-             configure_logging=True, logging_level=logging.WARNING)
+             configure_logging=True, logging_level=logging.WARNING, _system_config=LOCAL_SYSTEM_CONFIG)
     return True
 
 

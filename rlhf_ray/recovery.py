@@ -92,15 +92,17 @@ class Supervisor:
         self.state_iteration = 0
         self.snapshot_s = 0.0  # cost of the last snapshot (reported as time/snapshot_s)
 
-    def commit(self, iteration: int, driver_state: dict) -> None:
-        """Copy the learner's state into driver memory: the point every recovery returns to."""
+    def commit(self, iteration: int, driver_state: dict | Callable[[], dict]) -> None:
+        """Copy the learner's state into driver memory: the point every recovery returns to.
+        `driver_state` may be a callable: read after the step (the prompt stream has moved on)."""
+        driver_state = driver_state() if callable(driver_state) else driver_state
         t0 = time.perf_counter()
         files = timed_get(self.roles.learner.checkpoint(), self.timeout_s)
         files["driver_state.json"] = json.dumps(driver_state).encode()
         self.state, self.state_iteration = files, iteration
         self.snapshot_s = time.perf_counter() - t0
 
-    def run(self, iteration: int, step: Callable[[], T], driver_state: dict) -> T | None:
+    def run(self, iteration: int, step: Callable[[], T], driver_state: dict | Callable[[], dict]) -> T | None:
         """step() then commit(); on a role failure restart, restore and redo; None = batch skipped.
         A failure during a recovery goes round the loop again (and counts against its role)."""
         failure: BaseException | None = None
@@ -157,7 +159,7 @@ class Supervisor:
         timed_get(self.roles.learner.restore(self.state), self.timeout_s)
         self.roles.sync(self.timeout_s)
 
-    def _nonfinite(self, iteration: int, exc: NonFiniteError, t0: float, driver_state: dict) -> None:
+    def _nonfinite(self, iteration: int, exc: NonFiniteError, t0: float, driver_state) -> None:
         action = self.cfg.ppo.on_nonfinite
         self.events.write(kind="nonfinite", role="learner", iteration=iteration, cause=str(exc), action=action,
                           seconds_lost=round(time.perf_counter() - t0, 3))

@@ -20,12 +20,9 @@ from rlhf_ray.artifacts import ModelRef
 from rlhf_ray.checkpoint import atomic_write
 from rlhf_ray.config import Config
 from rlhf_ray.learner_group import LearnerGroup
+from rlhf_ray.overlap import StaleGeneratorError
 from rlhf_ray.placement import actor_options, create_placement, role_specs, run_id
 from rlhf_ray.recovery import timed_get
-
-
-class StaleGeneratorError(RuntimeError):
-    """A generator sampled with (or confirmed) an adapter other than the learner's latest."""
 
 
 LEARNER = "learner"  # key of the learner group's maker in Roles.makers

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,14 +21,11 @@ from rlhf_ray.config import Config
 from rlhf_ray.errors import NonFiniteError
 from rlhf_ray.dp import DataParallel, join, token_share
 from rlhf_ray.models.adapter import export_adapter, import_adapter, save_adapter
-from rlhf_ray.models.forward import response_stats
+from rlhf_ray.models.forward import ResponseStats, response_stats
 from rlhf_ray.models.policy import ValueHead, load_tokenizer, ppo_numerics, reference_mode
+from rlhf_ray.overlap import AdapterHistory, StaleRolloutError  # noqa: F401 (re-exported for callers)
 from rlhf_ray.provenance import model_card
 from rlhf_ray.refs import portable_ref
-
-
-class StaleRolloutError(RuntimeError):
-    """Rollouts sampled with an adapter other than the learner's current one."""
 
 
 @dataclass
@@ -39,6 +37,9 @@ class Experience:
     advantages: torch.Tensor  # (B, R)
     returns: torch.Tensor | None  # (B, R)
     kl: torch.Tensor  # (B, R) per-token KL estimate (masked)
+    # The current policy's forward (with grad) over the first micro-step's rows, whose old_logprobs
+    # came from it: update() reuses it instead of running the same forward again (see learn()).
+    first_pass: ResponseStats | None = None
 
 
 def make_kl_controller(cfg: Config):
@@ -66,6 +67,8 @@ class Learner:
         self.kl_ctl = make_kl_controller(cfg)
         self.version = 0
         self.last_metrics: dict = {}  # the latest iteration's figures, for the adapter's model card
+        # Adapters that lagging (overlapped) rollouts may have been sampled with; empty when on-policy.
+        self.history = AdapterHistory(cfg.ppo.max_policy_lag if cfg.ppo.overlap else 0)
         self.dp = DataParallel()  # a single learner until join_group
 
     def join_group(self, host: str, port: int, rank: int, world: int) -> int:
@@ -109,14 +112,20 @@ class Learner:
     # ------------------------------------------------------------------ PPO iteration
     def learn(self, rollouts: list[Rollout], scores: list[torch.Tensor], iteration: int) -> tuple[dict, AdapterPayload]:
         batch = Rollout.concat(rollouts, self.tokenizer.pad_token_id)
-        if batch.policy_version != self.version:
-            raise StaleRolloutError(f"rollouts sampled with adapter v{batch.policy_version}, learner is at v{self.version}")
+        lag = self.history.check(batch.policy_version, self.version)
         torch.manual_seed(self.cfg.run.seed * 7_919 + iteration)  # minibatch order + dropout, reproducible on resume
         kl_coef = self.kl_ctl.value
         scores_t = torch.cat(scores).float()  # (B,)
         _require_finite("reward", scores_t, iteration)
-        exp = self.make_experience(batch, scores_t, kl_coef)
-        stats = self.update(exp)
+        orders = [torch.randperm(len(batch)) for _ in range(self.cfg.ppo.epochs)]  # the first one shapes make_experience
+        first_rows = self._first_rows(orders, lag)
+        t0 = time.perf_counter()
+        # old log-probs (and values) from the adapter that sampled the batch: the PPO ratio's denominator
+        with self.history.policy_at(self.model, self.value_head, batch.policy_version, self.version):
+            exp = self.make_experience(batch, scores_t, kl_coef, first_rows)
+        t1 = time.perf_counter()
+        self.history.record(self.version, self.model, self.value_head)
+        stats = self.update(exp, orders)
         mask = batch.response_mask.float()
         kl_seq = (exp.kl * mask).sum(1).mean()  # summed over tokens, mean over samples
         self.kl_ctl.update(float(kl_seq), len(batch))
@@ -132,26 +141,63 @@ class Learner:
             "policy/version": self.version,
             "policy/adapter_sha256": payload.sha256,
             "sync/bytes": payload.nbytes,
+            "policy/lag": lag,
+            "time/experience_s": t1 - t0,
+            "time/update_s": time.perf_counter() - t1,
             **stats,
         }
         self.last_metrics = {"iteration": iteration, **{k: v for k, v in metrics.items() if k != "policy/adapter_sha256"}}
         return metrics, payload
 
+    def make_experience(self, batch: Rollout, scores: torch.Tensor, kl_coef: float,
+                        first_rows: torch.Tensor | None = None) -> Experience:
+        """Old log-probs + values (adapter as set), reference log-probs (adapter off), advantages.
+        `first_rows` are forwarded with grad and kept in exp.first_pass for update()'s first micro-step.
+        Data-parallel: each rank forwards its share of the rows (zeros elsewhere) and one all-reduce
+        fills in the others', so every rank holds the whole batch's experience."""
+        mbs, shape = self.cfg.ppo.mini_batch_size, batch.response_ids.shape
+        old, ref = torch.zeros(shape, device=self.device), torch.zeros(shape, device=self.device)
+        values = torch.zeros(shape, device=self.device) if self.critic else None
+        rest = torch.ones(len(batch), dtype=torch.bool)
+        first_pass = None
+        if first_rows is not None:
+            mine = self.dp.shard(first_rows)  # exactly the rows of this rank's first micro-step
+            first_pass = self._forward(batch.select(mine), with_values=self.critic, with_entropy=True)
+            old[mine] = first_pass.logprobs.detach()
+            if self.critic:
+                values[mine] = first_pass.values.detach()
+            rest[first_rows] = False
+        with torch.no_grad():
+            for rows in self.dp.shard(rest.nonzero().flatten()).split(mbs):
+                if not len(rows):  # every row was in the first micro-step (split of nothing yields one empty part)
+                    continue
+                stats = self._forward(batch.select(rows), with_values=self.critic)
+                old[rows] = stats.logprobs
+                if self.critic:
+                    values[rows] = stats.values
+            for rows in self.dp.shard(torch.arange(len(batch))).split(mbs):
+                if not len(rows):
+                    continue
+                with reference_mode(self.model):  # the reference policy: same weights, adapter off
+                    ref[rows] = self._forward(batch.select(rows), with_values=False).logprobs
+        old, ref = self.dp.combine(old), self.dp.combine(ref)
+        values = self.dp.combine(values) if self.critic else None
+        exp = self._advantages(batch, scores, old, ref, values, kl_coef)
+        exp.first_pass = first_pass
+        return exp
+
+    def _first_rows(self, orders: list[torch.Tensor], lag: int) -> torch.Tensor | None:
+        """On-policy, the first micro-step's rows are scored by the sampling policy itself: that forward
+        (with grad) doubles as their old-log-prob pass. Off-policy (lag > 0) there is nothing to share."""
+        p = self.cfg.ppo
+        return orders[0][: p.mini_batch_size // p.grad_accum] if lag == 0 else None
+
     @torch.no_grad()
-    def make_experience(self, batch: Rollout, scores: torch.Tensor, kl_coef: float) -> Experience:
-        old, ref, values = [], [], []
-        for rows in self.dp.block(len(batch)).split(self.cfg.ppo.mini_batch_size):  # own rows, gathered below
-            part = batch.select(rows)
-            stats = self._forward(part, with_values=self.critic)
-            old.append(stats.logprobs)
-            values.append(stats.values)
-            with reference_mode(self.model):  # the reference policy: same weights, adapter off
-                ref.append(self._forward(part, with_values=False).logprobs)
-        old_lp, ref_lp = self.dp.gather(torch.cat(old)), self.dp.gather(torch.cat(ref))
+    def _advantages(self, batch: Rollout, scores: torch.Tensor, old_lp: torch.Tensor, ref_lp: torch.Tensor,
+                    old_values: torch.Tensor | None, kl_coef: float) -> Experience:
         mask = batch.response_mask.to(self.device)
         a = self.cfg.algo
         if self.critic:
-            old_values = self.dp.gather(torch.cat(values))
             rewards, kl = algo.shape_rewards(scores.to(self.device), old_lp, ref_lp, mask, kl_coef, a.kl_kind)
             adv, returns = algo.compute_gae(rewards, old_values, mask, a.gamma, a.gae_lambda)
             if self.cfg.ppo.whiten_advantages:
@@ -170,19 +216,20 @@ class Learner:
             temperature=self.cfg.generate.temperature,  # the generator's sampling distribution
         )
 
-    def update(self, exp: Experience) -> dict:
-        """ppo.epochs passes over shuffled minibatches; grad accumulation over micro-batches."""
+    def update(self, exp: Experience, orders: list[torch.Tensor]) -> dict:
+        """One pass per epoch over minibatches in `orders` (a row permutation per epoch); grad accumulation
+        over micro-batches. The first micro-step reuses exp.first_pass when make_experience ran it on its rows."""
         p = self.cfg.ppo
-        n = len(exp.rollout)
         micro = p.mini_batch_size // p.grad_accum
         totals: dict[str, float] = {}
         steps, grad_norms = 0, 0.0
         trainable = [q for g in self.optimizer.param_groups for q in g["params"]]
-        for _ in range(p.epochs):
-            for mb in torch.randperm(n).split(p.mini_batch_size):
+        for order in orders:
+            for mb in order.split(p.mini_batch_size):
                 self.optimizer.zero_grad(set_to_none=True)
                 for rows in mb.split(micro):
-                    for key, value in self._micro_step(exp, rows, p.grad_accum).items():
+                    reuse, exp.first_pass = exp.first_pass, None
+                    for key, value in self._micro_step(exp, rows, p.grad_accum, reuse).items():
                         totals[key] = totals.get(key, 0.0) + value
                     steps += 1
                 self.dp.sum_grads(trainable)  # sum of shard gradients == the whole minibatch's gradient
@@ -195,16 +242,21 @@ class Learner:
         totals = self.dp.sum_stats(totals, self.device)  # shard stats are token-weighted: sums are whole-batch values
         return {**{k: v / steps for k, v in totals.items()}, "policy/grad_norm": grad_norms / steps}
 
-    def _micro_step(self, exp: Experience, rows: torch.Tensor, grad_accum: int) -> dict[str, float]:
+    def _micro_step(self, exp: Experience, rows: torch.Tensor, grad_accum: int,
+                    whole: ResponseStats | None = None) -> dict[str, float]:
         p = self.cfg.ppo
         shard = self.dp.shard(rows)
         weight = token_share(exp.rollout.response_mask, rows, shard)  # 1.0 for a single learner
         rows, part = shard, exp.rollout.select(shard)
         mask = part.response_mask.to(self.device)
-        out = self._forward(part, with_values=self.critic, with_entropy=True)
+        if whole is None:
+            out = self._forward(part, with_values=self.critic, with_entropy=True)
+        else:  # make_experience's forward over exactly these rows
+            out = whole
         pg_loss, pg_stats = algo.policy_loss(out.logprobs, exp.old_logprobs[rows], exp.advantages[rows], mask, p.clip_range)
         entropy = algo.masked_mean(out.entropy, mask)
-        loss = pg_loss - p.ent_coef * entropy
+        # ent_coef 0: entropy is only a metric; keeping it out of the loss spares its (B, R, vocab) backward
+        loss = pg_loss - p.ent_coef * entropy if p.ent_coef else pg_loss
         stats = {"policy/loss": float(pg_loss.detach()), "policy/clipfrac": float(pg_stats["clipfrac"]),
                  "policy/approx_kl": float(pg_stats["approx_kl"]), "entropy/mean": float(entropy.detach())}
         if self.critic:

@@ -44,7 +44,17 @@ BAD = [
     (["reward.model=./missing-classifier"], "reward.model", "does not exist"),
     (["model.quant=3bit"], "model.quant", "must be one of 8bit, 4bit, none"),
     (["algo.advantage=grpo", "algo.group_size=1"], "algo.group_size", "at least 2"),
+    # mini_batch_size counts samples: 4 gae prompts are 4 samples, fewer than one minibatch of 8
+    (["ppo.batch_size=4", "ppo.mini_batch_size=8"], "ppo.mini_batch_size", "divisible"),
+    (["ppo.overlap=true", "ppo.max_policy_lag=0"], "ppo.max_policy_lag", ">= 1"),
+    (["bench.quant_modes=8bit,2bit"], "bench.quant_modes[1]", "must be one of"),
 ]
+
+
+def test_mini_batch_size_counts_samples_not_prompts():
+    # 4 prompts x 4 GRPO samples = 16 rows: two minibatches of 8 samples (refused before issue 10)
+    cfg = load_config(None, ["algo.advantage=grpo", "algo.group_size=4", "ppo.batch_size=4", "ppo.mini_batch_size=8"])
+    assert cfg.ppo.mini_batch_size == 8
 
 
 @pytest.mark.parametrize("overrides,key,problem", BAD)

@@ -27,7 +27,7 @@ def _roles(tiny_lm, overrides):
     for g in gens:
         g.load_adapter(learner.adapter())
     captured = []
-    learner.update = lambda exp: captured.append(exp) or {}  # keep the experience, skip the PPO epochs
+    learner.update = lambda exp, orders: captured.append(exp) or {}  # keep the experience, skip the PPO epochs
     return cfg, learner, gens, captured
 
 

@@ -1,0 +1,73 @@
+"""Issue 10 on the real local Ray: `rlhf-ray bench` on the smoke config, and overlapped rollouts
+(lag recorded and bounded, the same metrics as an on-policy run)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rlhf_ray.cli import main
+from rlhf_ray.metrics import read_metrics
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+SMOKE = "configs/smoke.yaml"
+
+
+def test_bench_on_the_smoke_config(tmp_path, capsys):
+    run = tmp_path / "bench"
+    assert main(["bench", "--config", SMOKE, "--run-dir", str(run), "bench.repeats=1", "bench.quant_modes=none,8bit"]) == 0
+    table = capsys.readouterr().out
+    for section in ("(a)", "(b)", "(c)", "(d)", "(e)", "(f)", "Ray / in-process", "bare model.generate"):
+        assert section in table, section
+    report = json.loads((run / "bench.json").read_text())
+    assert report["date"] and report["machine"]["cpus"] > 0 and report["versions"]["torch"]
+    d = report["results"]["distributed"]
+    assert len(d["ray_iterations"]) == len(d["inprocess_iterations"]) == 1  # repeats after the warm-up
+    assert d["headline"]["ray_over_inprocess"] > 0 and d["headline"]["samples_per_s"] > 0
+    # bare generate and the in-process role: same model, batch and seed, so the same tokens
+    g = d["generation"]
+    assert g["bare"]["tokens"] == g["role"]["tokens"] > 0 and g["actor"]["tokens"] > 0
+    s = d["sync"]
+    # only the adapter travels: its tensors plus a small safetensors header, a sliver of the base model
+    assert s["adapter_tensor_bytes"] <= s["bytes_per_iteration"] < s["adapter_tensor_bytes"] + 16_384
+    assert s["bytes_per_iteration"] < s["base_model_bytes"]
+    assert set(report["results"]["quant"]) == {"none", "8bit"}
+    assert report["results"]["quant"]["8bit"]["memory_bytes"] < report["results"]["quant"]["none"]["memory_bytes"]
+    phases = d["phases"]["seconds"]
+    assert {"generate", "score", "old+ref log-probs", "update", "sync"} <= set(phases)
+
+
+def test_overlapped_rollouts_lag_one_version_within_the_bound(tmp_path):
+    on = tmp_path / "overlap"
+    off = tmp_path / "on-policy"
+    assert main(["ppo", "--config", SMOKE, "--run-dir", str(on), "ppo.iterations=3", "ppo.overlap=true"]) == 0
+    assert main(["ppo", "--config", SMOKE, "--run-dir", str(off), "ppo.iterations=1", "ppo.checkpoint_every=5"]) == 0
+    rows, plain = read_metrics(on / "metrics.jsonl"), read_metrics(off / "metrics.jsonl")
+    assert [set(r) for r in rows] == [set(plain[0])] * 3  # complete metrics: the on-policy run's keys
+    # batch k+1 is sampled while the learner trains on k: from the second batch on, one version behind
+    assert [r["policy/sampled_version"] for r in rows] == [0, 0, 1]
+    assert [r["policy/lag"] for r in rows] == [0, 1, 1]
+    assert all(r["policy/lag"] <= 1 for r in rows) and [r["policy/version"] for r in rows] == [1, 2, 3]
+    assert plain[0]["policy/lag"] == 0
+    # resuming an overlapped run restarts the prompt stream where the learner stopped, not past the batch sampled ahead
+    # (the checkpoint after iteration 2 is taken while batch 3 is already drawn and sampling)
+    state = json.loads((on / "checkpoints" / "iter-000002" / "driver_state.json").read_text())
+    assert state["prompts"]["cursor"] == 2 * 4
+
+
+def test_workers_get_the_drivers_priority_and_real_thread_counts():
+    """Ray's defaults (nice 15, OMP_NUM_THREADS=1 for a 0.5-CPU actor) made actors slower than the roles
+    in-process; the local Ray started by rlhf_ray.placement.connect overrides both."""
+    import os
+
+    import ray
+
+    @ray.remote(num_cpus=0.5)
+    def worker_view():
+        return os.getpriority(os.PRIO_PROCESS, 0), os.environ.get("OMP_NUM_THREADS"), os.environ.get("MKL_NUM_THREADS")
+
+    nice, omp, mkl = ray.get(worker_view.remote())
+    assert nice == os.getpriority(os.PRIO_PROCESS, 0)
+    assert omp == mkl == str(os.cpu_count())
