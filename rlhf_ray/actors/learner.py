@@ -150,6 +150,7 @@ class Learner:
             self.model, part.input_ids.to(self.device), part.attention_mask.to(self.device),
             part.prompt_ids.shape[1], chunk=self.cfg.model.logprob_chunk,
             value_head=self.value_head if with_values else None, with_entropy=with_entropy,
+            entropy_grad=self.cfg.ppo.ent_coef > 0,  # a metric only at coefficient 0: no (B, C, V) graph
         )
 
     def update(self, exp: Experience) -> dict:

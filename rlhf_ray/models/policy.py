@@ -92,6 +92,11 @@ def target_modules_for(model, configured: list[str] | None) -> list[str]:
     return DEFAULT_TARGETS[model_type]
 
 
+# Non-reentrant checkpointing: LoRA grads flow even when no layer input requires grad, and torch
+# no longer warns about (or, in later versions, rejects) an implicit use_reentrant.
+NON_REENTRANT = {"use_reentrant": False}
+
+
 def attach_lora(model, r: int, alpha: int, dropout: float, targets: list[str] | None,
                 task_type: str = "CAUSAL_LM", gradient_checkpointing: bool = False):
     """Freeze the (quantized) base and wrap it with a fresh trainable LoRA adapter."""
@@ -99,9 +104,10 @@ def attach_lora(model, r: int, alpha: int, dropout: float, targets: list[str] | 
 
     if getattr(model, "is_loaded_in_8bit", False) or getattr(model, "is_loaded_in_4bit", False):
         # Casts norms to fp32 and makes inputs require grad so LoRA grads flow through int8 layers.
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                                gradient_checkpointing_kwargs=NON_REENTRANT)
     elif gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=NON_REENTRANT)
     lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
                       target_modules=target_modules_for(model, targets), task_type=task_type)
     return get_peft_model(model, lora)
