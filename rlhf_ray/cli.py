@@ -22,6 +22,9 @@ STAGES = {
 }
 
 
+PLAN_HELP = "memory plan: bytes per role for the separate and fused layouts (no weights loaded), plan.json"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rlhf-ray",
@@ -36,7 +39,24 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("ppo", "pipeline"):
             p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
         p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
+    p = sub.add_parser("plan", help=PLAN_HELP, description=PLAN_HELP)
+    p.add_argument("--config", help="YAML config file (defaults are built in)")
+    p.add_argument("--gpu-memory-gb", type=float, help="plan for one GPU of this size (default: the config's device)")
+    p.add_argument("--out", default="plan.json", help="where to write the plan as JSON (default: plan.json)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
     return parser
+
+
+def _plan(cfg: Config, args: argparse.Namespace) -> int:
+    from rlhf_ray.plan import choose_layout, format_plan, make_plan
+
+    plan = make_plan(cfg, args.gpu_memory_gb, choose=False)
+    try:
+        plan.chosen = choose_layout(plan, cfg.cluster.layout, cfg.cluster.num_generators)
+    finally:  # the table and plan.json also when nothing fits (then the one-line refusal follows)
+        Path(args.out).write_text(json.dumps(plan.to_json(), indent=2))
+        print(format_plan(plan))
+    return 0
 
 
 def _run_dir(args: argparse.Namespace) -> Path:
@@ -68,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "config":
             print(json.dumps(cfg.to_dict(), indent=2))
             return 0
+        if args.command == "plan":
+            return _plan(cfg, args)
         run_dir = _run_dir(args)
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")

@@ -136,6 +136,8 @@ class ClusterConfig:
     # torch threads per actor; 0 = all cores of the node (phases do not overlap, see README).
     torch_threads: int = 0
     dashboard: bool = False
+    # separate: one actor per role, each with its own base; fused: one process hosts generator + learner over ONE base; auto: separate if the memory plan fits, else fused.
+    layout: Literal["separate", "fused", "auto"] = "auto"
 
 
 @dataclass
@@ -426,6 +428,7 @@ def validate(cfg: Config) -> None:
     valid_stages = ("sft", "merge", "reward", "ppo")
     for i, stage in enumerate(cfg.pipeline.stages):
         _check(stage in valid_stages, f"pipeline.stages[{i}]", f"must be one of {', '.join(valid_stages)}; got {stage!r}")
+    _validate_layout(cfg)
     check_model_ref("model.policy", cfg.model.policy)
     check_model_ref("reward.backbone", cfg.reward.backbone)
     if cfg.reward.model is not None:
@@ -434,3 +437,9 @@ def validate(cfg: Config) -> None:
         check_model_ref("merge.adapter", cfg.merge.adapter)
     check_model_ref("data.dataset", cfg.data.dataset)
     check_model_ref("sft.dataset", cfg.sft.dataset)
+
+
+def _validate_layout(cfg: Config) -> None:
+    c = cfg.cluster
+    _check(c.layout != "fused" or (c.num_generators == 1 and c.num_learners == 1), "cluster.layout",
+           "fused hosts one generator and one learner in one process: set cluster.num_generators=1 (or layout=separate)")

@@ -14,14 +14,13 @@ import ray
 from ray.util.placement_group import remove_placement_group
 from tqdm import tqdm
 
-from rlhf_ray.actors.remote import GeneratorActor, LearnerActor, RewardScorerActor
 from rlhf_ray.checkpoint import atomic_write, latest_checkpoint, read_dir, read_json, write_checkpoint
 from rlhf_ray.config import Config
 from rlhf_ray.data import PromptState, PromptStream, load_text_dataset
 from rlhf_ray.errors import UserError
+from rlhf_ray.layout import start_roles
 from rlhf_ray.metrics import MetricsLog, plot_metrics, write_samples
 from rlhf_ray.models.policy import load_tokenizer
-from rlhf_ray.placement import actor_options, create_placement, role_specs
 
 
 class StaleGeneratorError(RuntimeError):
@@ -37,22 +36,16 @@ class Roles:
 
     @staticmethod
     def start(cfg: Config, policy_path: str, reward_path: str, run_dir: Path) -> "Roles":
-        specs = role_specs(cfg.cluster)
-        pg = create_placement(specs)
-        ns = cfg.cluster.namespace
-        opts = [actor_options(s, pg, i, ns) for i, s in enumerate(specs)]
-        n_gen, n_sc = cfg.cluster.num_generators, cfg.cluster.num_scorers
-        gens = [GeneratorActor.options(**opts[i]).remote(cfg, policy_path, i) for i in range(n_gen)]
-        scorers = [RewardScorerActor.options(**opts[n_gen + i]).remote(cfg, reward_path) for i in range(n_sc)]
-        learner = LearnerActor.options(**opts[n_gen + n_sc]).remote(cfg, policy_path)
-        roles = Roles(gens, scorers, learner, pg)
+        started = start_roles(cfg, policy_path, reward_path)  # separate actors or one fused policy host
+        roles = Roles(started.generators, started.scorers, started.learner, started.placement_group)
         places = ray.get([a.where.remote() for a in roles.all()])  # also waits for every model to load
-        layout = [{"actor": s.name, "num_gpus": s.num_gpus, "num_cpus": s.num_cpus, **p} for s, p in zip(specs, places)]
+        layout = [{"actor": s.name, "num_gpus": s.num_gpus, "num_cpus": s.num_cpus, **p} for s, p in zip(started.specs, places)]
         atomic_write(run_dir / "placement.json", json.dumps(layout, indent=2).encode())
         return roles
 
     def all(self) -> list:
-        return [*self.generators, *self.scorers, self.learner]
+        """Each actor once (in the fused layout the learner is also the generator)."""
+        return list(dict.fromkeys([*self.generators, *self.scorers, self.learner]))
 
     def stop(self) -> None:
         for actor in self.all():

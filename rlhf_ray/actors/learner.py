@@ -44,14 +44,18 @@ def make_kl_controller(cfg: Config):
 
 
 class Learner:
-    def __init__(self, cfg: Config, policy_path: str):
+    def __init__(self, cfg: Config, policy_path: str, shared=None):
+        """shared: a SharedPolicy (fused layout) to train instead of loading a base of our own."""
         init_process(cfg)
         self.cfg = cfg
-        self.device = role_device(cfg.cluster.learner_gpus)
         self.critic = cfg.algo.advantage == "gae"  # grpo/rloo: no value head is ever built
-        self.tokenizer = load_tokenizer(policy_path)
-        torch.manual_seed(cfg.run.seed)  # same fresh LoRA init for the same seed
-        self.model = ppo_numerics(load_policy(cfg, policy_path, self.device))
+        if shared is not None:
+            self.device, self.tokenizer, self.model = shared.device, shared.tokenizer, shared.model
+        else:
+            self.device = role_device(cfg.cluster.learner_gpus)
+            self.tokenizer = load_tokenizer(policy_path)
+            torch.manual_seed(cfg.run.seed)  # same fresh LoRA init for the same seed
+            self.model = ppo_numerics(load_policy(cfg, policy_path, self.device))
         self.value_head = ValueHead(self.model.config.hidden_size).to(self.device) if self.critic else None
         params = [p for p in self.model.parameters() if p.requires_grad]
         if self.value_head is not None:

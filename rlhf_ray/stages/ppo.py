@@ -9,7 +9,8 @@ from rlhf_ray import driver
 from rlhf_ray.assets import resolve_model
 from rlhf_ray.checkpoint import atomic_write
 from rlhf_ray.config import Config
-from rlhf_ray.placement import attached, check_fits, role_specs
+from rlhf_ray.layout import layout_specs, planned
+from rlhf_ray.placement import attached, check_fits
 from rlhf_ray.stages.common import DONE
 from rlhf_ray.stages.store import ensure_stage
 
@@ -25,8 +26,9 @@ def reward_model_path(cfg: Config) -> str:
 
 
 def run(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
+    cfg = planned(cfg, run_dir)  # memory plan first: picks the layout or refuses, before Ray starts
     with attached(cfg.cluster):
-        check_fits(role_specs(cfg.cluster))  # fail fast, before any model is converted or trained
+        check_fits(layout_specs(cfg))  # fail fast, before any model is converted or trained
         policy_path = resolve_model(cfg.model.policy, cfg.cache_dir())
         reward_path = reward_model_path(cfg)
         summary = driver.train(cfg, run_dir, policy_path, reward_path, resume)
