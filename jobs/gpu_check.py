@@ -12,7 +12,7 @@ Scores are seeded random numbers: the reward model is not what this measures.
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import json
 import sys
 import time
@@ -25,7 +25,13 @@ PROMPTS = ["This movie was", "The plot of the film", "I watched it twice and", "
 
 
 def missing_packages() -> list[str]:
-    return [name for name in NEEDED if importlib.util.find_spec(name) is None]
+    missing = []
+    for name in NEEDED:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    return missing
 
 
 class PhaseProbe:

@@ -128,7 +128,7 @@ def _materialize(module: nn.Module, device: str, gen: torch.Generator) -> None:
 def build_quantized(path: str | Path, quant: str, device: str, on_layer=None):
     """A GPT-NeoX-shaped causal LM from the asset directory, quantized ('8bit' | '4bit') while built.
 
-    on_layer(i) is called after each decoder layer is materialized (progress / memory probes)."""
+    on_layer(i, model) is called after decoder layer i is materialized (progress / memory probes)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from rlhf_ray.errors import UserError
@@ -148,7 +148,7 @@ def build_quantized(path: str | Path, quant: str, device: str, on_layer=None):
         for sub in layer.modules():
             _materialize(sub, device, gen)
         if on_layer is not None:
-            on_layer(i)
+            on_layer(i, model)
     for sub in model.modules():
         _materialize(sub, device, gen)
     # Buffers made under the meta device (rotary inverse frequencies) are computed again for real.
