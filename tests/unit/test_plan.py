@@ -76,3 +76,21 @@ def test_plan_command_prints_both_layouts_and_writes_json(tmp_path, capsys):
     assert plan["layouts"]["fused"]["roles"]["policy"]["base"] > 19 * 2**30  # int8 20B + 16-bit embeddings
     assert main(["plan", "--config", "configs/gpt_neox_20b_24gb.yaml", "--gpu-memory-gb", "10", "--out", str(out)]) == 2
     assert "model.quant=4bit" in capsys.readouterr().err
+
+
+def test_ppo_refuses_a_plan_that_cannot_fit_before_any_actor(tmp_path, capsys, monkeypatch):
+    import rlhf_ray.plan as plan
+
+    monkeypatch.setattr(plan, "device_budget", lambda cfg, gb: (False, 2**30))  # a 1 GiB host
+    run = tmp_path / "run"
+    assert main(["ppo", "--config", "configs/smoke.yaml", "--run-dir", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "biggest consumer" in err and "change" in err
+    assert not (run / "placement.json").exists()  # refused before Ray placed anything
+
+
+def test_nf4_20b_separate_would_leave_no_headroom_so_auto_fuses():
+    cfg = load_config("configs/gpt_neox_20b_24gb.yaml", ["model.quant=4bit"])
+    plan = make_plan(cfg, gpu_memory_gb=24)
+    assert plan.layouts["separate"].total < 24 * 2**30 and not plan.layouts["separate"].fits
+    assert plan.chosen == "fused"
