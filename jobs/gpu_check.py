@@ -101,10 +101,10 @@ def iteration(args) -> dict:
     learner = host.learner
     learner.make_experience = probe.wrap("experience", learner.make_experience)  # learn() = experience + update
     learner.update = probe.wrap("update", learner.update)
-    payload, receipt = host.publish()
+    payload, _ = host.publish()
     host.load_adapter(payload)
     prompts = (PROMPTS * args.prompts)[: args.prompts]
-    rollout, info = probe.run("generate", host.generate, prompts, 1)
+    rollout, _ = probe.run("generate", host.generate, prompts, 1)
     scores = torch.randn(len(rollout), generator=torch.Generator().manual_seed(0))
     metrics, payload = host.learn([rollout], [scores], 1)
     assert host.load_adapter(payload) == (metrics["policy/version"], payload.sha256)
