@@ -2,7 +2,8 @@
 
 Used by `rlhf-ray plan` and, before any actor starts, by `rlhf-ray ppo` (cluster.layout: auto picks
 `fused` when separate copies of the base cannot fit; a plan that cannot fit at all is refused).
-All roles are assumed to share one device: one GPU (roles with a GPU fraction) or the host's RAM.
+A GPU plan counts the roles with a GPU fraction (all roles when none has one) against one GPU;
+a CPU plan counts every role against the host's available RAM. Multi-node placement is not planned.
 
 The estimates, per role:
 - base: decoder-layer Linears quantized (int8: 1 byte/weight + an fp32 scale per row; NF4: half a
@@ -15,6 +16,8 @@ The estimates, per role:
   in tests/unit/test_forward_memory.py: about five).
 - kv_cache: 2 x layers x tokens x kv width in the activation dtype, for the generation batch, plus
   the decode step's logits. A role's total counts training or generation, whichever is larger.
+- dequant: bitsandbytes matmuls with gradients (and int8 on CPU) dequantize one whole weight to the
+  activation dtype per call: the largest quantized Linear, transiently.
 - overhead: a CUDA context per process on GPU, or the Python/torch runtime per process on CPU."""
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ REMEDY = {
     "activations": "model.gradient_checkpointing=true or a smaller ppo.mini_batch_size (or more ppo.grad_accum)",
     "lm_head_chunk": "model.logprob_chunk",
     "kv_cache": "ppo.batch_size or generate.max_new_tokens",
+    "dequant": "model.quant (or a model with narrower layers)",
     "overhead": "fewer actors (cluster.num_generators / num_scorers)",
 }
 
@@ -53,12 +57,13 @@ class RoleBytes:
     activations: int = 0
     lm_head_chunk: int = 0
     kv_cache: int = 0
+    dequant: int = 0
     overhead: int = 0
 
     @property
     def total(self) -> int:
         # Training (activations + head chunk) and generation (KV cache) never overlap in one process.
-        fixed = self.base + self.lora + self.value_head + self.overhead
+        fixed = self.base + self.lora + self.value_head + self.dequant + self.overhead
         return fixed + max(self.activations + self.lm_head_chunk, self.kv_cache)
 
     def biggest(self) -> str:
@@ -70,9 +75,10 @@ class LayoutPlan:
     layout: str
     roles: dict[str, RoleBytes]
     counts: dict[str, int]  # actors per role
-    total: int = 0
+    total: int = 0  # bytes on the planned device (a GPU plan leaves out roles that run on the host)
     fits: bool = False
     gpu_fractions: dict[str, float] = field(default_factory=dict)
+    on_host: list[str] = field(default_factory=list)  # roles outside a GPU plan (their cluster.*_gpus is 0)
 
 
 @dataclass
@@ -167,12 +173,13 @@ def policy_roles(cfg: Config, s: ModelShape, dense: int, on_gpu: bool) -> dict[s
     chunk = HEAD_CHUNK_BUFFERS * micro * min(cfg.model.logprob_chunk, cfg.generate.max_new_tokens) * s.vocab * 4
     value_head = (s.hidden + 1) * 16 if cfg.algo.advantage == "gae" else 0  # fp32 weights + grads + AdamW moments
     lora_train = s.lora_params * 16
+    dequant = max(i * o for i, o in s.quantized_linears) * dense if cfg.model.quant != "none" else 0
     return {
         "generator": RoleBytes(base, s.lora_params * 4, 0, 0, 0, sampling(_gen_rows(cfg, cfg.cluster.num_generators)),
-                               overhead),
-        "learner": RoleBytes(base, lora_train, value_head, acts, chunk, 0, overhead),
+                               dequant, overhead),
+        "learner": RoleBytes(base, lora_train, value_head, acts, chunk, 0, dequant, overhead),
         # One base for both roles; the host frees the KV cache before training and the grads before sampling.
-        "policy": RoleBytes(base, lora_train, value_head, acts, chunk, sampling(_gen_rows(cfg, 1)), overhead),
+        "policy": RoleBytes(base, lora_train, value_head, acts, chunk, sampling(_gen_rows(cfg, 1)), dequant, overhead),
     }
 
 
@@ -203,16 +210,29 @@ class Plan:
         for name, lp in self.layouts.items():
             out["layouts"][name] = {
                 "total_bytes": lp.total, "fits": lp.fits, "counts": lp.counts, "gpu_fractions": lp.gpu_fractions,
+                "on_host": lp.on_host,
                 "roles": {role: {**asdict(rb), "total": rb.total} for role, rb in lp.roles.items()},
             }
         return out
 
 
-def _layout(name: str, roles: dict[str, RoleBytes], counts: dict[str, int], budget: int, on_gpu: bool) -> LayoutPlan:
-    total = sum(roles[r].total * n for r, n in counts.items())
+def _layout(name: str, roles: dict[str, RoleBytes], counts: dict[str, int], budget: int,
+            gpu_share: dict[str, float] | None) -> LayoutPlan:
+    """gpu_share: each role's GPU fraction in a GPU plan (None for a host plan)."""
+    on_host = [r for r in counts if gpu_share is not None and gpu_share[r] == 0]
+    total = sum(roles[r].total * n for r, n in counts.items() if r not in on_host)
     # A share of the one GPU per actor in proportion to its need (what cluster.*_gpus could be set to).
-    fractions = {r: round(min(1.0, roles[r].total / budget), 3) for r in counts} if on_gpu else {}
-    return LayoutPlan(name, {r: roles[r] for r in counts}, counts, total, total <= HEADROOM * budget, fractions)
+    fractions = {r: round(min(1.0, roles[r].total / budget), 3) for r in counts if r not in on_host} if gpu_share else {}
+    return LayoutPlan(name, {r: roles[r] for r in counts}, counts, total, total <= HEADROOM * budget, fractions, on_host)
+
+
+def gpu_shares(cfg: Config) -> dict[str, float]:
+    """GPU fraction per planned role; a config without any GPU share is planned as all-on-GPU."""
+    from rlhf_ray.actors.fused import fused_gpus
+
+    c = cfg.cluster
+    shares = {"generator": c.generator_gpus, "learner": c.learner_gpus, "policy": fused_gpus(cfg), "scorer": c.scorer_gpus}
+    return shares if any(shares.values()) else dict.fromkeys(shares, 1.0)
 
 
 def device_budget(cfg: Config, gpu_memory_gb: float | None) -> tuple[bool, int]:
@@ -243,10 +263,11 @@ def make_plan(cfg: Config, gpu_memory_gb: float | None = None, choose: bool = Tr
     roles = policy_roles(cfg, s, dense_dtype_bytes(policy_path, cfg.model.quant, on_gpu), on_gpu)
     roles["scorer"] = scorer_role(cfg, AutoConfig.from_pretrained(resolve_model(reward_ref, cfg.cache_dir())), on_gpu)
     c = cfg.cluster
+    shares = gpu_shares(cfg) if on_gpu else None
     layouts = {
         "separate": _layout("separate", roles, {"generator": c.num_generators, "scorer": c.num_scorers, "learner": 1},
-                            budget, on_gpu),
-        "fused": _layout("fused", roles, {"policy": 1, "scorer": c.num_scorers}, budget, on_gpu),
+                            budget, shares),
+        "fused": _layout("fused", roles, {"policy": 1, "scorer": c.num_scorers}, budget, shares),
     }
     plan = Plan("gpu" if on_gpu else "host", budget, layouts)
     if choose:
@@ -263,7 +284,7 @@ def choose_layout(plan: Plan, requested: str, num_generators: int) -> str:
         if plan.layouts[name].fits:
             return name
     lp = plan.layouts[candidates[-1]]
-    role, part = max(((r, rb.biggest()) for r, rb in lp.roles.items()),
+    role, part = max(((r, rb.biggest()) for r, rb in lp.roles.items() if r not in lp.on_host),
                      key=lambda rp: getattr(lp.roles[rp[0]], rp[1]))
     where = "GPU" if plan.device == "gpu" else "host RAM available"
     raise UserError(
@@ -281,7 +302,8 @@ def format_plan(plan: Plan) -> str:
         lines.append(f"  {'role':<14}" + "".join(f"{p:>14}" for p in parts) + f"{'total':>12}")
         for role, rb in lp.roles.items():
             cells = "".join(f"{getattr(rb, p) / GIB:>13.3f}G" for p in parts)
-            lines.append(f"  {role + ' x' + str(lp.counts[role]):<14}{cells}{rb.total / GIB:>11.3f}G")
+            host = "  (on the host: not in the GPU total)" if role in lp.on_host else ""
+            lines.append(f"  {role + ' x' + str(lp.counts[role]):<14}{cells}{rb.total / GIB:>11.3f}G{host}")
         if lp.gpu_fractions:
             lines.append(f"  GPU fractions: {lp.gpu_fractions}")
     return "\n".join(lines)

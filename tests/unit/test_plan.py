@@ -40,7 +40,9 @@ def test_bytes_per_role_match_hand_arithmetic():
     per_layer = 2 * seq * (10 * 64 + 3 * 256 + 4 * seq) * 2  # tokens x (10h + 3I + heads x seq) x bf16
     assert learner.activations == 2 * per_layer
     assert gen.overhead == HOST_RUNTIME
-    assert learner.total == INT8_BASE + 16 * LORA + 16 * 65 + 2 * per_layer + learner.lm_head_chunk + HOST_RUNTIME
+    assert gen.dequant == learner.dequant == 64 * 256 * 2  # the largest Linear (fc1) dequantized to bf16
+    assert learner.total == (INT8_BASE + 16 * LORA + 16 * 65 + 64 * 256 * 2 + HOST_RUNTIME
+                             + 2 * per_layer + learner.lm_head_chunk)
     assert make_plan(_cfg("model.quant=4bit")).layouts["fused"].roles["policy"].base == NF4_BASE == 185376
 
 
