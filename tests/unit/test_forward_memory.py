@@ -28,6 +28,12 @@ def _policy(path, quant, gradient_checkpointing=False):
     return ppo_numerics(model)
 
 
+@pytest.fixture(scope="module")
+def fp32_policy(tiny_lm):
+    """Shared by the memory tests: they run backward but never change the weights."""
+    return _policy(tiny_lm, "none")
+
+
 def _batch(length: int, batch: int = 2, prompt: int = 3):
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(5, VOCAB, (batch, prompt + length), generator=g)
@@ -85,8 +91,8 @@ def _saved_vocab_bytes(model, length: int, entropy_grad: bool = True) -> int:
     return total
 
 
-def test_head_keeps_no_vocab_sized_activation_for_backward(tiny_lm):
-    model = _policy(tiny_lm, "none")
+def test_head_keeps_no_vocab_sized_activation_for_backward(fp32_policy):
+    model = fp32_policy
     # Before: every chunk's fp32 logits and log-softmax stayed saved, 2 chunks -> 8 chunks grew 4x.
     assert _saved_vocab_bytes(model, 8) == 0
     assert _saved_vocab_bytes(model, 32) == 0
@@ -124,9 +130,9 @@ class LiveVocabBytes(TorchDispatchMode):
         return out
 
 
-def test_head_peak_in_backward_does_not_grow_with_chunks(tiny_lm):
+def test_head_peak_in_backward_does_not_grow_with_chunks(fp32_policy):
     """Peak of live vocabulary-sized tensors over forward + backward is a few chunks' worth, whatever R is."""
-    model = _policy(tiny_lm, "none")
+    model = fp32_policy
     peaks = []
     for length in (8, 32):
         ids, mask, p = _batch(length)
@@ -139,8 +145,8 @@ def test_head_peak_in_backward_does_not_grow_with_chunks(tiny_lm):
     assert peaks[0] == peaks[1] <= 6 * one_chunk, (peaks, one_chunk)  # logits, log-softmax, their grads
 
 
-def test_entropy_without_coefficient_carries_no_graph(tiny_lm):
-    model = _policy(tiny_lm, "none")
+def test_entropy_without_coefficient_carries_no_graph(fp32_policy):
+    model = fp32_policy
     ids, mask, p = _batch(6)
     with_grad = response_stats(model, ids, mask, p, chunk=4, with_entropy=True, entropy_grad=True)
     metric_only = response_stats(model, ids, mask, p, chunk=4, with_entropy=True, entropy_grad=False)
