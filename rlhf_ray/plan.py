@@ -16,6 +16,9 @@ The estimates, per role:
   in tests/unit/test_forward_memory.py: about five).
 - kv_cache: 2 x layers x tokens x kv width in the activation dtype, for the generation batch, plus
   the decode step's logits. A role's total counts training or generation, whichever is larger.
+- mapped_checkpoint (host plans): from_pretrained maps the safetensors file and the unquantized
+  tensors stay views into it, so the whole file stays resident in the process (measured: SmolLM2's
+  517 MB file adds ~415 MB file-backed RSS); the unquantized part is already in `base`.
 - dequant: bitsandbytes matmuls with gradients (and int8 on CPU) dequantize one whole weight to the
   activation dtype per call: the largest quantized Linear, transiently.
 - overhead: a CUDA context per process on GPU, or the Python/torch runtime per process on CPU."""
@@ -45,6 +48,7 @@ REMEDY = {
     "lm_head_chunk": "model.logprob_chunk",
     "kv_cache": "ppo.batch_size or generate.max_new_tokens",
     "dequant": "model.quant (or a model with narrower layers)",
+    "mapped_checkpoint": "model.quant or a smaller model.policy (the loaded checkpoint stays mapped)",
     "overhead": "fewer actors (cluster.num_generators / num_scorers)",
 }
 
@@ -58,12 +62,13 @@ class RoleBytes:
     lm_head_chunk: int = 0
     kv_cache: int = 0
     dequant: int = 0
+    mapped_checkpoint: int = 0
     overhead: int = 0
 
     @property
     def total(self) -> int:
         # Training (activations + head chunk) and generation (KV cache) never overlap in one process.
-        fixed = self.base + self.lora + self.value_head + self.dequant + self.overhead
+        fixed = self.base + self.lora + self.value_head + self.dequant + self.mapped_checkpoint + self.overhead
         return fixed + max(self.activations + self.lm_head_chunk, self.kv_cache)
 
     def biggest(self) -> str:
@@ -145,6 +150,14 @@ def train_activation_bytes(s: ModelShape, rows: int, seq: int, act_bytes: int, c
     return per_layer * s.layers
 
 
+def checkpoint_bytes(path: str) -> int:
+    """Weights files a from_pretrained load maps (0 for a hub id or a shape built in memory)."""
+    from pathlib import Path
+
+    directory = Path(path)
+    return sum(f.stat().st_size for f in directory.glob("*.safetensors")) if directory.is_dir() else 0
+
+
 def dense_dtype_bytes(policy_path: str, quant: str, on_gpu: bool) -> int:
     """The dtype of the unquantized tensors, as models/policy.py and models/shapes.py load them."""
     from rlhf_ray.models.shapes import is_shape_dir
@@ -174,12 +187,14 @@ def policy_roles(cfg: Config, s: ModelShape, dense: int, on_gpu: bool) -> dict[s
     value_head = (s.hidden + 1) * 16 if cfg.algo.advantage == "gae" else 0  # fp32 weights + grads + AdamW moments
     lora_train = s.lora_params * 16
     dequant = max(i * o for i, o in s.quantized_linears) * dense if cfg.model.quant != "none" else 0
+    common = dict(base=base, dequant=dequant, overhead=overhead)
+    train = dict(lora=lora_train, value_head=value_head, activations=acts, lm_head_chunk=chunk)
     return {
-        "generator": RoleBytes(base, s.lora_params * 4, 0, 0, 0, sampling(_gen_rows(cfg, cfg.cluster.num_generators)),
-                               dequant, overhead),
-        "learner": RoleBytes(base, lora_train, value_head, acts, chunk, 0, dequant, overhead),
+        "generator": RoleBytes(lora=s.lora_params * 4, kv_cache=sampling(_gen_rows(cfg, cfg.cluster.num_generators)),
+                               **common),
+        "learner": RoleBytes(**train, **common),
         # One base for both roles; the host frees the KV cache before training and the grads before sampling.
-        "policy": RoleBytes(base, lora_train, value_head, acts, chunk, sampling(_gen_rows(cfg, 1)), dequant, overhead),
+        "policy": RoleBytes(kv_cache=sampling(_gen_rows(cfg, 1)), **train, **common),
     }
 
 
@@ -260,7 +275,11 @@ def make_plan(cfg: Config, gpu_memory_gb: float | None = None, choose: bool = Tr
     policy_path = resolve_model(cfg.model.policy, cfg.cache_dir())
     reward_ref = cfg.reward.model or cfg.reward.backbone  # the trained classifier has its backbone's shape
     s = model_shape(AutoConfig.from_pretrained(policy_path), cfg.model.lora_r, cfg.model.target_modules)
-    roles = policy_roles(cfg, s, dense_dtype_bytes(policy_path, cfg.model.quant, on_gpu), on_gpu)
+    dense = dense_dtype_bytes(policy_path, cfg.model.quant, on_gpu)
+    roles = policy_roles(cfg, s, dense, on_gpu)
+    if not on_gpu:
+        for name in ("generator", "learner", "policy"):
+            roles[name].mapped_checkpoint = max(0, checkpoint_bytes(policy_path) - s.other_params * dense)
     roles["scorer"] = scorer_role(cfg, AutoConfig.from_pretrained(resolve_model(reward_ref, cfg.cache_dir())), on_gpu)
     c = cfg.cluster
     shares = gpu_shares(cfg) if on_gpu else None
@@ -299,9 +318,9 @@ def format_plan(plan: Plan) -> str:
     lines = [f"device: {plan.device}, budget {plan.budget / GIB:.2f} GiB; chosen layout: {plan.chosen}"]
     for lp in plan.layouts.values():
         lines.append(f"\n[{lp.layout}] total {lp.total / GIB:.2f} GiB ({'fits' if lp.fits else 'does NOT fit'})")
-        lines.append(f"  {'role':<14}" + "".join(f"{p:>14}" for p in parts) + f"{'total':>12}")
+        lines.append(f"  {'role':<14}" + "".join(f"{p:>18}" for p in parts) + f"{'total':>12}")
         for role, rb in lp.roles.items():
-            cells = "".join(f"{getattr(rb, p) / GIB:>13.3f}G" for p in parts)
+            cells = "".join(f"{getattr(rb, p) / GIB:>17.3f}G" for p in parts)
             host = "  (on the host: not in the GPU total)" if role in lp.on_host else ""
             lines.append(f"  {role + ' x' + str(lp.counts[role]):<14}{cells}{rb.total / GIB:>11.3f}G{host}")
         if lp.gpu_fractions:
