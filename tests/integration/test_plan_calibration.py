@@ -44,7 +44,8 @@ class ActorPeaks(threading.Thread):
 
 
 def test_plan_estimate_within_25_percent_of_measured_peak_rss(tmp_path):
-    overrides = ["ppo.iterations=1", "cluster.layout=separate"]
+    # The default policy (SmolLM2 8-bit) and batch; a tiny scorer so the test never trains a classifier.
+    overrides = ["ppo.iterations=1", "cluster.layout=separate", "reward.model=tiny-random-bert"]
     cfg = load_config("configs/default.yaml", overrides)
     estimate = make_plan(cfg).layouts["separate"].total
     run = tmp_path / "default"
