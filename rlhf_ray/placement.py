@@ -116,7 +116,6 @@ def actor_options(spec: RoleSpec, pg: PlacementGroup, index: int, namespace: str
     }
 
 
-
 def where() -> dict:
     """Where the calling actor runs (for placement.json)."""
     ctx = ray.get_runtime_context()
