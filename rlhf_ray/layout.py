@@ -40,9 +40,9 @@ def planned(cfg: Config, run_dir: Path) -> Config:
     return dataclasses.replace(cfg, cluster=dataclasses.replace(cfg.cluster, layout=plan.chosen))
 
 
-def layout_specs(cfg: Config) -> list[RoleSpec]:
+def layout_specs(cfg: Config, layout: str | None = None) -> list[RoleSpec]:
     c = cfg.cluster
-    if resolved_layout(cfg) == "fused":
+    if (layout or resolved_layout(cfg)) == "fused":
         from rlhf_ray.actors.fused import fused_gpus
 
         scorers = [RoleSpec(f"reward-{i}", c.actor_cpus, c.scorer_gpus) for i in range(c.num_scorers)]
@@ -53,12 +53,13 @@ def layout_specs(cfg: Config) -> list[RoleSpec]:
 def start_roles(cfg: Config, policy_path: str, reward_path: str) -> StartedRoles:
     from rlhf_ray.actors.remote import FusedPolicyActor, GeneratorActor, LearnerActor, RewardScorerActor
 
-    specs = layout_specs(cfg)
+    layout = resolved_layout(cfg)
+    specs = layout_specs(cfg, layout)
     pg = create_placement(specs)
     ns = cfg.cluster.namespace
     opts = [actor_options(s, pg, i, ns) for i, s in enumerate(specs)]
     n_sc = cfg.cluster.num_scorers
-    if specs[0].name == "policy-0":  # fused: the one host is the generator and the learner
+    if layout == "fused":  # the one host is the generator and the learner
         host = FusedPolicyActor.options(**opts[0]).remote(cfg, policy_path)
         scorers = [RewardScorerActor.options(**opts[1 + i]).remote(cfg, reward_path) for i in range(n_sc)]
         return StartedRoles([host], scorers, host, pg, specs)

@@ -96,3 +96,16 @@ def test_nf4_20b_separate_would_leave_no_headroom_so_auto_fuses():
     plan = make_plan(cfg, gpu_memory_gb=24)
     assert plan.layouts["separate"].total < 24 * 2**30 and not plan.layouts["separate"].fits
     assert plan.chosen == "fused"
+
+
+def test_fused_layout_places_one_policy_process_and_refuses_two_generators():
+    from rlhf_ray.errors import ConfigError
+    from rlhf_ray.layout import layout_specs
+
+    cfg = load_config("configs/smoke.yaml", ["cluster.layout=fused", "cluster.generator_gpus=0.3",
+                                             "cluster.learner_gpus=0.4"])
+    specs = layout_specs(cfg)
+    assert [s.name for s in specs] == ["policy-0", "reward-0"] and specs[0].num_gpus == pytest.approx(0.7)
+    assert [s.name for s in layout_specs(cfg, "separate")] == ["generator-0", "reward-0", "learner-0"]
+    with pytest.raises(ConfigError, match="cluster.layout"):
+        load_config("configs/smoke.yaml", ["cluster.layout=fused", "cluster.num_generators=2"])
