@@ -88,13 +88,13 @@ def iteration(args) -> dict:
 
     from rlhf_ray.actors.fused import FusedPolicyHost
     from rlhf_ray.assets import resolve_model
-    from rlhf_ray.plan import make_plan
+    from rlhf_ray.plan import policy_plan
 
     cfg = build_config(args)
     if args.device == "cuda":
         total = torch.cuda.get_device_properties(0).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, args.cap_gb * 2**30 / total))
-    plan = make_plan(cfg, args.cap_gb if args.device == "cuda" else None)
+    estimate = policy_plan(cfg, on_gpu=args.device == "cuda")["policy"]  # no reward model here: none is needed
     probe = PhaseProbe(args.device)
     path = resolve_model(cfg.model.policy, cfg.cache_dir())
     host = probe.run("build", FusedPolicyHost, cfg, path)
@@ -115,7 +115,8 @@ def iteration(args) -> dict:
         "model": args.model, "quant": args.quant, "device": args.device, "cap_gb": args.cap_gb,
         "layers": host.learner.model.config.num_hidden_layers,
         "phases": probe.phases, "peak_bytes": max(p["peak_bytes"] for p in probe.phases.values()),
-        "plan_policy_bytes": plan.layouts["fused"].roles["policy"].total,  # the planner's estimate for this process
+        "plan_policy_bytes": estimate.total,  # the planner's estimate for this process
+        "plan_overhead_bytes": estimate.overhead,  # CUDA context (not in torch's allocated bytes) or runtime RSS
         "generate_tokens_per_s": round(new_tokens / max(gen_s, 1e-9), 2),
         "update_tokens_per_s": round(learn_tokens / max(probe.phases["update"]["seconds"], 1e-9), 2),
         "policy_version": metrics["policy/version"], "value_loss": metrics["value/loss"],

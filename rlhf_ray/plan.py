@@ -264,6 +264,22 @@ def device_budget(cfg: Config, gpu_memory_gb: float | None) -> tuple[bool, int]:
     return False, int(psutil.virtual_memory().available)
 
 
+def policy_plan(cfg: Config, on_gpu: bool) -> dict[str, RoleBytes]:
+    """generator / learner / fused policy bytes (reads only the policy's config)."""
+    from transformers import AutoConfig
+
+    from rlhf_ray.assets import resolve_model
+
+    policy_path = resolve_model(cfg.model.policy, cfg.cache_dir())
+    s = model_shape(AutoConfig.from_pretrained(policy_path), cfg.model.lora_r, cfg.model.target_modules)
+    dense = dense_dtype_bytes(policy_path, cfg.model.quant, on_gpu)
+    roles = policy_roles(cfg, s, dense, on_gpu)
+    if not on_gpu:
+        for role in roles.values():
+            role.mapped_checkpoint = max(0, checkpoint_bytes(policy_path) - s.other_params * dense)
+    return roles
+
+
 def make_plan(cfg: Config, gpu_memory_gb: float | None = None, choose: bool = True) -> Plan:
     """Both layouts' bytes for this config and, with choose, the layout cluster.layout asks for
     (auto: the first that fits; UserError when none does)."""
@@ -272,14 +288,8 @@ def make_plan(cfg: Config, gpu_memory_gb: float | None = None, choose: bool = Tr
     from rlhf_ray.assets import resolve_model
 
     on_gpu, budget = device_budget(cfg, gpu_memory_gb)
-    policy_path = resolve_model(cfg.model.policy, cfg.cache_dir())
+    roles = policy_plan(cfg, on_gpu)
     reward_ref = cfg.reward.model or cfg.reward.backbone  # the trained classifier has its backbone's shape
-    s = model_shape(AutoConfig.from_pretrained(policy_path), cfg.model.lora_r, cfg.model.target_modules)
-    dense = dense_dtype_bytes(policy_path, cfg.model.quant, on_gpu)
-    roles = policy_roles(cfg, s, dense, on_gpu)
-    if not on_gpu:
-        for name in ("generator", "learner", "policy"):
-            roles[name].mapped_checkpoint = max(0, checkpoint_bytes(policy_path) - s.other_params * dense)
     roles["scorer"] = scorer_role(cfg, AutoConfig.from_pretrained(resolve_model(reward_ref, cfg.cache_dir())), on_gpu)
     c = cfg.cluster
     shares = gpu_shares(cfg) if on_gpu else None
