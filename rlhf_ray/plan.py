@@ -48,7 +48,7 @@ REMEDY = {
     "lm_head_chunk": "model.logprob_chunk",
     "kv_cache": "ppo.batch_size or generate.max_new_tokens",
     "dequant": "model.quant (or a model with narrower layers)",
-    "mapped_checkpoint": "model.quant or a smaller model.policy (the loaded checkpoint stays mapped)",
+    "mapped_checkpoint": "a smaller model.policy or a 16-bit checkpoint of it (the loaded file stays mapped)",
     "overhead": "fewer actors (cluster.num_generators / num_scorers)",
 }
 
