@@ -264,14 +264,22 @@ def device_budget(cfg: Config, gpu_memory_gb: float | None) -> tuple[bool, int]:
     return False, int(psutil.virtual_memory().available)
 
 
-def policy_plan(cfg: Config, on_gpu: bool) -> dict[str, RoleBytes]:
-    """generator / learner / fused policy bytes (reads only the policy's config)."""
+def read_config(path: str, key: str):
+    """A model's config.json (local or hub); an unreadable one is a user error naming the key."""
     from transformers import AutoConfig
 
+    try:
+        return AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{key}={path}: cannot read its config for the memory plan ({str(exc).splitlines()[0]})") from None
+
+
+def policy_plan(cfg: Config, on_gpu: bool) -> dict[str, RoleBytes]:
+    """generator / learner / fused policy bytes (reads only the policy's config)."""
     from rlhf_ray.assets import resolve_model
 
     policy_path = resolve_model(cfg.model.policy, cfg.cache_dir())
-    s = model_shape(AutoConfig.from_pretrained(policy_path), cfg.model.lora_r, cfg.model.target_modules)
+    s = model_shape(read_config(policy_path, "model.policy"), cfg.model.lora_r, cfg.model.target_modules)
     dense = dense_dtype_bytes(policy_path, cfg.model.quant, on_gpu)
     roles = policy_roles(cfg, s, dense, on_gpu)
     if not on_gpu:
@@ -283,14 +291,13 @@ def policy_plan(cfg: Config, on_gpu: bool) -> dict[str, RoleBytes]:
 def make_plan(cfg: Config, gpu_memory_gb: float | None = None, choose: bool = True) -> Plan:
     """Both layouts' bytes for this config and, with choose, the layout cluster.layout asks for
     (auto: the first that fits; UserError when none does)."""
-    from transformers import AutoConfig
-
     from rlhf_ray.assets import resolve_model
 
     on_gpu, budget = device_budget(cfg, gpu_memory_gb)
     roles = policy_plan(cfg, on_gpu)
     reward_ref = cfg.reward.model or cfg.reward.backbone  # the trained classifier has its backbone's shape
-    roles["scorer"] = scorer_role(cfg, AutoConfig.from_pretrained(resolve_model(reward_ref, cfg.cache_dir())), on_gpu)
+    key = "reward.model" if cfg.reward.model else "reward.backbone"
+    roles["scorer"] = scorer_role(cfg, read_config(resolve_model(reward_ref, cfg.cache_dir()), key), on_gpu)
     c = cfg.cluster
     shares = gpu_shares(cfg) if on_gpu else None
     layouts = {

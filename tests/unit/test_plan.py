@@ -109,3 +109,9 @@ def test_fused_layout_places_one_policy_process_and_refuses_two_generators():
     assert [s.name for s in layout_specs(cfg, "separate")] == ["generator-0", "reward-0", "learner-0"]
     with pytest.raises(ConfigError, match="cluster.layout"):
         load_config("configs/smoke.yaml", ["cluster.layout=fused", "cluster.num_generators=2"])
+
+
+def test_unreadable_model_config_is_one_line(tmp_path, capsys):
+    assert main(["plan", "model.policy=no-such-org/no-such-model", "--out", str(tmp_path / "p.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "model.policy=no-such-org/no-such-model" in err
