@@ -59,6 +59,11 @@ def resolve_model(ref: str, cache_dir: Path) -> str:
 
         target = Path(cache_dir) / "models" / f"{ref}-{BUILT_VERSION}"
         return str(target if (target / "config.json").exists() else BUILDERS[ref](target))
+    from rlhf_ray.models.shapes import parse_shape_name, write_shape_dir
+
+    if parse_shape_name(ref) is not None:  # config + tokenizer only; weights are built quantized at load
+        target = Path(cache_dir) / "models" / f"{ref}-{BUILT_VERSION}"
+        return str(target if (target / "config.json").exists() else write_shape_dir(ref, target))
     if ref in MODEL_ASSETS:
         package, relative, hint = MODEL_ASSETS[ref]
         path = package_file(package, relative, hint)

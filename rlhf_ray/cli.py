@@ -34,7 +34,7 @@ STAGE_SECTIONS = {
     "reward": ["run", "reward", "cluster"],
     "pipeline": list(sections(Config)),
 }
-OPTIONS = ("--config", "--run-dir", "--resume", "--overwrite", "--explain", "--help")
+OPTIONS = ("--config", "--run-dir", "--resume", "--overwrite", "--explain", "--help", "--gpu-memory-gb", "--out")
 
 log = logging.getLogger("rlhf_ray.cli")  # not "__main__" under python -m
 
@@ -44,6 +44,9 @@ def _keys_epilog(command: str) -> str:
             "`rlhf-ray config --explain SECTION` shows one section):\n\n" + explain(Config, STAGE_SECTIONS[command]))
 # Commands that read a finished run (rlhf_ray.stages.<module>: HELP, add_arguments(parser), main(args)).
 TOOLS = {"eval": "evaluate", "generate": "sample", "report": "report"}
+
+
+PLAN_HELP = "memory plan: bytes per role for the separate and fused layouts (no weights loaded), plan.json"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,7 +74,24 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module in TOOLS.items():
         tool = importlib.import_module(f"rlhf_ray.stages.{module}")
         tool.add_arguments(sub.add_parser(name, help=tool.HELP, description=tool.HELP))
+    p = sub.add_parser("plan", help=PLAN_HELP, description=PLAN_HELP)
+    p.add_argument("--config", help="YAML config file (defaults are built in)")
+    p.add_argument("--gpu-memory-gb", type=float, help="plan for one GPU of this size (default: the config's device)")
+    p.add_argument("--out", default="plan.json", help="where to write the plan as JSON (default: plan.json)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
     return parser
+
+
+def _plan(cfg: Config, args: argparse.Namespace) -> int:
+    from rlhf_ray.plan import choose_layout, format_plan, make_plan
+
+    plan = make_plan(cfg, args.gpu_memory_gb, choose=False)
+    try:
+        plan.chosen = choose_layout(plan, cfg.cluster.layout, cfg.cluster.num_generators)
+    finally:  # the table and plan.json also when nothing fits (then the one-line refusal follows)
+        Path(args.out).write_text(json.dumps(plan.to_json(), indent=2))
+        print(format_plan(plan))
+    return 0
 
 
 def reject_dashed_keys(argv: list[str]) -> None:
@@ -162,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "config":
                 print(_config_text(args, cfg))
                 return 0
+            if args.command == "plan":
+                return _plan(cfg, args)
             run_dir = _run_dir(args)
             resume = bool(getattr(args, "resume", None))
             if args.command == "ppo" and resume and (done := finished_run(run_dir, cfg)) is not None:

@@ -206,6 +206,8 @@ class ClusterConfig:
     placement_strategy: Literal["PACK", "SPREAD"] = "PACK"
     # Seconds to wait for the roles to be placed (an autoscaler may be adding nodes) before giving up.
     placement_timeout_s: float = 600.0
+    # separate: one actor per role, each with its own base; fused: one process hosts generator + learner over ONE base; auto: separate if the memory plan fits, else fused.
+    layout: Literal["separate", "fused", "auto"] = "auto"
 
 
 @dataclass
@@ -581,6 +583,7 @@ def validate(cfg: Config, given: tuple[set[str], ...] = ()) -> None:
     for i, stage in enumerate(cfg.pipeline.stages):
         _check(stage in valid_stages, f"pipeline.stages[{i}]", f"must be one of {', '.join(valid_stages)}; got {stage!r}")
     _validate_batches(cfg, given)
+    _validate_layout(cfg)
     check_model_ref("model.policy", cfg.model.policy)
     check_model_ref("reward.backbone", cfg.reward.backbone)
     if cfg.reward.model is not None:
@@ -643,3 +646,11 @@ def _validate_batches(cfg: Config, given: tuple[set[str], ...] = ()) -> None:
     _check(cfg.bench.repeats > 0, "bench.repeats", f"must be > 0; got {cfg.bench.repeats}")
     for i, mode in enumerate(cfg.bench.quant_modes):
         _check(mode in ("none", "8bit", "4bit"), f"bench.quant_modes[{i}]", f"must be one of none, 8bit, 4bit; got {mode!r}")
+
+
+
+
+def _validate_layout(cfg: Config) -> None:
+    c = cfg.cluster
+    _check(c.layout != "fused" or (c.num_generators == 1 and c.num_learners == 1), "cluster.layout",
+           "fused hosts one generator and one learner in one process: set cluster.num_generators=1 (or layout=separate)")

@@ -37,12 +37,13 @@ class LearnerGroup:
         self.actors = actors
 
     @staticmethod
-    def start(cfg: Config, policy: ModelRef, options: list[dict]) -> "LearnerGroup":
-        """One learner actor per entry of `options`; with more than one, join them into a process group."""
+    def start(cfg: Config, policy: ModelRef, options: list[dict], actor_cls=LearnerActor) -> "LearnerGroup":
+        """One learner actor per entry of `options`; with more than one, join them into a process group.
+        actor_cls: LearnerActor, or the fused layout's policy host (which is the generator too)."""
         actors: list = []
         try:  # a rank failing to start must not leave the others running (a restart reuses their names)
             for opts in options:
-                actors.append(LearnerActor.options(**opts).remote(cfg, policy))
+                actors.append(actor_cls.options(**opts).remote(cfg, policy))
             if len(actors) > 1:
                 host, port = ray.get(actors[0].dp_address.remote())
                 ray.get([a.join_group.remote(host, port, rank, len(actors)) for rank, a in enumerate(actors)])

@@ -17,6 +17,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from rlhf_ray.config import ClusterConfig
 from rlhf_ray.errors import UserError
+from rlhf_ray.threads import set_torch_threads  # noqa: F401  (lives in a Ray-free module; re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -202,15 +203,6 @@ def actor_options(spec: RoleSpec, pg: PlacementGroup, index: int, namespace: str
         "scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=index),
         "max_concurrency": 1,
     }
-
-
-def set_torch_threads(requested: int) -> int:
-    """0 = all cores: PPO phases run one after another, so only one role computes at a time."""
-    import torch
-
-    threads = requested or os.cpu_count() or 1
-    torch.set_num_threads(threads)
-    return threads
 
 
 def where() -> dict:

@@ -31,7 +31,9 @@ def looks_like_path(ref: str) -> bool:
 
 
 def is_asset_name(ref: str) -> bool:
-    return ref in MODEL_ASSETS or ref in DATASET_ASSETS or ref in BUILT_ASSETS
+    from rlhf_ray.models.shapes import parse_shape_name  # imports torch: only when the tables do not match
+
+    return ref in MODEL_ASSETS or ref in DATASET_ASSETS or ref in BUILT_ASSETS or parse_shape_name(ref) is not None
 
 
 def package_file(package: str, relative: str, hint: str) -> Path:

@@ -15,13 +15,14 @@ from pathlib import Path
 import ray
 from ray.util.placement_group import remove_placement_group
 
-from rlhf_ray.actors.remote import GeneratorActor, RewardScorerActor
+from rlhf_ray.actors.remote import FusedPolicyActor, GeneratorActor, LearnerActor, RewardScorerActor
 from rlhf_ray.artifacts import ModelRef
 from rlhf_ray.checkpoint import atomic_write
 from rlhf_ray.config import Config
 from rlhf_ray.learner_group import LearnerGroup
 from rlhf_ray.overlap import StaleGeneratorError
-from rlhf_ray.placement import actor_options, create_placement, role_specs, run_id
+from rlhf_ray.layout import layout_specs, resolved_layout
+from rlhf_ray.placement import actor_options, create_placement, run_id
 from rlhf_ray.recovery import timed_get
 
 
@@ -37,21 +38,30 @@ class Roles:
     # role name -> () -> a fresh actor in the same bundle; LEARNER -> () -> a fresh LearnerGroup
     makers: dict
     learner_names: list[str]
+    fused: bool = False  # cluster.layout=fused: the learner's one actor is the generator too
 
     @staticmethod
     def start(cfg: Config, policy: ModelRef, reward: ModelRef, run_dir: Path) -> "Roles":
-        specs = role_specs(cfg.cluster)
+        """Start every role (layout as planned: see rlhf_ray.layout), wait until all models are loaded."""
+        fused = resolved_layout(cfg) == "fused"
+        specs = layout_specs(cfg)
         run = run_id(run_dir)  # actor and placement group names are per run: concurrent jobs never collide
         pg = create_placement(specs, cfg.cluster, name=f"rlhf_ray/{run}")
         opts = [actor_options(s, pg, i, cfg.cluster.namespace, run) for i, s in enumerate(specs)]
-        n_gen, n_sc = cfg.cluster.num_generators, cfg.cluster.num_scorers
+        n_gen = 0 if fused else cfg.cluster.num_generators
+        n_sc = cfg.cluster.num_scorers
         args = [(GeneratorActor, (cfg, policy, i)) for i in range(n_gen)] + [(RewardScorerActor, (cfg, reward))] * n_sc
+        order = specs[n_gen:n_gen + n_sc] if fused else specs[:n_gen + n_sc]  # fused: the host's bundle is 0
+        if fused:
+            opts = opts[1:] + opts[:1]
+            specs = specs[1:] + specs[:1]
         makers = {s.name: partial(make_actor, cls, o, a) for s, o, (cls, a) in zip(specs, opts, args)}
-        makers[LEARNER] = partial(LearnerGroup.start, cfg, policy, opts[n_gen + n_sc:])
+        makers[LEARNER] = partial(LearnerGroup.start, cfg, policy, opts[n_gen + n_sc:],
+                                  FusedPolicyActor if fused else LearnerActor)
         actors: list = []
         learner = None
         try:  # an actor failing in its constructor must not leak the group or the other actors
-            actors = [makers[s.name]() for s in specs[:n_gen + n_sc]]
+            actors = [makers[s.name]() for s in order]
             learner = makers[LEARNER]()
             places = ray.get([a.where.remote() for a in [*actors, *learner.actors]])  # waits for every model to load
         except BaseException:
@@ -59,18 +69,21 @@ class Roles:
                 ray.kill(actor)
             remove_placement_group(pg)
             raise
-        roles = Roles(actors[:n_gen], actors[n_gen:], learner, pg, makers, [s.name for s in specs[n_gen + n_sc:]])
+        gens = list(learner.actors) if fused else actors[:n_gen]
+        roles = Roles(gens, actors[n_gen:], learner, pg, makers, [s.name for s in specs[n_gen + n_sc:]], fused)
         layout = [{"actor": s.name, "name": o["name"], "num_gpus": s.num_gpus, "num_cpus": s.num_cpus, **p}
                   for s, o, p in zip(specs, opts, places)]
         atomic_write(run_dir / "placement.json", json.dumps(layout, indent=2).encode())
         return roles
 
-    def all(self) -> list:
-        return [*self.generators, *self.scorers, *self.learner.actors]
-
     def named(self) -> dict:
-        names = [n for n in self.makers if n != LEARNER] + self.learner_names
-        return dict(zip(names, self.all()))
+        """Every distinct actor by role name (a fused host once, under its learner name)."""
+        names = [n for n in self.makers if n != LEARNER]
+        own = self.scorers if self.fused else [*self.generators, *self.scorers]
+        return {**dict(zip(names, own)), **dict(zip(self.learner_names, self.learner.actors))}
+
+    def all(self) -> list:
+        return list(self.named().values())
 
     def restart(self, name: str) -> None:
         """Replace the actor called `name` by a fresh one in its bundle (after a death or a hang).
@@ -80,15 +93,17 @@ class Roles:
                 ray.kill(actor)
             self.learner = retry_while_name_taken(self.makers[LEARNER])
             ray.get([a.where.remote() for a in self.learner.actors])
+            if self.fused:
+                self.generators[:] = self.learner.actors  # in place: the rollout source holds this list
             return
         ray.kill(self.named()[name])
         new = retry_while_name_taken(self.makers[name])
         ray.get(new.where.remote())  # the constructor finished: the model is loaded
         k = [n for n in self.makers if n != LEARNER].index(name)
-        if k < len(self.generators):
-            self.generators[k] = new
+        if self.fused or k >= len(self.generators):
+            self.scorers[k - (0 if self.fused else len(self.generators))] = new
         else:
-            self.scorers[k - len(self.generators)] = new
+            self.generators[k] = new
 
     def sync(self, timeout_s: float) -> None:
         """Push the learner's current adapter to every generator (e.g. after a restart)."""

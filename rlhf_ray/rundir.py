@@ -19,14 +19,14 @@ from rlhf_ray.errors import UserError
 # Files and folders a run writes; their presence means "this directory holds a run".
 RUN_OUTPUTS = ("config.yaml", "checkpoints", "metrics.jsonl", "events.jsonl", "samples", "placement.json",
                "metrics.png", "metrics.json", "DONE.json", "pipeline.json", "adapter", "model",
-               "run_info.json", "console.log", "tensorboard", "eval.json", "eval_responses.parquet", "report.md")
+               "run_info.json", "console.log", "tensorboard", "eval.json", "eval_responses.parquet", "report.md", "plan.json", "bench.json", "bench.txt")
 
 # Keys a resumed run may change: run length and cadence, logging, where models are cached, and
 # where/how actors run. Anything else would make the resumed run a different experiment.
 MUTABLE_KEYS = frozenset({
     "ppo.iterations", "ppo.checkpoint_every", "ppo.samples_every", "ppo.keep_checkpoints", "ppo.on_nonfinite",
     "run.log_level", "run.cache_dir", "logging.tensorboard", "logging.wandb_project", "logging.mlflow_experiment",
-    "eval.num_prompts", "eval.batch_size",
+    "eval.num_prompts", "eval.batch_size", "cluster.layout",
     "cluster.address", "cluster.namespace", "cluster.dashboard", "cluster.call_timeout_s",
     "cluster.max_role_restarts", "cluster.actor_cpus", "cluster.torch_threads",
     "cluster.generator_gpus", "cluster.scorer_gpus", "cluster.learner_gpus",

@@ -6,7 +6,8 @@ import torch
 
 from rlhf_ray.config import Config
 from rlhf_ray.models.policy import attach_lora, load_causal_lm, quiet_warnings
-from rlhf_ray.placement import set_torch_threads
+from rlhf_ray.models.shapes import is_shape_dir
+from rlhf_ray.threads import set_torch_threads
 
 
 def role_device(num_gpus: float) -> str:
@@ -23,4 +24,5 @@ def load_policy(cfg: Config, policy_path: str, device: str, gradient_checkpointi
     base = load_causal_lm(policy_path, cfg.model.quant, device)
     m = cfg.model
     gc = m.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing
-    return attach_lora(base, m.lora_r, m.lora_alpha, m.lora_dropout, m.target_modules, gradient_checkpointing=gc)
+    return attach_lora(base, m.lora_r, m.lora_alpha, m.lora_dropout, m.target_modules, gradient_checkpointing=gc,
+                       upcast_16bit=not is_shape_dir(policy_path))

@@ -16,13 +16,17 @@ class StaleAdapterError(RuntimeError):
 
 
 class Generator:
-    def __init__(self, cfg: Config, policy: ModelRef, rank: int = 0):
+    def __init__(self, cfg: Config, policy: ModelRef, rank: int = 0, shared=None):
+        """shared: a SharedPolicy (fused layout) to sample from instead of loading a base of our own."""
         init_process(cfg)
         policy_path = materialize(policy, cfg.cache_dir())  # on this node: no shared disk assumed
         self.cfg, self.rank = cfg, rank
-        self.device = role_device(cfg.cluster.generator_gpus)
-        self.tokenizer = load_tokenizer(policy_path)
-        self.model = ppo_numerics(load_policy(cfg, policy_path, self.device, gradient_checkpointing=False))
+        if shared is not None:
+            self.device, self.tokenizer, self.model = shared.device, shared.tokenizer, shared.model
+        else:
+            self.device = role_device(cfg.cluster.generator_gpus)
+            self.tokenizer = load_tokenizer(policy_path)
+            self.model = ppo_numerics(load_policy(cfg, policy_path, self.device, gradient_checkpointing=False))
         self.version, self.adapter_hash = -1, ""
 
     def load_adapter(self, payload: AdapterPayload) -> tuple[int, str]:

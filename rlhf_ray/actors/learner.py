@@ -50,15 +50,19 @@ def make_kl_controller(cfg: Config):
 
 
 class Learner:
-    def __init__(self, cfg: Config, policy: ModelRef):
+    def __init__(self, cfg: Config, policy: ModelRef, shared=None):
+        """shared: a SharedPolicy (fused layout) to train instead of loading a base of our own."""
         init_process(cfg)
         policy_path = materialize(policy, cfg.cache_dir())  # on this node: no shared disk assumed
         self.cfg = cfg
-        self.device = role_device(cfg.cluster.learner_gpus)
         self.critic = cfg.algo.advantage == "gae"  # grpo/rloo: no value head is ever built
-        self.tokenizer = load_tokenizer(policy_path)
-        torch.manual_seed(cfg.run.seed)  # same fresh LoRA init for the same seed
-        self.model = ppo_numerics(load_policy(cfg, policy_path, self.device))
+        if shared is not None:
+            self.device, self.tokenizer, self.model = shared.device, shared.tokenizer, shared.model
+        else:
+            self.device = role_device(cfg.cluster.learner_gpus)
+            self.tokenizer = load_tokenizer(policy_path)
+            torch.manual_seed(cfg.run.seed)  # same fresh LoRA init for the same seed
+            self.model = ppo_numerics(load_policy(cfg, policy_path, self.device))
         self.value_head = ValueHead(self.model.config.hidden_size).to(self.device) if self.critic else None
         params = [p for p in self.model.parameters() if p.requires_grad]
         if self.value_head is not None:
@@ -214,6 +218,7 @@ class Learner:
             part.prompt_ids.shape[1], chunk=self.cfg.model.logprob_chunk,
             value_head=self.value_head if with_values else None, with_entropy=with_entropy,
             temperature=self.cfg.generate.temperature,  # the generator's sampling distribution
+            entropy_grad=self.cfg.ppo.ent_coef > 0,  # a metric only at coefficient 0: no (B, C, V) graph
         )
 
     def update(self, exp: Experience, orders: list[torch.Tensor]) -> dict:

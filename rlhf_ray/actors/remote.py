@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ray
 
+from rlhf_ray.actors.fused import FusedPolicyHost
 from rlhf_ray.actors.generator import Generator
 from rlhf_ray.actors.learner import Learner
 from rlhf_ray.actors.scorer import RewardScorer
@@ -39,3 +40,14 @@ class LearnerActor(Learner):
         # Ray resolves only top-level ObjectRef arguments; these arrive as lists of refs, so the
         # shards travel generator -> learner through the object store, never via the driver.
         return super().learn(ray.get(rollouts), ray.get(scores), iteration)
+
+
+@ray.remote
+class FusedPolicyActor(FusedPolicyHost):
+    """Generator and Learner roles in one process over one base (cluster.layout: fused)."""
+
+    def where(self) -> dict:
+        return where()
+
+    def learn(self, rollouts, scores, iteration):
+        return super().learn(ray.get(rollouts), ray.get(scores), iteration)  # lists of refs, as LearnerActor

@@ -2,13 +2,14 @@
 
 The decoder body runs once over the whole (B, P + R) sequence; the (vocab-sized) LM head and
 log-softmax run over `chunk` response positions at a time, so peak memory is (B, chunk, V)
-instead of (B, R, V)."""
+instead of (B, R, V), in training too (each chunk is recomputed in backward)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from rlhf_ray.algo import entropy_from_logits
 from rlhf_ray.models.policy import causal_lm_of
@@ -35,34 +36,56 @@ def decoder_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor)
     return out[0] if isinstance(out, tuple) else out.last_hidden_state
 
 
+def _chunk_stats(head, h: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, with_entropy: bool,
+                 entropy_grad: bool, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Shapes: h (B, C, H), targets/mask (B, C) -> log-probs (B, C), entropy (B, C) or None.
+
+    The only place the (B, C, V) logits exist."""
+    logits = head(h.to(head.weight.dtype if head.weight.is_floating_point() else h.dtype)).float() / temperature
+    lp = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
+    if not with_entropy:
+        return lp, None
+    with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+        return lp, entropy_from_logits(logits, mask)
+
+
+def _head_stats(head, states, targets, mask, chunk: int, with_entropy: bool, entropy_grad: bool,
+                temperature: float = 1.0):
+    """Chunked LM head. With gradients, each chunk is recomputed in backward (activation
+    checkpointing), so the graph keeps only the (B, C, H) inputs, never a chunk's (B, C, V)
+    log-softmax: the peak stays one chunk's logits however long the response is."""
+    checkpointed = torch.is_grad_enabled() and states.requires_grad
+    logprobs, entropies = [], []
+    for start in range(0, targets.shape[1], chunk):
+        args = (head, states[:, start : start + chunk], targets[:, start : start + chunk],
+                mask[:, start : start + chunk], with_entropy, entropy_grad, temperature)
+        if checkpointed:
+            lp, ent = checkpoint(_chunk_stats, *args, use_reentrant=False)
+        else:
+            lp, ent = _chunk_stats(*args)
+        logprobs.append(lp)
+        entropies.append(ent)
+    return torch.cat(logprobs, dim=1), torch.cat(entropies, dim=1) if with_entropy else None
+
+
 def response_stats(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int,
                    chunk: int = 64, value_head=None, with_entropy: bool = False,
-                   temperature: float = 1.0) -> ResponseStats:
+                   temperature: float = 1.0, entropy_grad: bool = True) -> ResponseStats:
     """Shapes: input_ids, attention_mask (B, P + R) with P = prompt_len -> ResponseStats of (B, R).
 
     Log-probs and entropy are those of softmax(logits / temperature): the distribution the
     generator sampled from (models.generate), so ratios and KL describe the sampling policy.
 
     Logits at position t predict token t + 1, so response token j (at P + j) is scored by the
-    hidden state at P + j - 1; the value of that state is the value before emitting token j."""
+    hidden state at P + j - 1; the value of that state is the value before emitting token j.
+    entropy_grad=False computes the entropy as a metric only (no graph) when its loss weight is 0."""
     lm = causal_lm_of(model)
     head = lm.get_output_embeddings()
     hidden = decoder_hidden(model, input_ids, attention_mask)
     targets = input_ids[:, prompt_len:]  # (B, R)
     mask = attention_mask[:, prompt_len:]
     states = hidden[:, prompt_len - 1 : -1]  # (B, R, H)
-    logprobs, entropies = [], []
-    for start in range(0, targets.shape[1], chunk):
-        h = states[:, start : start + chunk]
-        logits = head(h.to(head.weight.dtype if head.weight.is_floating_point() else h.dtype)).float() / temperature
-        lp = torch.log_softmax(logits, dim=-1)
-        logprobs.append(lp.gather(-1, targets[:, start : start + chunk, None]).squeeze(-1))
-        if with_entropy:
-            entropies.append(entropy_from_logits(logits, mask[:, start : start + chunk]))
+    logprobs, entropy = _head_stats(head, states, targets, mask, chunk, with_entropy, entropy_grad, temperature)
     maskf = mask.float()
     values = value_head(states) * maskf if value_head is not None else None
-    return ResponseStats(
-        logprobs=torch.cat(logprobs, dim=1) * maskf,
-        entropy=torch.cat(entropies, dim=1) if with_entropy else None,
-        values=values,
-    )
+    return ResponseStats(logprobs=logprobs * maskf, entropy=entropy, values=values)

@@ -35,6 +35,7 @@ def quiet_warnings() -> None:
     warnings.filterwarnings("ignore", message=".*inputs will be cast from.*")
     # peft's k-bit preparation calls a transformers API deprecated in v5; harmless.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+    warnings.filterwarnings("ignore", message=".*gradient_checkpointing_enable.*deprecated.*")  # renamed in v5, same
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     from transformers.utils import logging as hf_logging
 
@@ -77,7 +78,11 @@ def load_kwargs(quant: str, device: str, skip_modules: list[str] | None = None) 
 def load_causal_lm(path: str, quant: str, device: str):
     from transformers import AutoModelForCausalLM
 
+    from rlhf_ray.models.shapes import build_quantized, is_shape_dir
+
     quiet_warnings()
+    if is_shape_dir(path):  # random-weight large shapes are built in memory, quantized layer by layer
+        return build_quantized(path, quant, device)
     return AutoModelForCausalLM.from_pretrained(path, **load_kwargs(quant, device, ["lm_head"]))
 
 
@@ -92,16 +97,27 @@ def target_modules_for(model, configured: list[str] | None) -> list[str]:
     return DEFAULT_TARGETS[model_type]
 
 
+# Non-reentrant checkpointing: LoRA grads flow even when no layer input requires grad, and torch
+# no longer warns about (or, in later versions, rejects) an implicit use_reentrant.
+NON_REENTRANT = {"use_reentrant": False}
+
+
 def attach_lora(model, r: int, alpha: int, dropout: float, targets: list[str] | None,
-                task_type: str = "CAUSAL_LM", gradient_checkpointing: bool = False):
-    """Freeze the (quantized) base and wrap it with a fresh trainable LoRA adapter."""
+                task_type: str = "CAUSAL_LM", gradient_checkpointing: bool = False, upcast_16bit: bool = True):
+    """Freeze the (quantized) base and wrap it with a fresh trainable LoRA adapter.
+
+    upcast_16bit=False keeps 16-bit embeddings/norms as they are (peft's k-bit preparation would
+    make them fp32: +1.24 GB on a 20B model)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    if getattr(model, "is_loaded_in_8bit", False) or getattr(model, "is_loaded_in_4bit", False):
+    kbit = getattr(model, "is_loaded_in_8bit", False) or getattr(model, "is_loaded_in_4bit", False)
+    if kbit and upcast_16bit:
         # Casts norms to fp32 and makes inputs require grad so LoRA grads flow through int8 layers.
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                                gradient_checkpointing_kwargs=NON_REENTRANT)
     elif gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        model.requires_grad_(False)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=NON_REENTRANT)
     lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
                       target_modules=target_modules_for(model, targets), task_type=task_type)
     return get_peft_model(model, lora)

@@ -10,7 +10,8 @@ from rlhf_ray.artifacts import share
 from rlhf_ray.assets import resolve_model
 from rlhf_ray.checkpoint import atomic_write
 from rlhf_ray.config import Config
-from rlhf_ray.placement import attached, check_fits, role_specs
+from rlhf_ray.layout import layout_specs, planned
+from rlhf_ray.placement import attached, check_fits
 from rlhf_ray.provenance import model_reference, record_models
 from rlhf_ray.stages.common import DONE
 from rlhf_ray.stages.store import ensure_stage
@@ -33,8 +34,9 @@ def check(cfg: Config) -> None:
 
 def run(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
     (run_dir / DONE).unlink(missing_ok=True)  # an extended run is not complete until it ends
+    cfg = planned(cfg, run_dir)  # memory plan first: picks the layout or refuses, before Ray starts
     with attached(cfg.cluster):
-        check_fits(role_specs(cfg.cluster))  # fail fast, before any model is converted or trained
+        check_fits(layout_specs(cfg))  # fail fast, before any model is converted or trained
         policy_path = resolve_model(cfg.model.policy, cfg.cache_dir())  # the driver's copy: its tokenizer
         reward_path = reward_model_path(cfg)
         record_models(run_dir, {"policy": model_reference(cfg.model.policy, policy_path),

@@ -1,0 +1,99 @@
+"""Large shapes built directly in quantized form, layer by layer (tiny width here; same builder as 20B)."""
+
+from __future__ import annotations
+
+import weakref
+
+import pytest
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from rlhf_ray.assets import resolve_model
+from rlhf_ray.refs import is_asset_name
+from rlhf_ray.config import load_config
+from rlhf_ray.models.shapes import build_quantized, parse_shape_name
+from rlhf_ray.plan import make_plan
+
+
+def test_names_and_depth_suffix():
+    assert parse_shape_name("gpt-neox-20b-shape") == ("gpt-neox-20b-shape", 44)
+    assert parse_shape_name("gpt-neox-20b-shape-3l") == ("gpt-neox-20b-shape", 3)
+    assert parse_shape_name("gpt-neox-20b-shape-0l") is None and parse_shape_name("llama-shape") is None
+    assert is_asset_name("gpt-neox-20b-shape-2l")
+
+
+def test_20b_shape_config_is_gpt_neox_20b(tmp_path):
+    from transformers import AutoConfig
+
+    c = AutoConfig.from_pretrained(resolve_model("gpt-neox-20b-shape", tmp_path))
+    assert (c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.intermediate_size, c.vocab_size) == \
+        (44, 6144, 64, 24576, 50432)
+
+
+@pytest.mark.parametrize("quant", ["8bit", "4bit"])
+def test_built_quantized_one_layer_at_a_time(quant, tmp_path):
+    import bitsandbytes as bnb
+
+    path = resolve_model("tiny-neox-shape", tmp_path)
+    seen = []
+
+    def on_layer(i, model):  # when layer i is done, the layers after it are still unmaterialized (meta)
+        seen.append([any(p.is_meta for p in layer.parameters()) for layer in model.gpt_neox.layers])
+
+    model = build_quantized(path, quant, "cpu", on_layer=on_layer)
+    assert seen == [[False, True], [False, False]]
+    kind = bnb.nn.Linear8bitLt if quant == "8bit" else bnb.nn.Linear4bit
+    linears = [m for m in model.gpt_neox.layers.modules() if isinstance(m, nn.Linear)]
+    assert linears and all(isinstance(m, kind) for m in linears)
+    assert not any(p.is_meta for p in model.parameters())
+    assert model.get_output_embeddings().weight.dtype == torch.bfloat16  # 16-bit head, never quantized
+    # The planner's base bytes are what the build holds (int8 + row scales / NF4 + absmax, 16-bit rest).
+    held = sum(p.numel() * p.element_size() for p in model.parameters())
+    for m in linears:
+        if quant == "8bit":
+            held += m.weight.SCB.numel() * 4
+        else:
+            qs = m.weight.quant_state
+            held += qs.absmax.numel() + qs.state2.absmax.numel() * 4
+    cfg = load_config(None, ["model.policy=tiny-neox-shape", f"model.quant={quant}", "reward.model=tiny-random-bert"])
+    assert make_plan(cfg, choose=False).layouts["fused"].roles["policy"].base == held
+
+
+class LiveHalfBytes(TorchDispatchMode):
+    """Peak bytes of live fp16 matrices made by any op (the random weights before quantization)."""
+
+    def __init__(self):
+        super().__init__()
+        self.owners: dict[int, int] = {}
+        self.sizes: dict[int, int] = {}
+        self.live = self.peak = 0
+
+    def _release(self, ptr: int) -> None:
+        self.owners[ptr] -= 1
+        if self.owners[ptr] == 0:
+            self.live -= self.sizes.pop(ptr)
+            del self.owners[ptr]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.dtype == torch.float16 and t.dim() == 2:
+                ptr = t.untyped_storage().data_ptr()
+                if ptr not in self.owners:
+                    self.owners[ptr], self.sizes[ptr] = 0, t.untyped_storage().nbytes()
+                    self.live += self.sizes[ptr]
+                    self.peak = max(self.peak, self.live)
+                self.owners[ptr] += 1
+                weakref.finalize(t, self._release, ptr)
+        return out
+
+
+@pytest.mark.parametrize("quant", ["8bit", "4bit"])
+def test_build_never_holds_more_than_one_fp16_weight(quant, tmp_path):
+    path = resolve_model("tiny-neox-shape", tmp_path)
+    with LiveHalfBytes() as mode:
+        build_quantized(path, quant, "cpu")
+    largest = 64 * 256 * 2  # fc1 / fc2 of tiny-neox-shape in fp16; the whole model's Linears are 8x that
+    assert mode.peak == largest
