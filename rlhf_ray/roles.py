@@ -51,10 +51,9 @@ class Roles:
         n_gen = 0 if fused else cfg.cluster.num_generators
         n_sc = cfg.cluster.num_scorers
         args = [(GeneratorActor, (cfg, policy, i)) for i in range(n_gen)] + [(RewardScorerActor, (cfg, reward))] * n_sc
-        order = specs[n_gen:n_gen + n_sc] if fused else specs[:n_gen + n_sc]  # fused: the host's bundle is 0
-        if fused:
-            opts = opts[1:] + opts[:1]
-            specs = specs[1:] + specs[:1]
+        if fused:  # the host's bundle comes first (PACK puts it on the GPU); list it last, as a learner
+            opts, specs = opts[1:] + opts[:1], specs[1:] + specs[:1]
+        order = specs[:n_gen + n_sc]
         makers = {s.name: partial(make_actor, cls, o, a) for s, o, (cls, a) in zip(specs, opts, args)}
         makers[LEARNER] = partial(LearnerGroup.start, cfg, policy, opts[n_gen + n_sc:],
                                   FusedPolicyActor if fused else LearnerActor)
