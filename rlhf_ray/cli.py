@@ -97,6 +97,8 @@ def _plan(cfg: Config, args: argparse.Namespace) -> int:
 def reject_dashed_keys(argv: list[str]) -> None:
     """`--ppo.iterations=3` (the habit of argparse-based tools) -> a one-line hint naming `ppo.iterations=3`."""
     command = next((t for t in argv if not t.startswith("-")), "")
+    if command in TOOLS:  # eval/generate/report have options of their own (--adapter, --prompt, ...)
+        return
     for i, token in enumerate(argv):
         name, eq, value = token.partition("=")
         if not name.startswith("--") or name in OPTIONS:

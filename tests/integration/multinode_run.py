@@ -53,7 +53,7 @@ def run() -> dict:
     driver.Roles.stop = stop_after_reading
     reward_dir = resolve_model("tiny-random-bert", DRIVER_CACHE)  # a directory only the driver has
     cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 2, "port": free_port(), "include_dashboard": False,
+        "num_cpus": 2, "gcs_server_port": free_port(), "include_dashboard": False,
         "env_vars": {"RLHF_RAY_CACHE": str(WORK / "node-a")}})
     cluster.add_node(num_cpus=2, env_vars={"RLHF_RAY_CACHE": str(WORK / "node-b")})
     try:

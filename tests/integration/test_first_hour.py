@@ -41,7 +41,7 @@ def test_smoke_run_directory_is_self_describing_and_portable(tmp_path, monkeypat
     assert info["models"]["policy"]["resolved"] == tiny_lm
 
     log = (run / "console.log").read_text()
-    assert "ppo: 100%" in log and json.loads(log.strip().splitlines()[-1])["run_dir"] == str(run)
+    assert "ppo 2/2" in log and json.loads(log.strip().splitlines()[-1])["run_dir"] == str(run)
     assert "Token authentication is enabled" not in printed.err + log
 
     adapter = latest_checkpoint(run) / "adapter"

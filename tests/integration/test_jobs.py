@@ -59,7 +59,14 @@ def _submit(ray_head, *entrypoint: str) -> subprocess.CompletedProcess:
     address, env = ray_head
     cmd = [str(BIN / "ray"), "job", "submit", "--address", address, "--runtime-env", "jobs/runtime_env.yaml",
            "--", "python", *entrypoint]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    deadline = time.time() + 120
+    while True:
+        out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        # The head answers `ray job list` before its node's job agent has registered (slow on a busy
+        # machine); Ray itself says to try again later.
+        if "No available agent to submit job" not in out.stderr or time.time() > deadline:
+            return out
+        time.sleep(3)
 
 
 @pytest.mark.slow

@@ -75,7 +75,10 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def actor(name: str):
+def actor(role: str):
+    """The running actor of `role` (names are per run: `<run>/<role>`)."""
+    (name,) = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+               if a["namespace"] == "rlhf_ray" and a["name"].endswith("/" + role)]
     return ray.get_actor(name, namespace="rlhf_ray")
 
 
