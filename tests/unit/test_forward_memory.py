@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import weakref
-
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
+from memtrack import LiveBytes
 from rlhf_ray.algo import entropy_from_logits
 from rlhf_ray.models import forward
 from rlhf_ray.models.forward import response_stats
@@ -98,36 +95,10 @@ def test_head_keeps_no_vocab_sized_activation_for_backward(fp32_policy):
     assert _saved_vocab_bytes(model, 32) == 0
 
 
-class LiveVocabBytes(TorchDispatchMode):
-    """Tracks the live bytes of vocabulary-sized storages made by any op (forward and backward) and their peak."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.weights = {q.untyped_storage().data_ptr() for q in model.parameters()}  # (V, H) head/embedding views
-        self.owners: dict[int, int] = {}  # storage pointer -> live tensors on it
-        self.sizes: dict[int, int] = {}
-        self.live = self.peak = 0
-
-    def _release(self, ptr: int) -> None:
-        self.owners[ptr] -= 1
-        if self.owners[ptr] == 0:
-            self.live -= self.sizes.pop(ptr)
-            del self.owners[ptr]
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor) and t.dim() >= 2 and t.shape[-1] == VOCAB and t.shape[0] != VOCAB:
-                ptr = t.untyped_storage().data_ptr()
-                if ptr in self.weights:
-                    continue
-                if ptr not in self.owners:
-                    self.owners[ptr], self.sizes[ptr] = 0, t.untyped_storage().nbytes()
-                    self.live += self.sizes[ptr]
-                    self.peak = max(self.peak, self.live)
-                self.owners[ptr] += 1
-                weakref.finalize(t, self._release, ptr)
-        return out
+def LiveVocabBytes(model) -> LiveBytes:
+    """Live bytes of vocabulary-sized storages made by any op (forward and backward), and their peak."""
+    weights = {q.untyped_storage().data_ptr() for q in model.parameters()}  # (V, H) head/embedding views
+    return LiveBytes(lambda t: t.dim() >= 2 and t.shape[-1] == VOCAB and t.shape[0] != VOCAB, weights)
 
 
 def test_head_peak_in_backward_does_not_grow_with_chunks(fp32_policy):

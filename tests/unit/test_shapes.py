@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import weakref
-
 import pytest
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
+from memtrack import LiveBytes
 from rlhf_ray.assets import resolve_model
 from rlhf_ray.refs import is_asset_name
 from rlhf_ray.config import load_config
@@ -61,33 +58,9 @@ def test_built_quantized_one_layer_at_a_time(quant, tmp_path):
     assert make_plan(cfg, choose=False).layouts["fused"].roles["policy"].base == held
 
 
-class LiveHalfBytes(TorchDispatchMode):
+def LiveHalfBytes() -> LiveBytes:
     """Peak bytes of live fp16 matrices made by any op (the random weights before quantization)."""
-
-    def __init__(self):
-        super().__init__()
-        self.owners: dict[int, int] = {}
-        self.sizes: dict[int, int] = {}
-        self.live = self.peak = 0
-
-    def _release(self, ptr: int) -> None:
-        self.owners[ptr] -= 1
-        if self.owners[ptr] == 0:
-            self.live -= self.sizes.pop(ptr)
-            del self.owners[ptr]
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor) and t.dtype == torch.float16 and t.dim() == 2:
-                ptr = t.untyped_storage().data_ptr()
-                if ptr not in self.owners:
-                    self.owners[ptr], self.sizes[ptr] = 0, t.untyped_storage().nbytes()
-                    self.live += self.sizes[ptr]
-                    self.peak = max(self.peak, self.live)
-                self.owners[ptr] += 1
-                weakref.finalize(t, self._release, ptr)
-        return out
+    return LiveBytes(lambda t: t.dtype == torch.float16 and t.dim() == 2)
 
 
 @pytest.mark.parametrize("quant", ["8bit", "4bit"])
