@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from rlhf_ray.config_help import one_of, suggest
+from rlhf_ray.config_checks import validate
+from rlhf_ray.config_parse import build, flatten, merge, parse_overrides
 from rlhf_ray.errors import ConfigError
 
 Quant = Literal["8bit", "4bit", "none"]
@@ -312,116 +310,16 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def samples_per_prompt(self) -> int:
+        """Rollout rows per prompt: group_size for the group baselines (grpo/rloo), 1 for gae."""
+        return self.algo.group_size if self.algo.advantage != "gae" else 1
+
     def cache_dir(self) -> Path:
         raw = self.run.cache_dir or os.environ.get("RLHF_RAY_CACHE") or "~/.cache/rlhf_ray"
         return Path(raw).expanduser()
 
 
-# ----------------------------------------------------------------------------- building
-
-
-def _coerce(key: str, value: Any, tp: Any) -> Any:
-    """Check `value` against the type hint `tp`; the only conversion is int -> float."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(key, value, arg)
-            except ConfigError as exc:
-                errors.append(exc)
-        raise errors[0]
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value not in choices:
-            raise ConfigError(key, f"must be one of {', '.join(map(str, choices))}; got {value!r}")
-        return value
-    if origin is list:
-        if isinstance(value, str):  # `key=a,b` on the command line
-            value = [v for v in value.split(",") if v]
-        if not isinstance(value, list):
-            raise ConfigError(key, f"must be a list; got {value!r}")
-        (item_tp,) = typing.get_args(tp)
-        return [_coerce(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp in (int, float) and isinstance(value, bool) or not isinstance(value, tp):
-        raise ConfigError(key, f"must be of type {tp.__name__}; got {value!r}")
-    return value
-
-
-def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in data:
-        if key not in names:
-            close = suggest(Config, f"{prefix}{key}")
-            hint = f"; did you mean {one_of(close)}?" if close else ""
-            valid = f"valid keys under '{prefix}': {', '.join(sorted(names))}" if prefix else \
-                f"keys are written section.key; sections: {', '.join(names)}"
-            raise ConfigError(f"{prefix}{key}", f"unknown key{hint}", f"{valid}; see rlhf-ray config --explain")
-    kwargs = {}
-    for name in names:
-        if name not in data:
-            continue
-        tp, value = hints[name], data[name]
-        if dataclasses.is_dataclass(tp):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{prefix}{name}", "must be a mapping of keys")
-            kwargs[name] = _build(tp, value, f"{prefix}{name}.")
-        else:
-            kwargs[name] = _coerce(f"{prefix}{name}", value, tp)
-    return cls(**kwargs)
-
-
-def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
-    node = data
-    parts = dotted.split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(dotted, f"'{part}' is not a section")
-    node[parts[-1]] = value
-
-
-def parse_overrides(overrides: list[str]) -> dict[str, Any]:
-    """`["ppo.lr=1e-4", "model.quant=4bit"]` -> nested dict; values parsed as YAML scalars."""
-    data: dict[str, Any] = {}
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(item, "override must look like section.key=value")
-        key, raw = item.split("=", 1)
-        if raw.strip() == "":
-            raise ConfigError(key.strip(), f"override '{item}' has no value", "write key=VALUE, or key=null for none")
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            raise ConfigError(key.strip(), f"value {raw!r} is not a valid YAML scalar") from None
-        # YAML reads "1e-4" as a string; accept scientific notation for numbers.
-        if isinstance(value, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", value):
-            value = float(value)
-        _set_dotted(data, key.strip(), value)
-    return data
-
-
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def _flat(data: dict[str, Any], prefix: str = "") -> set[str]:
-    """Dotted keys of a nested dict: {"ppo": {"lr": 1}} -> {"ppo.lr"}."""
-    return {k for key, value in data.items()
-            for k in (_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else [f"{prefix}{key}"])}
-
+# ----------------------------------------------------------------------------- loading
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
     """Read YAML (optional), apply overrides, build the typed config and validate it."""
@@ -439,218 +337,17 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         if not isinstance(data, dict):
             raise ConfigError("--config", f"{p} must hold a mapping of sections")
     extra = parse_overrides(overrides or [])
-    cfg = _build(Config, _merge(data, extra), "")
-    validate(cfg, given=(_flat(extra), _flat(data)))
+    cfg = build(Config, merge(data, extra))
+    validate(cfg, given=(set(flatten(extra)), set(flatten(data))))
     return cfg
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
     """Rebuild a Config saved with to_dict() (e.g. from a run directory or inside an actor)."""
-    cfg = _build(Config, data, "")
+    cfg = build(Config, data)
     validate(cfg)
     return cfg
 
 
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-
-
-# ----------------------------------------------------------------------------- validation
-
-
-def _check(ok: bool, key: str, problem: str) -> None:
-    if not ok:
-        raise ConfigError(key, problem)
-
-
-def check_model_ref(key: str, ref: str) -> None:
-    """A model/dataset reference that looks like a local path must exist."""
-    from rlhf_ray.refs import is_asset_name, looks_like_path
-
-    if is_asset_name(ref) or Path(ref).expanduser().exists():
-        return
-    _check(not looks_like_path(ref), key, f"path {ref} does not exist")
-
-
-def _check_data_parallel(cfg: Config) -> None:
-    """Data-parallel learners split every micro-batch into equal shards."""
-    micro, n = cfg.ppo.mini_batch_size // cfg.ppo.grad_accum, cfg.cluster.num_learners
-    _check(micro % n == 0, "cluster.num_learners",
-           f"each learner takes an equal share of every micro-batch: ppo.mini_batch_size / ppo.grad_accum ({micro}) "
-           f"must be divisible by cluster.num_learners ({n})")
-    _check(cfg.cluster.placement_timeout_s > 0, "cluster.placement_timeout_s",
-           f"must be > 0; got {cfg.cluster.placement_timeout_s}")
-
-
-def _check_divisible(whole: tuple[str, int], part: tuple[str, int], given: tuple[set[str], ...], why: str = "") -> None:
-    """`whole` must be a multiple of `part`. The error names the key the user set (command line
-    first, then the YAML file; the divisor when both or neither) and the values that would fit."""
-    (whole_key, w), (part_key, p) = whole, part
-    if w % p == 0:
-        return
-    blamed = part_key
-    for layer in given:
-        hits = [k for k in (part_key, whole_key) if k in layer]
-        if len(hits) == 1:
-            blamed = hits[0]
-            break
-    multiples = [m for m in (w - w % p, w - w % p + p) if m > 0]
-    divisors = [d for d in range(1, w + 1) if w % d == 0]
-    raise ConfigError(blamed, f"{whole_key} ({w}) must be divisible by {part_key} ({p}){why}",
-                      f"set {whole_key} to a multiple of {p} ({one_of(list(map(str, multiples)))}) "
-                      f"or {part_key} to a divisor of {w} ({', '.join(map(str, divisors[:8]))})")
-
-
-def validate(cfg: Config, given: tuple[set[str], ...] = ()) -> None:
-    """Cross-field and range checks. Everything here is cheap: no model or Ray is touched.
-    `given`: the dotted keys the user set, most recent source first (to blame the right key)."""
-    positive = {
-        "model.lora_r": cfg.model.lora_r,
-        "model.lora_alpha": cfg.model.lora_alpha,
-        "model.logprob_chunk": cfg.model.logprob_chunk,
-        "generate.max_new_tokens": cfg.generate.max_new_tokens,
-        "generate.temperature": cfg.generate.temperature,
-        "reward.batch_size": cfg.reward.batch_size,
-        "reward.max_length": cfg.reward.max_length,
-        "reward.train_size": cfg.reward.train_size,
-        "reward.eval_size": cfg.reward.eval_size,
-        "reward.epochs": cfg.reward.epochs,
-        "reward.lr": cfg.reward.lr,
-        "reward.train_batch_size": cfg.reward.train_batch_size,
-        "reward.train_max_length": cfg.reward.train_max_length,
-        "algo.group_size": cfg.algo.group_size,
-        "algo.kl_target": cfg.algo.kl_target,
-        "algo.kl_horizon": cfg.algo.kl_horizon,
-        "ppo.iterations": cfg.ppo.iterations,
-        "ppo.batch_size": cfg.ppo.batch_size,
-        "ppo.mini_batch_size": cfg.ppo.mini_batch_size,
-        "ppo.grad_accum": cfg.ppo.grad_accum,
-        "ppo.epochs": cfg.ppo.epochs,
-        "ppo.lr": cfg.ppo.lr,
-        "ppo.clip_range": cfg.ppo.clip_range,
-        "ppo.clip_range_value": cfg.ppo.clip_range_value,
-        "ppo.max_grad_norm": cfg.ppo.max_grad_norm,
-        "ppo.checkpoint_every": cfg.ppo.checkpoint_every,
-        "ppo.samples_every": cfg.ppo.samples_every,
-        "cluster.num_generators": cfg.cluster.num_generators,
-        "cluster.num_scorers": cfg.cluster.num_scorers,
-        "cluster.num_learners": cfg.cluster.num_learners,
-        "sft.max_length": cfg.sft.max_length,
-        "sft.batch_size": cfg.sft.batch_size,
-        "sft.grad_accum": cfg.sft.grad_accum,
-        "sft.lr": cfg.sft.lr,
-        "sft.max_steps": cfg.sft.max_steps,
-        "sft.train_docs": cfg.sft.train_docs,
-        "sft.eval_blocks": cfg.sft.eval_blocks,
-    }
-    for key, value in positive.items():
-        _check(value > 0, key, f"must be > 0; got {value}")
-    non_negative = {
-        "model.lora_dropout": cfg.model.lora_dropout,
-        "generate.top_k": cfg.generate.top_k,
-        "algo.kl_coef": cfg.algo.kl_coef,
-        "ppo.vf_coef": cfg.ppo.vf_coef,
-        "ppo.ent_coef": cfg.ppo.ent_coef,
-        "cluster.torch_threads": cfg.cluster.torch_threads,
-    }
-    for key, value in non_negative.items():
-        _check(value >= 0, key, f"must be >= 0; got {value}")
-    for key, value in {"algo.gamma": cfg.algo.gamma, "algo.gae_lambda": cfg.algo.gae_lambda,
-                       "generate.top_p": cfg.generate.top_p}.items():
-        _check(0 <= value <= 1, key, f"must be in [0, 1]; got {value}")
-    _check(cfg.model.lora_dropout < 1, "model.lora_dropout", "must be < 1")
-    _check(
-        1 <= cfg.data.prompt_min_tokens <= cfg.data.prompt_max_tokens,
-        "data.prompt_min_tokens",
-        f"must be >= 1 and <= data.prompt_max_tokens ({cfg.data.prompt_max_tokens})",
-    )
-    # GPU fractions: 0 means CPU; otherwise a share of one GPU in (0, 1].
-    for key in ("generator_gpus", "scorer_gpus", "learner_gpus"):
-        value = getattr(cfg.cluster, key)
-        _check(0 <= value <= 1, f"cluster.{key}",
-               f"GPU fraction must be in (0, 1] (or 0 for CPU); got {value}")
-    _check(0 <= cfg.sft.gpus <= 1, "sft.gpus", f"GPU fraction must be in (0, 1] (or 0 for CPU); got {cfg.sft.gpus}")
-    _check(cfg.cluster.actor_cpus >= 0, "cluster.actor_cpus", f"must be >= 0; got {cfg.cluster.actor_cpus}")
-    p = cfg.ppo
-    _check_divisible(("ppo.mini_batch_size", p.mini_batch_size), ("ppo.grad_accum", p.grad_accum), given)
-    if cfg.algo.advantage in ("grpo", "rloo"):
-        _check(cfg.algo.group_size >= 2, "algo.group_size",
-               f"{cfg.algo.advantage} needs at least 2 samples per prompt; got {cfg.algo.group_size}")
-    _check_divisible(("ppo.batch_size", p.batch_size), ("cluster.num_generators", cfg.cluster.num_generators), given,
-                     ": each generator samples an equal shard")
-    _check_data_parallel(cfg)
-    valid_stages = ("sft", "merge", "reward", "ppo")
-    for i, stage in enumerate(cfg.pipeline.stages):
-        _check(stage in valid_stages, f"pipeline.stages[{i}]", f"must be one of {', '.join(valid_stages)}; got {stage!r}")
-    _validate_batches(cfg, given)
-    _validate_layout(cfg)
-    check_model_ref("model.policy", cfg.model.policy)
-    check_model_ref("reward.backbone", cfg.reward.backbone)
-    if cfg.reward.model is not None:
-        check_model_ref("reward.model", cfg.reward.model)
-    if cfg.merge.adapter is not None:
-        check_model_ref("merge.adapter", cfg.merge.adapter)
-    check_model_ref("data.dataset", cfg.data.dataset)
-    check_model_ref("sft.dataset", cfg.sft.dataset)
-    _validate_recovery(cfg)
-    _validate_sampling_and_eval(cfg)
-
-
-def _validate_recovery(cfg: Config) -> None:
-    """Keys of the recovery/run-directory feature, and actor resources Ray cannot place."""
-    c = cfg.cluster
-    _check(c.call_timeout_s > 0, "cluster.call_timeout_s", f"must be > 0; got {c.call_timeout_s}")
-    _check(c.max_role_restarts >= 0, "cluster.max_role_restarts", f"must be >= 0; got {c.max_role_restarts}")
-    _check(cfg.ppo.keep_checkpoints >= 0, "ppo.keep_checkpoints", f"must be >= 0 (0 keeps all); got {cfg.ppo.keep_checkpoints}")
-    # A placement bundle needs some resource: a role with neither CPUs nor a GPU share cannot be placed.
-    for key in ("generator_gpus", "scorer_gpus", "learner_gpus"):
-        _check(c.actor_cpus > 0 or getattr(c, key) > 0, "cluster.actor_cpus",
-               f"must be > 0 when cluster.{key} is 0 (a CPU-only actor needs some CPU); got {c.actor_cpus}")
-
-
-def _validate_sampling_and_eval(cfg: Config) -> None:
-    # PPO's log-probs (ratios, KL) are those of softmax(logits / temperature). top-k/top-p truncate
-    # the sampler to a set that moves with every update, so a token sampled from it can have
-    # probability 0 under the next policy (ratio 0, KL inf): refused rather than silently wrong.
-    for key, value, neutral in (("generate.top_k", cfg.generate.top_k, 0), ("generate.top_p", cfg.generate.top_p, 1.0)):
-        _check(value == neutral, key, f"truncated sampling is not supported (PPO log-probs use temperature only); "
-                                      f"use {neutral} and tune generate.temperature")
-    for key in ("num_prompts", "batch_size"):
-        _check(getattr(cfg.eval, key) > 0, f"eval.{key}", f"must be > 0; got {getattr(cfg.eval, key)}")
-    import importlib.util
-
-    # Metric sinks are optional extras: configured but not installed is an error up front, never a crash mid-run.
-    for key, package in (("tensorboard", "tensorboard"), ("wandb_project", "wandb"), ("mlflow_experiment", "mlflow")):
-        if getattr(cfg.logging, key):
-            _check(importlib.util.find_spec(package) is not None, f"logging.{key}",
-                   f"needs the '{package}' package, which is not installed (pip install {package}, or unset it)")
-
-
-def samples_per_prompt(cfg: Config) -> int:
-    """Rollout rows per prompt: group_size for the group baselines (grpo/rloo), 1 for gae."""
-    return cfg.algo.group_size if cfg.algo.advantage != "gae" else 1
-
-
-def _validate_batches(cfg: Config, given: tuple[set[str], ...] = ()) -> None:
-    """ppo.mini_batch_size counts samples (rollout rows), the unit the learner splits and steps on."""
-    p = cfg.ppo
-    samples = p.batch_size * samples_per_prompt(cfg)
-    if samples == p.batch_size:  # gae: one sample per prompt; blame the key the user set
-        _check_divisible(("ppo.batch_size", p.batch_size), ("ppo.mini_batch_size", p.mini_batch_size), given)
-    _check(samples % p.mini_batch_size == 0, "ppo.mini_batch_size",
-           f"the samples per iteration (ppo.batch_size x samples per prompt = {samples}) must be divisible by "
-           f"ppo.mini_batch_size ({p.mini_batch_size})")
-    _check(p.max_policy_lag >= 0, "ppo.max_policy_lag", f"must be >= 0; got {p.max_policy_lag}")
-    _check(not p.overlap or p.max_policy_lag >= 1, "ppo.max_policy_lag",
-           "ppo.overlap samples one adapter version behind the learner: needs ppo.max_policy_lag >= 1")
-    _check(cfg.bench.repeats > 0, "bench.repeats", f"must be > 0; got {cfg.bench.repeats}")
-    for i, mode in enumerate(cfg.bench.quant_modes):
-        _check(mode in ("none", "8bit", "4bit"), f"bench.quant_modes[{i}]", f"must be one of none, 8bit, 4bit; got {mode!r}")
-
-
-
-
-def _validate_layout(cfg: Config) -> None:
-    c = cfg.cluster
-    _check(c.layout != "fused" or (c.num_generators == 1 and c.num_learners == 1), "cluster.layout",
-           "fused hosts one generator and one learner in one process: set cluster.num_generators=1 (or layout=separate)")

@@ -15,6 +15,7 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
+from rlhf_ray import seeds
 from rlhf_ray.refs import DATASET_ASSETS, looks_like_path, resolve_dataset_file
 from rlhf_ray.errors import UserError
 
@@ -107,16 +108,13 @@ class PromptStream:
         self.state = PromptState()
 
     def _order(self, epoch: int):
-        import torch
-
-        gen = torch.Generator().manual_seed(self.seed * 1000 + epoch)
-        return torch.randperm(len(self.texts), generator=gen).tolist()
+        return seeds.permutation(len(self.texts), seeds.prompt_order(self.seed, epoch))
 
     def _opening(self, index: int) -> str:
         import torch
 
         # The prompt length depends only on (seed, index): resuming reproduces the same prompts.
-        gen = torch.Generator().manual_seed(self.seed * 7919 + index)
+        gen = torch.Generator().manual_seed(seeds.prompt_length(self.seed, index))
         n = int(torch.randint(self.min_tokens, self.max_tokens + 1, (1,), generator=gen))
         ids = self.tokenizer(self.texts[index], add_special_tokens=False, truncation=True, max_length=n)["input_ids"]
         return self.tokenizer.decode(ids)

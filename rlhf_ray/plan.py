@@ -168,7 +168,7 @@ def dense_dtype_bytes(policy_path: str, quant: str, on_gpu: bool) -> int:
 
 
 def _gen_rows(cfg: Config, generators: int) -> int:
-    group = 1 if cfg.algo.advantage == "gae" else cfg.algo.group_size
+    group = cfg.samples_per_prompt()
     return cfg.ppo.batch_size * group // generators
 
 

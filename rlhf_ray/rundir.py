@@ -14,6 +14,7 @@ import yaml
 
 from rlhf_ray.checkpoint import check_restorable, latest_checkpoint
 from rlhf_ray.config import Config
+from rlhf_ray.config_parse import flatten
 from rlhf_ray.errors import UserError
 
 # Files and folders a run writes; their presence means "this directory holds a run".
@@ -77,21 +78,11 @@ def resume_checkpoint(run_dir: Path, cfg: Config) -> Path:
     return ckpt
 
 
-def _flat(data: dict, prefix: str = "") -> dict[str, object]:
-    out: dict[str, object] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def config_changes(saved: dict, new: Config) -> list[str]:
     """Dotted keys whose value differs from the saved config (keys the saved file predates count
     as their defaults)."""
-    old = {**_flat(Config().to_dict()), **_flat(saved)}
-    return sorted(k for k, v in _flat(new.to_dict()).items() if old.get(k) != v)
+    old = {**flatten(Config().to_dict()), **flatten(saved)}
+    return sorted(k for k, v in flatten(new.to_dict()).items() if old.get(k) != v)
 
 
 def check_config_unchanged(run_dir: Path, cfg: Config) -> None:

@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import torch
-
 from rlhf_ray.config import Config
-from rlhf_ray.models.policy import attach_lora, load_causal_lm, quiet_warnings
+from rlhf_ray.models.policy import attach_lora, load_causal_lm, quiet_warnings, role_device  # noqa: F401 (re-exported)
 from rlhf_ray.models.shapes import is_shape_dir
 from rlhf_ray.threads import set_torch_threads
-
-
-def role_device(num_gpus: float) -> str:
-    return "cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu"
 
 
 def init_process(cfg: Config) -> None:

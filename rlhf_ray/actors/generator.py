@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rlhf_ray import seeds
 from rlhf_ray.artifacts import ModelRef, materialize
 from rlhf_ray.batch import AdapterPayload, GenerationInfo, Rollout
 from rlhf_ray.actors.common import init_process, load_policy, role_device
@@ -39,11 +40,11 @@ class Generator:
         if self.version < 0:
             raise StaleAdapterError(f"generator-{self.rank} has no adapter yet: sync one before generating")
         g, seed = self.cfg.generate, self.cfg.run.seed
-        group = self.cfg.algo.group_size if self.cfg.algo.advantage != "gae" else 1
+        group = self.cfg.samples_per_prompt()
         rollout = sample(
             self.model, self.tokenizer, prompts, max_new_tokens=g.max_new_tokens, temperature=g.temperature,
             top_k=g.top_k, top_p=g.top_p, group_size=group, policy_version=self.version, device=self.device,
-            seed=seed * 1_000_003 + iteration * 1_009 + self.rank,  # reproducible per (run, iteration, shard)
+            seed=seeds.sampling(seed, iteration, self.rank),
         )
         info = GenerationInfo(self.version, self.adapter_hash, len(rollout),
                               float(rollout.response_mask.sum(1).float().mean()),

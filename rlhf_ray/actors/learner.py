@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from rlhf_ray import algo
+from rlhf_ray import algo, seeds
 from rlhf_ray.actors.common import init_process, load_policy, role_device
 from rlhf_ray.artifacts import ModelRef, materialize
 from rlhf_ray.batch import AdapterPayload, Rollout
@@ -117,7 +117,7 @@ class Learner:
     def learn(self, rollouts: list[Rollout], scores: list[torch.Tensor], iteration: int) -> tuple[dict, AdapterPayload]:
         batch = Rollout.concat(rollouts, self.tokenizer.pad_token_id)
         lag = self.history.check(batch.policy_version, self.version)
-        torch.manual_seed(self.cfg.run.seed * 7_919 + iteration)  # minibatch order + dropout, reproducible on resume
+        torch.manual_seed(seeds.learner_step(self.cfg.run.seed, iteration))
         kl_coef = self.kl_ctl.value
         scores_t = torch.cat(scores).float()  # (B,)
         _require_finite("reward", scores_t, iteration)

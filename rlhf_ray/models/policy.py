@@ -42,12 +42,15 @@ def quiet_warnings() -> None:
     hf_logging.disable_progress_bar()  # per-load weight bars flood actor logs
 
 
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+def role_device(num_gpus: float) -> str:
+    """The one device rule: a role on a GPU share uses CUDA when this process can see one."""
+    return "cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu"
 
 
-def bnb_config(quant: str, skip_modules: list[str] | None = None):
-    """LLM.int8 for 8-bit; NF4 + double quantization with a bf16 compute dtype for 4-bit."""
+def bnb_config(quant: str, skip_modules: list[str] | None = None, device: str = "cuda"):
+    """LLM.int8 for 8-bit; NF4 + double quantization for 4-bit, computing in bf16 on a GPU and in fp32
+    on a CPU (most CPUs have no bf16 matrix units: emulated bf16 made a 4-bit PPO update ~20x slower
+    than fp32 on the 2-core AVX2 development machine, docs/benchmarks.md)."""
     from transformers import BitsAndBytesConfig
 
     if quant == "none":
@@ -59,7 +62,7 @@ def bnb_config(quant: str, skip_modules: list[str] | None = None):
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_compute_dtype=torch.bfloat16 if device == "cuda" else torch.float32,
             llm_int8_skip_modules=skip_modules,
         )
     raise ValueError(f"unknown quant {quant!r}")
@@ -68,7 +71,7 @@ def bnb_config(quant: str, skip_modules: list[str] | None = None):
 def load_kwargs(quant: str, device: str, skip_modules: list[str] | None = None) -> dict:
     """from_pretrained kwargs: quantization config, placement, and the unquantized dtype."""
     kwargs: dict = {"device_map": {"": 0} if device == "cuda" else device}
-    qconfig = bnb_config(quant, skip_modules)
+    qconfig = bnb_config(quant, skip_modules, device)
     if qconfig is not None:
         kwargs["quantization_config"] = qconfig
     kwargs["dtype"] = torch.bfloat16 if device == "cuda" and quant == "none" else torch.float32

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
+import logging
 import statistics
 import time
 from pathlib import Path
@@ -22,12 +23,13 @@ from pathlib import Path
 import ray
 import torch
 
+from rlhf_ray import seeds
 from rlhf_ray.actors.generator import Generator
 from rlhf_ray.actors.learner import Learner
 from rlhf_ray.actors.scorer import RewardScorer
 from rlhf_ray.assets import resolve_model
 from rlhf_ray.checkpoint import atomic_write
-from rlhf_ray.config import Config, samples_per_prompt
+from rlhf_ray.config import Config
 from rlhf_ray.data import PromptStream, load_text_dataset
 from rlhf_ray.driver import run_iteration
 from rlhf_ray.models.adapter import trainable_state
@@ -38,6 +40,8 @@ from rlhf_ray.roles import Roles
 from rlhf_ray.stages.bench_report import environment, render
 from rlhf_ray.stages.common import DONE
 from rlhf_ray.stages.ppo import reward_model_path
+
+log = logging.getLogger(__name__)
 
 
 def median(xs: list[float]) -> float:
@@ -136,6 +140,8 @@ def distributed(work: Workload, run_dir: Path) -> dict:
         for it in range(1, work.iterations + 1):
             on_ray.append(run_iteration(cfg, roles, source, it)[0])
             local.append(floor.iteration(work.prompts[it - 1], it))
+            log.info("bench: iteration %d/%d (Ray %.1f s, in-process %.1f s)%s", it, work.iterations,
+                     on_ray[-1]["time/iteration_s"], local[-1]["time/iteration_s"], " (warm-up)" if it == 1 else "")
         on_ray, local = on_ray[1:], local[1:]  # the first iteration is the warm-up
         generation = generation_speed(work, floor, roles)
         sync = sync_cost(floor.learner, on_ray)
@@ -145,7 +151,7 @@ def distributed(work: Workload, run_dir: Path) -> dict:
     gc.collect()
     ray_s = median([m["time/iteration_s"] for m in on_ray])
     local_s = median([m["time/iteration_s"] for m in local])
-    samples = cfg.ppo.batch_size * samples_per_prompt(cfg)
+    samples = cfg.ppo.batch_size * cfg.samples_per_prompt()
     slower = min(generation["role_over_bare"], generation["actor_over_bare"])
     headline = {"ray_over_inprocess": ray_s / local_s, "generator_over_bare": slower,
                 "samples_per_s": samples / ray_s}
@@ -178,7 +184,7 @@ def sync_cost(learner: Learner, rows: list[dict]) -> dict:
 def _bare_generate(generator: Generator, prompts: list[str], seed: int) -> tuple[float, int]:
     """model.generate alone, on the batch and sampling settings the Generator uses; (seconds, tokens)."""
     g, tok = generator.cfg.generate, generator.tokenizer
-    group = samples_per_prompt(generator.cfg)
+    group = generator.cfg.samples_per_prompt()
     tok.padding_side = "left"
     enc = tok([p for p in prompts for _ in range(group)], return_tensors="pt", padding=True,
               add_special_tokens=False).to(generator.device)
@@ -209,8 +215,9 @@ def generation_speed(work: Workload, floor: InProcess, roles: Roles) -> dict:
     """Tokens/s of the same batch (same seed, so the same samples) three ways, interleaved."""
     cfg, prompts = work.cfg, work.prompts[0]
     it = work.iterations + 1  # an iteration number not used above: fresh seed, identical for all three
-    seed = cfg.run.seed * 1_000_003 + it * 1_009  # the Generator's own seed for (run, iteration, rank 0)
+    seed = seeds.sampling(cfg.run.seed, it, 0)  # the Generator's own seed for this iteration
     timings = {"bare": [], "role": [], "actor": []}
+    log.info("bench: generation speed, bare generate vs Generator vs actor (%d rounds)", 1 + cfg.bench.repeats)
     for _ in range(1 + cfg.bench.repeats):
         timings["bare"].append(_bare_generate(floor.generator, prompts, seed))
         timings["role"].append(_role_generate(floor.generator, prompts, it)[:2])
@@ -232,6 +239,7 @@ def quant_modes(work: Workload) -> dict:
     out = {}
     scorer = RewardScorer(work.cfg, work.reward_path)
     for mode in work.cfg.bench.quant_modes:
+        log.info("bench: quantization %s (%d iterations in-process)", mode, work.iterations)
         cfg = dataclasses.replace(work.cfg, model=dataclasses.replace(work.cfg.model, quant=mode))
         generator, learner = Generator(cfg, work.policy_path), Learner(cfg, work.policy_path)
         generator.load_adapter(learner.adapter())

@@ -13,6 +13,7 @@ import logging
 from collections import Counter
 from pathlib import Path
 
+from rlhf_ray import seeds
 from rlhf_ray.checkpoint import atomic_write
 from rlhf_ray.config import Config
 from rlhf_ray.runs import find_adapter, load_trained_policy, run_config
@@ -70,7 +71,7 @@ def _sample_and_score(cfg: Config, model, tokenizer, scorer, prompts: list[str],
     g, rows = cfg.generate, {"prompt": [], "response": [], "score": [], "kl": [], "length": []}
     for start in range(0, len(prompts), cfg.eval.batch_size):
         part = prompts[start : start + cfg.eval.batch_size]
-        seed = cfg.run.seed * 1_000_003 + start  # the same draws for reference and policy
+        seed = seeds.eval_sampling(cfg.run.seed, start)
         with torch.no_grad(), reference_mode(model) if reference else contextlib.nullcontext():
             rollout = sample(model, tokenizer, part, max_new_tokens=g.max_new_tokens, temperature=g.temperature,
                              seed=seed)

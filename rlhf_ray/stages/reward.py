@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from rlhf_ray.checkpoint import read_dir, write_dir
+from rlhf_ray import seeds
 from rlhf_ray.config import Config
 from rlhf_ray.errors import UserError
 from rlhf_ray.stages.common import begin, finish, prepare_worker, stream_task
@@ -38,7 +39,7 @@ def labelled_sample(ref: str, split: str, n: int, seed: int) -> tuple[list[str],
     table = load_text_dataset(ref, split)
     if "label" not in table.column_names:
         raise UserError(f"reward.dataset {ref} has no 'label' column: the classifier needs 0/1 sentiment labels")
-    order = torch.randperm(table.num_rows, generator=torch.Generator().manual_seed(seed))[:n].tolist()
+    order = seeds.permutation(table.num_rows, seed)[:n]
     texts, labels = table["text"].to_pylist(), table["label"].to_pylist()
     picked = [labels[i] for i in order]
     if not set(picked) <= set(ID2LABEL):
@@ -103,7 +104,7 @@ def train_reward(cfg: Config) -> Iterator[tuple[str, dict]]:
 
     r, seed = cfg.reward, cfg.run.seed
     prepare_worker(seed, cfg.cluster.torch_threads)
-    device = "cuda" if cfg.cluster.scorer_gpus > 0 else "cpu"
+    device = role_device(cfg.cluster.scorer_gpus)
     backbone = resolve_model(r.backbone, cfg.cache_dir())
     train_texts, train_labels = labelled_sample(r.dataset, "train", r.train_size, seed)
     eval_texts, eval_labels = labelled_sample(r.dataset, "test", r.eval_size, seed)
@@ -117,9 +118,8 @@ def train_reward(cfg: Config) -> Iterator[tuple[str, dict]]:
     optimizer = torch.optim.AdamW(params, lr=r.lr, weight_decay=0.01)
     schedule = get_linear_schedule_with_warmup(optimizer, int(WARMUP_FRACTION * steps), steps)
     before = evaluate(model, tokenizer, eval_texts, eval_labels, r.batch_size, r.train_max_length, device)
-    gen, step, start = torch.Generator().manual_seed(seed), 0, time.perf_counter()
-    for _ in range(r.epochs):
-        order = torch.randperm(len(train_texts), generator=gen).tolist()
+    step, start = 0, time.perf_counter()
+    for _, order in zip(range(r.epochs), seeds.permutations(len(train_texts), seed)):
         for i in range(0, len(order), r.train_batch_size):
             model.train()
             rows = order[i : i + r.train_batch_size]

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from rlhf_ray.checkpoint import read_dir, write_dir
+from rlhf_ray import seeds
 from rlhf_ray.config import Config
 from rlhf_ray.errors import UserError
 from rlhf_ray.stages.common import begin, finish, prepare_worker, stream_task
@@ -31,8 +32,7 @@ def shuffled_texts(ref: str, split: str, text_field: str, seed: int, limit: int 
     from rlhf_ray.data import load_text_dataset
 
     texts = load_text_dataset(ref, split, text_field)["text"].to_pylist()
-    order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(seed)).tolist()
-    return [texts[i] for i in order[:limit]]
+    return [texts[i] for i in seeds.permutation(len(texts), seed)[:limit]]
 
 
 # ----------------------------------------------------------------------------- rows (pure)
@@ -75,9 +75,7 @@ def collate(rows: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
 
 def micro_batches(rows: list[list[int]], batch_size: int, seed: int) -> Iterator[list[list[int]]]:
     """Endless batches, reshuffled every pass over the rows."""
-    gen = torch.Generator().manual_seed(seed)
-    while True:
-        order = torch.randperm(len(rows), generator=gen).tolist()
+    for order in seeds.permutations(len(rows), seed):
         for start in range(0, len(order), batch_size):
             yield [rows[i] for i in order[start : start + batch_size]]
 
@@ -132,7 +130,7 @@ def train_sft(cfg: Config) -> Iterator[tuple[str, dict]]:
 
     s, m, seed = cfg.sft, cfg.model, cfg.run.seed
     prepare_worker(seed, cfg.cluster.torch_threads)
-    device = "cuda" if s.gpus > 0 else "cpu"
+    device = role_device(s.gpus)
     path = resolve_model(m.policy, cfg.cache_dir())
     tokenizer = load_tokenizer(path)
     train_rows, eval_rows = sft_rows(s, tokenizer, seed)

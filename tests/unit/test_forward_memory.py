@@ -116,6 +116,27 @@ def test_head_peak_in_backward_does_not_grow_with_chunks(fp32_policy):
     assert peaks[0] == peaks[1] <= 6 * one_chunk, (peaks, one_chunk)  # logits, log-softmax, their grads
 
 
+def test_single_chunk_head_runs_once_and_stays_bounded(fp32_policy):
+    """A response within one chunk is not recomputed in backward (one LM-head pass, not two); its
+    peak is still a few chunk buffers."""
+    model = fp32_policy
+    head = forward.causal_lm_of(model).get_output_embeddings()
+    calls = []
+    hook = head.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        for length, want in ((4, 1), (8, 4)):  # 1 chunk: one pass; 2 chunks: two passes, each recomputed
+            calls.clear()
+            ids, mask, p = _batch(length)
+            with LiveVocabBytes(model) as mode:
+                out = response_stats(model, ids, mask, p, chunk=4, with_entropy=True, entropy_grad=False)
+                out.logprobs.sum().backward()
+            assert len(calls) == want, (length, len(calls))
+            # without the recompute one more buffer (the saved log-softmax) lives into backward
+            assert mode.peak <= 7 * 2 * 4 * VOCAB * 4, (length, mode.peak)
+    finally:
+        hook.remove()
+
+
 def test_entropy_without_coefficient_carries_no_graph(fp32_policy):
     model = fp32_policy
     ids, mask, p = _batch(6)
