@@ -162,9 +162,9 @@ def dense_dtype_bytes(policy_path: str, quant: str, on_gpu: bool) -> int:
     """The dtype of the unquantized tensors, as models/policy.py and models/shapes.py load them."""
     from rlhf_ray.models.shapes import is_shape_dir
 
-    if is_shape_dir(policy_path) or (on_gpu and quant == "none"):
+    if on_gpu and (is_shape_dir(policy_path) or quant == "none"):
         return 2
-    return 4  # from_pretrained(dtype=float32) next to bitsandbytes layers
+    return 4  # on CPU everything dense is fp32; on GPU from_pretrained(dtype=float32) next to bitsandbytes layers
 
 
 def _gen_rows(cfg: Config, generators: int) -> int:

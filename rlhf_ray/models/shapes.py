@@ -2,12 +2,13 @@
 
 `gpt-neox-20b-shape` has GPT-NeoX-20B's configuration (44 layers, hidden 6144, 64 heads,
 intermediate 24576, vocab 50432); `gpt-neox-20b-shape-4l` is the same at 4 layers (CPU
-measurements), `tiny-neox-shape` the same builder at toy width (unit tests). The asset directory holds only config.json, a byte-level tokenizer and
-a `shape.json` marker; the weights are made where the model is loaded: the module tree is
+measurements), `tiny-neox-shape` the same builder at toy width (unit tests). The asset
+directory holds only config.json, a byte-level tokenizer and a `shape.json` marker; the weights are made where the model is loaded: the module tree is
 created on the meta device, then each decoder layer's Linear becomes a bitsandbytes
 Linear8bitLt / Linear4bit quantized from random fp16 data one layer at a time, so peak memory
 while building is the quantized size plus one layer, never the fp16 model. Embeddings, norms and
-the LM head stay in 16-bit (bf16), as the memory arithmetic assumes."""
+the LM head stay unquantized in `dense_dtype(device)` (bf16 on a GPU, fp32 on a CPU), as the
+memory planner assumes."""
 
 from __future__ import annotations
 
@@ -35,7 +36,13 @@ SHAPES = {
 }
 _NAME = re.compile(r"^(?P<shape>[a-z0-9-]+-shape)(?:-(?P<layers>\d+)l)?$")
 WEIGHT_STD = 0.02  # GPT-NeoX initializer_range: keeps random activations in a sane range
-DTYPE16 = torch.bfloat16
+
+
+def dense_dtype(device: str) -> torch.dtype:
+    """The unquantized tensors and the matmul compute dtype: bf16 on a GPU (as a real 20B checkpoint
+    would be served); fp32 on a CPU, where bf16 matmuls are emulated on most chips (a 2-layer
+    20B-shaped NF4 update took 788 s in bf16 on the AVX2 development machine)."""
+    return torch.bfloat16 if device == "cuda" else torch.float32
 
 
 def parse_shape_name(ref: str) -> tuple[str, int] | None:
@@ -92,6 +99,7 @@ def is_shape_dir(path: str | Path) -> bool:
 
 def _quantized_linear(linear: nn.Linear, quant: str, device: str, gen: torch.Generator):
     """A bitsandbytes layer quantized from random fp16 weights made on `device` (only this layer's fp16 lives)."""
+    dtype = dense_dtype(device)
     import bitsandbytes as bnb
 
     n_in, n_out, has_bias = linear.in_features, linear.out_features, linear.bias is not None
@@ -100,27 +108,28 @@ def _quantized_linear(linear: nn.Linear, quant: str, device: str, gen: torch.Gen
         layer = bnb.nn.Linear8bitLt(n_in, n_out, bias=has_bias, has_fp16_weights=False, threshold=6.0, device="meta")
         layer.weight = bnb.nn.Int8Params(w, requires_grad=False, has_fp16_weights=False)._quantize(device)
     else:
-        layer = bnb.nn.Linear4bit(n_in, n_out, bias=has_bias, compute_dtype=DTYPE16, quant_type="nf4",
+        layer = bnb.nn.Linear4bit(n_in, n_out, bias=has_bias, compute_dtype=dtype, quant_type="nf4",
                                   compress_statistics=True, device="meta")
         layer.weight = bnb.nn.Params4bit(w, requires_grad=False, quant_type="nf4", compress_statistics=True,
                                          module=layer)._quantize(device)
     if has_bias:
-        layer.bias = nn.Parameter(torch.zeros(n_out, device=device, dtype=DTYPE16), requires_grad=False)
+        layer.bias = nn.Parameter(torch.zeros(n_out, device=device, dtype=dtype), requires_grad=False)
     return layer
 
 
 def _materialize(module: nn.Module, device: str, gen: torch.Generator) -> None:
-    """Real 16-bit tensors for the parameters still on meta (embeddings, norms, head)."""
+    """Real tensors (dense_dtype) for the parameters still on meta (embeddings, norms, head)."""
+    dtype = dense_dtype(device)
     for name, p in list(module.named_parameters(recurse=False)):
         if not p.is_meta:
             continue
         if isinstance(module, nn.LayerNorm):
             data = torch.ones if name == "weight" else torch.zeros
-            value = data(p.shape, device=device, dtype=DTYPE16)
+            value = data(p.shape, device=device, dtype=dtype)
         elif name == "bias":
-            value = torch.zeros(p.shape, device=device, dtype=DTYPE16)
+            value = torch.zeros(p.shape, device=device, dtype=dtype)
         else:
-            value = torch.randn(p.shape, generator=gen, device=device, dtype=DTYPE16).mul_(WEIGHT_STD)
+            value = torch.randn(p.shape, generator=gen, device=device, dtype=dtype).mul_(WEIGHT_STD)
         setattr(module, name, nn.Parameter(value, requires_grad=False))
 
 
@@ -137,7 +146,7 @@ def build_quantized(path: str | Path, quant: str, device: str, on_layer=None):
     config = AutoConfig.from_pretrained(str(path))
     seed = json.loads((Path(path) / MARKER).read_text())["seed"]
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=DTYPE16)
+        model = AutoModelForCausalLM.from_config(config, dtype=dense_dtype(device))
     gen = torch.Generator(device=device).manual_seed(seed)
     for i, layer in enumerate(model.gpt_neox.layers):
         for parent in list(layer.modules()):

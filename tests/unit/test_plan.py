@@ -11,13 +11,15 @@ from rlhf_ray.config import load_config
 from rlhf_ray.errors import UserError
 from rlhf_ray.plan import HEAD_CHUNK_BUFFERS, HOST_RUNTIME, make_plan
 
-# tiny-neox-shape: 2 layers, hidden 64, 4 heads, intermediate 256, vocab 512, 16-bit non-Linear tensors.
+# tiny-neox-shape: 2 layers, hidden 64, 4 heads, intermediate 256, vocab 512; non-Linear tensors and
+# activations in the dense dtype: fp32 in a host (CPU) plan, bf16 in a GPU plan.
 # Per layer the Linears are qkv 64x192, dense 64x64, fc1 64x256, fc2 256x64 = 49152 weights, out rows 576.
 # Unquantized: embed in + out 2 x 512 x 64 = 65536, per layer 2 LayerNorms (256) + biases (576), final LN 128.
-OTHER = 65536 + 2 * (256 + 576) + 128  # 67328 params x 2 bytes
-INT8_BASE = 2 * (49152 + 4 * 576) + 2 * OTHER  # int8 weights + an fp32 scale per row
+DENSE = 4  # bytes; the plans below are host plans
+OTHER = 65536 + 2 * (256 + 576) + 128  # 67328 params
+INT8_BASE = 2 * (49152 + 4 * 576) + DENSE * OTHER  # int8 weights + an fp32 scale per row
 # NF4: n/2 bytes + one uint8 absmax per 64 weights + one fp32 per 256 blocks (ceil), per Linear
-NF4_BASE = 2 * ((6144 + 192 + 4) + (2048 + 64 + 4) + 2 * (8192 + 256 + 4)) + 2 * OTHER
+NF4_BASE = 2 * ((6144 + 192 + 4) + (2048 + 64 + 4) + 2 * (8192 + 256 + 4)) + DENSE * OTHER
 LORA = 2 * 4 * (64 + 192)  # r=4 on query_key_value, both layers
 
 
@@ -31,26 +33,28 @@ def _cfg(*extra):
 def test_bytes_per_role_match_hand_arithmetic():
     roles = make_plan(_cfg()).layouts["separate"].roles
     gen, learner = roles["generator"], roles["learner"]
-    assert gen.base == learner.base == INT8_BASE == 237568
+    assert gen.base == learner.base == INT8_BASE == 372224
     assert gen.lora == 4 * LORA and learner.lora == 16 * LORA  # fp32 weights; + grads + two AdamW moments
     assert learner.value_head == 16 * 65  # Linear(64, 1)
     seq = 8 + 8
-    assert gen.kv_cache == 2 * 2 * 4 * seq * 64 * 2 + 2 * 4 * 512 * 4  # K and V, 2 layers, 4 rows, bf16 + logits
+    assert gen.kv_cache == 2 * 2 * 4 * seq * 64 * DENSE + 2 * 4 * 512 * 4  # K and V, 2 layers, 4 rows + fp32 logits
     assert learner.lm_head_chunk == HEAD_CHUNK_BUFFERS * 2 * 4 * 512 * 4  # micro 2 rows x chunk 4 x vocab, fp32
-    per_layer = 2 * seq * (10 * 64 + 3 * 256 + 4 * seq) * 2  # tokens x (10h + 3I + heads x seq) x bf16
+    per_layer = 2 * seq * (10 * 64 + 3 * 256 + 4 * seq) * DENSE  # tokens x (10h + 3I + heads x seq)
     assert learner.activations == 2 * per_layer
     assert gen.overhead == HOST_RUNTIME
-    assert gen.dequant == learner.dequant == 64 * 256 * 2  # the largest Linear (fc1) dequantized to bf16
-    assert learner.total == (INT8_BASE + 16 * LORA + 16 * 65 + 64 * 256 * 2 + HOST_RUNTIME
+    assert gen.dequant == learner.dequant == 64 * 256 * DENSE  # the largest Linear (fc1) dequantized
+    assert learner.total == (INT8_BASE + 16 * LORA + 16 * 65 + 64 * 256 * DENSE + HOST_RUNTIME
                              + 2 * per_layer + learner.lm_head_chunk)
-    assert make_plan(_cfg("model.quant=4bit")).layouts["fused"].roles["policy"].base == NF4_BASE == 185376
+    assert make_plan(_cfg("model.quant=4bit")).layouts["fused"].roles["policy"].base == NF4_BASE == 320032
+    # on a GPU the shape's dense tensors are bf16
+    assert make_plan(_cfg(), gpu_memory_gb=24).layouts["fused"].roles["policy"].base == INT8_BASE - 2 * OTHER
 
 
 def test_checkpointing_keeps_layer_inputs_plus_one_layer():
     seq, tokens = 16, 2 * 16
-    per_layer = tokens * (10 * 64 + 3 * 256 + 4 * seq) * 2
+    per_layer = tokens * (10 * 64 + 3 * 256 + 4 * seq) * DENSE
     acts = make_plan(_cfg("model.gradient_checkpointing=true")).layouts["fused"].roles["policy"].activations
-    assert acts == 2 * tokens * 64 * 2 + per_layer
+    assert acts == 2 * tokens * 64 * DENSE + per_layer
 
 
 def test_fused_counts_one_base():
