@@ -22,6 +22,9 @@ class Rollout:
     responses: list[str]  # B decoded responses (special tokens stripped)
     policy_version: int  # adapter version these samples were drawn from
     group_size: int = 1  # samples per prompt, contiguous rows
+    # (B, R) the reference policy's log-probs of the response tokens (0 at padding), when the generator
+    # computed them while sampling (generate.reference_logprobs); None: the learner computes them
+    ref_logprobs: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.prompt_ids.shape[0]
@@ -38,13 +41,17 @@ class Rollout:
         rows = idx.tolist()
         return Rollout(self.prompt_ids[idx], self.prompt_mask[idx], self.response_ids[idx],
                        self.response_mask[idx], [self.prompts[i] for i in rows],
-                       [self.responses[i] for i in rows], self.policy_version, self.group_size)
+                       [self.responses[i] for i in rows], self.policy_version, self.group_size,
+                       None if self.ref_logprobs is None else self.ref_logprobs[idx])
 
     @staticmethod
     def concat(parts: list["Rollout"], pad_id: int) -> "Rollout":
         """Join generator shards: prompts re-padded on the left, responses on the right."""
         if len({p.policy_version for p in parts}) != 1:
             raise ValueError(f"rollout shards from different policy versions: {[p.policy_version for p in parts]}")
+        with_ref = {p.ref_logprobs is not None for p in parts}
+        if len(with_ref) != 1:
+            raise ValueError("rollout shards disagree on carrying reference log-probs")
         P = max(p.prompt_ids.shape[1] for p in parts)
         R = max(p.response_ids.shape[1] for p in parts)
 
@@ -63,6 +70,7 @@ class Rollout:
             responses=[s for p in parts for s in p.responses],
             policy_version=parts[0].policy_version,
             group_size=parts[0].group_size,
+            ref_logprobs=torch.cat([right(p.ref_logprobs, R, 0.0) for p in parts]) if with_ref == {True} else None,
         )
 
 

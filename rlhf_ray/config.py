@@ -71,6 +71,10 @@ class GenerateConfig:
     top_k: int = 0
     # Nucleus sampling: the smallest token set with this much probability; 1.0 = off.
     top_p: float = 1.0
+    # The generator also returns the reference policy's log-probs of each sampled token, computed in
+    # the same decode steps by extra rows with the adapter off, and the learner skips its reference
+    # pass. Pays off where a decode step costs about the same for twice the rows (CPU; small GPU batches).
+    reference_logprobs: bool = False
 
 
 @dataclass

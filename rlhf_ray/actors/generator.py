@@ -8,7 +8,7 @@ from rlhf_ray.batch import AdapterPayload, GenerationInfo, Rollout
 from rlhf_ray.actors.common import init_process, load_policy, role_device
 from rlhf_ray.config import Config
 from rlhf_ray.models.adapter import import_adapter
-from rlhf_ray.models.generate import sample
+from rlhf_ray.models.generate import sample, sample_with_reference
 from rlhf_ray.models.policy import load_tokenizer, ppo_numerics
 
 
@@ -41,11 +41,12 @@ class Generator:
             raise StaleAdapterError(f"generator-{self.rank} has no adapter yet: sync one before generating")
         g, seed = self.cfg.generate, self.cfg.run.seed
         group = self.cfg.samples_per_prompt()
-        rollout = sample(
-            self.model, self.tokenizer, prompts, max_new_tokens=g.max_new_tokens, temperature=g.temperature,
-            top_k=g.top_k, top_p=g.top_p, group_size=group, policy_version=self.version, device=self.device,
-            seed=seeds.sampling(seed, iteration, self.rank),
-        )
+        common = dict(max_new_tokens=g.max_new_tokens, temperature=g.temperature, group_size=group,
+                      policy_version=self.version, device=self.device, seed=seeds.sampling(seed, iteration, self.rank))
+        if g.reference_logprobs:  # the reference pass rides along in the decode steps; the learner skips it
+            rollout = sample_with_reference(self.model, self.tokenizer, prompts, **common)
+        else:
+            rollout = sample(self.model, self.tokenizer, prompts, top_k=g.top_k, top_p=g.top_p, **common)
         info = GenerationInfo(self.version, self.adapter_hash, len(rollout),
                               float(rollout.response_mask.sum(1).float().mean()),
                               rollout.prompts if with_texts else None, rollout.responses if with_texts else None)

@@ -179,12 +179,14 @@ class Learner:
                 old[rows] = stats.logprobs
                 if self.critic:
                     values[rows] = stats.values
-            for rows in self.dp.shard(torch.arange(len(batch))).split(mbs):
+            for rows in self.dp.shard(torch.arange(len(batch))).split(mbs) if batch.ref_logprobs is None else ():
                 if not len(rows):
                     continue
                 with reference_mode(self.model):  # the reference policy: same weights, adapter off
                     ref[rows] = self._forward(batch.select(rows), with_values=False).logprobs
-        old, ref = self.dp.combine(old), self.dp.combine(ref)
+        old = self.dp.combine(old)
+        # computed by the generator while sampling (the whole batch, on every rank), or here by shards
+        ref = batch.ref_logprobs.to(self.device) if batch.ref_logprobs is not None else self.dp.combine(ref)
         values = self.dp.combine(values) if self.critic else None
         exp = self._advantages(batch, scores, old, ref, values, kl_coef)
         exp.first_pass = first_pass

@@ -51,28 +51,18 @@ def model_defaults_ignored(model):
         lm.generation_config = saved
 
 
-@torch.no_grad()
-def sample(model, tokenizer, prompts: list[str], *, max_new_tokens: int, temperature: float = 1.0,
-           top_k: int = 0, top_p: float = 1.0, group_size: int = 1, seed: int = 0,
-           policy_version: int = 0, device: str = "cpu", return_logits: bool = False) -> Rollout | tuple[Rollout, torch.Tensor]:
-    """Draw `group_size` samples per prompt (rows of one prompt are contiguous).
-
-    With `return_logits`, also the processed next-token scores the sampler drew from, (B, R, V)
-    log-space (for tests that compare them with the learner's log-probs)."""
+def _encode(tokenizer, prompts: list[str], group_size: int, device: str):
     tokenizer.padding_side = "left"
     expanded = [p for p in prompts for _ in range(group_size)]
-    enc = tokenizer(expanded, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-    config = sampling_config(tokenizer, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
-    config.return_dict_in_generate, config.output_scores = return_logits, return_logits
-    torch.manual_seed(seed)  # reproducible sampling for a given (run seed, iteration, shard)
-    with model_defaults_ignored(model):
-        out = model.generate(**enc, generation_config=config)
-    sequences = out.sequences if return_logits else out
-    prompt_len = enc["input_ids"].shape[1]
-    response_ids = sequences[:, prompt_len:].cpu()
+    return expanded, tokenizer(expanded, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+
+
+def _rollout(tokenizer, expanded, enc, sequences_or_responses: torch.Tensor, prompt_len: int | None,
+             policy_version: int, group_size: int, ref_logprobs: torch.Tensor | None = None) -> Rollout:
+    response_ids = (sequences_or_responses[:, prompt_len:] if prompt_len is not None else sequences_or_responses).cpu()
     response_mask = response_mask_from(response_ids, tokenizer.eos_token_id)
     response_ids = torch.where(response_mask.bool(), response_ids, tokenizer.pad_token_id)
-    rollout = Rollout(
+    return Rollout(
         prompt_ids=enc["input_ids"].cpu(),
         prompt_mask=enc["attention_mask"].cpu(),
         response_ids=response_ids,
@@ -81,7 +71,90 @@ def sample(model, tokenizer, prompts: list[str], *, max_new_tokens: int, tempera
         responses=tokenizer.batch_decode(response_ids, skip_special_tokens=True),
         policy_version=policy_version,
         group_size=group_size,
+        ref_logprobs=None if ref_logprobs is None else (ref_logprobs.cpu() * response_mask),
     )
+
+
+@torch.no_grad()
+def sample(model, tokenizer, prompts: list[str], *, max_new_tokens: int, temperature: float = 1.0,
+           top_k: int = 0, top_p: float = 1.0, group_size: int = 1, seed: int = 0,
+           policy_version: int = 0, device: str = "cpu", return_logits: bool = False) -> Rollout | tuple[Rollout, torch.Tensor]:
+    """Draw `group_size` samples per prompt (rows of one prompt are contiguous).
+
+    With `return_logits`, also the processed next-token scores the sampler drew from, (B, R, V)
+    log-space (for tests that compare them with the learner's log-probs)."""
+    expanded, enc = _encode(tokenizer, prompts, group_size, device)
+    config = sampling_config(tokenizer, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
+    config.return_dict_in_generate, config.output_scores = return_logits, return_logits
+    torch.manual_seed(seed)  # reproducible sampling for a given (run seed, iteration, shard)
+    with model_defaults_ignored(model):
+        out = model.generate(**enc, generation_config=config)
+    sequences = out.sequences if return_logits else out
+    rollout = _rollout(tokenizer, expanded, enc, sequences, enc["input_ids"].shape[1], policy_version, group_size)
     if return_logits:
         return rollout, torch.stack(out.scores, dim=1).float().cpu()
     return rollout
+
+
+@contextlib.contextmanager
+def adapter_rows(model, rows_on: torch.Tensor):
+    """Inside: LoRA adds its output only to the batch rows where `rows_on` is True; the other rows
+    compute the frozen base exactly (base + 0), i.e. the reference policy, in the same forward."""
+    from peft.tuners.lora import LoraLayer
+
+    gate = rows_on.float()
+
+    def hook(_module, _inputs, output):
+        return output * gate.view((-1,) + (1,) * (output.dim() - 1)).to(output.dtype)
+
+    handles = [b.register_forward_hook(hook) for layer in model.modules() if isinstance(layer, LoraLayer)
+               for b in layer.lora_B.values()]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.no_grad()
+def sample_with_reference(model, tokenizer, prompts: list[str], *, max_new_tokens: int, temperature: float = 1.0,
+                          group_size: int = 1, seed: int = 0, policy_version: int = 0, device: str = "cpu") -> Rollout:
+    """`sample`, plus the reference policy's log-probs of every sampled token, from the same decode steps.
+
+    The batch is doubled: rows [0, B) sample with the adapter on; rows [B, 2B) run with the adapter
+    off and are fed the tokens rows [0, B) sampled (teacher forcing), so their next-token
+    distribution at each step is the reference's for the very token just drawn. Where a decode step
+    costs about the same for B or 2B rows (memory- or overhead-bound: CPUs, small GPU batches), the
+    learner's whole reference pass comes nearly free. Sampling is softmax(logits / temperature) with
+    torch.multinomial, as `generate` does it; the log-probs are of that same distribution."""
+    from rlhf_ray.models.forward import position_ids
+
+    expanded, enc = _encode(tokenizer, prompts, group_size, device)
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    B = ids.shape[0]
+    rows_on = torch.arange(2 * B, device=device) < B
+    mask2 = torch.cat([mask, mask])
+    positions = position_ids(mask2)
+    step_input, past = torch.cat([ids, ids]), None
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    tokens, ref_lps = [], []
+    torch.manual_seed(seed)
+    with adapter_rows(model, rows_on):
+        for _ in range(max_new_tokens):
+            out = model(input_ids=step_input, attention_mask=mask2, position_ids=positions, cache=past,
+                        use_cache=True, logits_to_keep=1)
+            past = out.cache
+            logp = torch.log_softmax(out.logits[:, -1].float() / temperature, dim=-1)  # (2B, V)
+            token = torch.multinomial(logp[:B].exp(), 1).squeeze(1)
+            token = torch.where(done, torch.full_like(token, pad), token)  # finished rows only pad
+            tokens.append(token)
+            ref_lps.append(logp[B:].gather(1, token[:, None]).squeeze(1))
+            done |= token == eos
+            if bool(done.all()):
+                break
+            step_input = torch.cat([token, token])[:, None]
+            mask2 = torch.cat([mask2, torch.ones_like(mask2[:, :1])], dim=1)
+            positions = positions[:, -1:] + 1
+    responses = torch.stack(tokens, dim=1)
+    return _rollout(tokenizer, expanded, enc, responses, None, policy_version, group_size, torch.stack(ref_lps, dim=1))

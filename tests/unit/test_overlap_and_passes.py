@@ -83,3 +83,26 @@ def test_on_policy_learner_keeps_no_history(tiny_lm, batch):
     assert learner.history.states == {}
     with pytest.raises(StaleRolloutError, match="lag 1"):
         learner.learn([rollout], [scores], iteration=2)
+
+
+def test_reference_logprobs_from_the_generator_skip_the_learners_reference_pass(tiny_lm, tiny_classifier):
+    """generate.reference_logprobs: the rollout carries the reference log-probs, the learner runs one
+    forward fewer, and the update matches the learner computing them itself (same samples, same seed)."""
+    prompts = ["This movie was", "The plot", "I loved", "Awful"]
+    out = {}
+    for on in (False, True):
+        cfg = load_config("configs/smoke.yaml", WHOLE_BATCH + [f"generate.reference_logprobs={str(on).lower()}",
+                                                               "generate.temperature=0.7"])
+        learner, gen = Learner(cfg, tiny_lm), Generator(cfg, tiny_lm)
+        gen.load_adapter(learner.adapter())
+        rollout, _ = gen.generate(prompts, iteration=1)
+        assert (rollout.ref_logprobs is not None) == on
+        calls = _count_forwards(learner)
+        metrics, _ = learner.learn([rollout], [RewardScorer(cfg, tiny_classifier).score(rollout)], iteration=1)
+        out[on] = (rollout, calls[0], metrics, {k: v for k, v in learner.model.state_dict().items() if "lora_" in k})
+    (r_off, n_off, m_off, w_off), (r_on, n_on, m_on, w_on) = out[False], out[True]
+    assert torch.equal(r_off.response_ids, r_on.response_ids)  # the same samples either way
+    assert n_on == n_off - 1  # one minibatch: the reference pass was one forward
+    for key in ("policy/loss", "kl/mean", "value/loss", "advantages/mean"):
+        assert m_on[key] == pytest.approx(m_off[key], rel=1e-3, abs=1e-5), key
+    assert all(torch.allclose(w_on[k], w_off[k], atol=1e-5) for k in w_off)

@@ -38,6 +38,8 @@ def test_bytes_per_role_match_hand_arithmetic():
     assert learner.value_head == 16 * 65  # Linear(64, 1)
     seq = 8 + 8
     assert gen.kv_cache == 2 * 2 * 4 * seq * 64 * DENSE + 2 * 4 * 512 * 4  # K and V, 2 layers, 4 rows + fp32 logits
+    doubled = make_plan(_cfg("generate.reference_logprobs=true")).layouts["separate"].roles["generator"]
+    assert doubled.kv_cache == 2 * gen.kv_cache  # the adapter-off reference rows decode alongside
     assert learner.lm_head_chunk == HEAD_CHUNK_BUFFERS * 2 * 4 * 512 * 4  # micro 2 rows x chunk 4 x vocab, fp32
     per_layer = 2 * seq * (10 * 64 + 3 * 256 + 4 * seq) * DENSE  # tokens x (10h + 3I + heads x seq)
     assert learner.activations == 2 * per_layer

@@ -95,3 +95,28 @@ def test_every_dropout_is_off_including_functional_attention_dropout(tiny_lm, tm
     assert policy.training  # train-mode numerics (see ppo_numerics), yet deterministic
     a, b = _learner_logprobs(policy, rollout, 1.0), _learner_logprobs(policy, rollout, 1.0)
     assert torch.equal(a, b)
+
+
+def test_reference_rows_give_the_reference_logprobs_and_the_same_samples(policy):
+    """sample_with_reference: the teacher-forced adapter-off rows score each sampled token as the
+    learner's reference pass (adapter disabled, full forward) does, and the adapter-on rows sample
+    what `sample` samples for the same seed."""
+    from rlhf_ray.models.generate import sample_with_reference
+    from rlhf_ray.models.policy import reference_mode
+
+    model, tokenizer = policy
+    kw = dict(max_new_tokens=6, temperature=TEMPERATURE, group_size=2, seed=5)
+    with_ref = sample_with_reference(model, tokenizer, PROMPTS, **kw)
+    plain = sample(model, tokenizer, PROMPTS, **kw)
+    assert torch.equal(with_ref.response_ids, plain.response_ids) and with_ref.responses == plain.responses
+    assert torch.equal(with_ref.response_mask, plain.response_mask)
+    with reference_mode(model):
+        expected = _learner_logprobs(model, with_ref, TEMPERATURE)
+    torch.testing.assert_close(with_ref.ref_logprobs, expected, atol=2e-4, rtol=2e-4)
+    # the adapter matters: the policy's own log-probs of these tokens differ from the reference's
+    assert (expected - _learner_logprobs(model, with_ref, TEMPERATURE)).abs().max() > 1e-2
+    assert bool((with_ref.ref_logprobs[with_ref.response_mask == 0] == 0).all())
+    # the rows survive select / concat (the learner's minibatching and generator shards)
+    both = type(with_ref).concat([with_ref.select(torch.tensor([1, 0])), with_ref.select(torch.tensor([2]))],
+                                 tokenizer.pad_token_id)
+    torch.testing.assert_close(both.ref_logprobs, with_ref.ref_logprobs[[1, 0, 2]])
