@@ -105,6 +105,9 @@ def _fits(need: dict[str, float], have: dict) -> bool:
 UNKNOWN_LIMITS: tuple[list[dict], dict] = ([], {})
 
 
+AUTOSCALER_REPORT_WAIT_S = 30.0
+
+
 def autoscaling_limits() -> tuple[list[dict], dict] | None:
     """(node type shapes, max total resources) when an autoscaler can add nodes; None on a fixed cluster.
 
@@ -127,7 +130,13 @@ def _v1_autoscaler_can_launch() -> bool:
     from ray._private import ray_constants
     from ray.experimental.internal_kv import _internal_kv_get
 
+    # A fresh cluster's autoscaler publishes its first report a few seconds after start: wait for it
+    # rather than take a cluster that can grow for a fixed one.
+    deadline = time.monotonic() + AUTOSCALER_REPORT_WAIT_S
     raw = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+    while raw is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+        raw = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
     report = (json.loads(raw).get("autoscaler_report") or {}) if raw else {}
     types = {*(report.get("active_nodes") or {}), *(report.get("pending_launches") or {})}
     return any(not re.fullmatch(r"node_[0-9a-f]+", t) for t in types)
@@ -140,6 +149,9 @@ def check_fits(specs: list[RoleSpec]) -> bool:
     cluster's total resources. An autoscaling cluster is measured against its configured maximum."""
     nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
     total = {k: float(v) for k, v in ray.cluster_resources().items()}
+    need = {key: sum(bundle(s).get(key, 0.0) for s in specs) for key in ("CPU", "GPU")}
+    if _fits(need, ray.available_resources()) and all(any(_fits(bundle(s), n) for n in nodes) for s in specs):
+        return False  # fits as the cluster is now: no autoscaler to ask, nothing to wait for
     limits = autoscaling_limits()
     if limits is UNKNOWN_LIMITS:
         return True
@@ -154,7 +166,6 @@ def check_fits(specs: list[RoleSpec]) -> bool:
             raise UserError(f"role {spec.name} asks for {bundle(spec)} but no node{' type' if limits else ''} of this Ray "
                             f"cluster has that much (the largest has {largest:g} {unit}s): "
                             "lower cluster.*_gpus (0 = CPU) or cluster.actor_cpus")
-    need = {key: sum(bundle(s).get(key, 0.0) for s in specs) for key in ("CPU", "GPU")}
     scope = "can grow to" if limits else "has"
     for key, hint in (("GPU", "lower cluster.*_gpus (fractions of one GPU share it) or set them to 0 for CPU"),
                       ("CPU", "lower cluster.actor_cpus")):

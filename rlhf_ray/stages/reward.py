@@ -22,6 +22,7 @@ from rlhf_ray.checkpoint import read_dir, write_dir
 from rlhf_ray import seeds
 from rlhf_ray.config import Config
 from rlhf_ray.errors import UserError
+from rlhf_ray.models.policy import role_device
 from rlhf_ray.stages.common import begin, finish, prepare_worker, stream_task
 from rlhf_ray.stages.sft import MAX_GRAD_NORM
 
