@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from rlhf_ray.config import Config
-from rlhf_ray.models.policy import attach_lora, load_causal_lm, quiet_warnings, role_device  # noqa: F401 (re-exported)
+from rlhf_ray.models.policy import attach_lora, load_causal_lm, quiet_warnings
 from rlhf_ray.models.shapes import is_shape_dir
 from rlhf_ray.threads import set_torch_threads
 

@@ -14,14 +14,14 @@ from dataclasses import dataclass
 
 import torch
 
-from rlhf_ray.actors.common import init_process, load_policy, role_device
+from rlhf_ray.actors.common import init_process, load_policy
 from rlhf_ray.actors.generator import Generator
 from rlhf_ray.actors.learner import Learner
 from rlhf_ray.artifacts import ModelRef, materialize
 from rlhf_ray.batch import AdapterPayload, GenerationInfo, Rollout
 from rlhf_ray.config import Config
 from rlhf_ray.models.adapter import AdapterIntegrityError
-from rlhf_ray.models.policy import load_tokenizer, ppo_numerics
+from rlhf_ray.models.policy import load_tokenizer, ppo_numerics, role_device
 
 
 @dataclass

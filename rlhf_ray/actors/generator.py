@@ -5,11 +5,11 @@ from __future__ import annotations
 from rlhf_ray import seeds
 from rlhf_ray.artifacts import ModelRef, materialize
 from rlhf_ray.batch import AdapterPayload, GenerationInfo, Rollout
-from rlhf_ray.actors.common import init_process, load_policy, role_device
+from rlhf_ray.actors.common import init_process, load_policy
 from rlhf_ray.config import Config
 from rlhf_ray.models.adapter import import_adapter
 from rlhf_ray.models.generate import sample, sample_with_reference
-from rlhf_ray.models.policy import load_tokenizer, ppo_numerics
+from rlhf_ray.models.policy import load_tokenizer, ppo_numerics, role_device
 
 
 class StaleAdapterError(RuntimeError):

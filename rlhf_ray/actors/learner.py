@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from rlhf_ray import algo, seeds
-from rlhf_ray.actors.common import init_process, load_policy, role_device
+from rlhf_ray.actors.common import init_process, load_policy
 from rlhf_ray.artifacts import ModelRef, materialize
 from rlhf_ray.batch import AdapterPayload, Rollout
 from rlhf_ray.config import Config
@@ -22,7 +22,7 @@ from rlhf_ray.errors import NonFiniteError
 from rlhf_ray.dp import DataParallel, join, token_share
 from rlhf_ray.models.adapter import export_adapter, import_adapter, save_adapter
 from rlhf_ray.models.forward import ResponseStats, response_stats
-from rlhf_ray.models.policy import ValueHead, load_tokenizer, ppo_numerics, reference_mode
+from rlhf_ray.models.policy import ValueHead, load_tokenizer, ppo_numerics, reference_mode, role_device
 from rlhf_ray.overlap import AdapterHistory, StaleRolloutError  # noqa: F401 (re-exported for callers)
 from rlhf_ray.provenance import model_card
 from rlhf_ray.refs import portable_ref
@@ -179,11 +179,12 @@ class Learner:
                 old[rows] = stats.logprobs
                 if self.critic:
                     values[rows] = stats.values
-            for rows in self.dp.shard(torch.arange(len(batch))).split(mbs) if batch.ref_logprobs is None else ():
-                if not len(rows):
-                    continue
-                with reference_mode(self.model):  # the reference policy: same weights, adapter off
-                    ref[rows] = self._forward(batch.select(rows), with_values=False).logprobs
+            if batch.ref_logprobs is None:  # else the generator computed them while sampling
+                for rows in self.dp.shard(torch.arange(len(batch))).split(mbs):
+                    if not len(rows):
+                        continue
+                    with reference_mode(self.model):  # the reference policy: same weights, adapter off
+                        ref[rows] = self._forward(batch.select(rows), with_values=False).logprobs
         old = self.dp.combine(old)
         # computed by the generator while sampling (the whole batch, on every rank), or here by shards
         ref = batch.ref_logprobs.to(self.device) if batch.ref_logprobs is not None else self.dp.combine(ref)

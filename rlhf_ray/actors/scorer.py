@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from rlhf_ray.actors.common import init_process, role_device
+from rlhf_ray.actors.common import init_process
 from rlhf_ray.artifacts import ModelRef, materialize
 from rlhf_ray.batch import Rollout
 from rlhf_ray.config import Config
+from rlhf_ray.models.policy import role_device
 from rlhf_ray.models.reward import RewardModel
 
 

@@ -57,9 +57,9 @@ def _encode(tokenizer, prompts: list[str], group_size: int, device: str):
     return expanded, tokenizer(expanded, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
 
 
-def _rollout(tokenizer, expanded, enc, sequences_or_responses: torch.Tensor, prompt_len: int | None,
-             policy_version: int, group_size: int, ref_logprobs: torch.Tensor | None = None) -> Rollout:
-    response_ids = (sequences_or_responses[:, prompt_len:] if prompt_len is not None else sequences_or_responses).cpu()
+def _rollout(tokenizer, expanded, enc, response_ids: torch.Tensor, policy_version: int, group_size: int,
+             ref_logprobs: torch.Tensor | None = None) -> Rollout:
+    response_ids = response_ids.cpu()
     response_mask = response_mask_from(response_ids, tokenizer.eos_token_id)
     response_ids = torch.where(response_mask.bool(), response_ids, tokenizer.pad_token_id)
     return Rollout(
@@ -90,7 +90,7 @@ def sample(model, tokenizer, prompts: list[str], *, max_new_tokens: int, tempera
     with model_defaults_ignored(model):
         out = model.generate(**enc, generation_config=config)
     sequences = out.sequences if return_logits else out
-    rollout = _rollout(tokenizer, expanded, enc, sequences, enc["input_ids"].shape[1], policy_version, group_size)
+    rollout = _rollout(tokenizer, expanded, enc, sequences[:, enc["input_ids"].shape[1]:], policy_version, group_size)
     if return_logits:
         return rollout, torch.stack(out.scores, dim=1).float().cpu()
     return rollout
@@ -157,4 +157,4 @@ def sample_with_reference(model, tokenizer, prompts: list[str], *, max_new_token
             mask2 = torch.cat([mask2, torch.ones_like(mask2[:, :1])], dim=1)
             positions = positions[:, -1:] + 1
     responses = torch.stack(tokens, dim=1)
-    return _rollout(tokenizer, expanded, enc, responses, None, policy_version, group_size, torch.stack(ref_lps, dim=1))
+    return _rollout(tokenizer, expanded, enc, responses, policy_version, group_size, torch.stack(ref_lps, dim=1))
