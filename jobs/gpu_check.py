@@ -72,23 +72,33 @@ class PhaseProbe:
 
 
 def build_config(args):
-    from rlhf_ray.config import load_config
+    from rlhf_ray.config.schema import load_config
 
     gpus = 1 if args.device == "cuda" else 0
-    return load_config(None, [
-        f"model.policy={args.model}", f"model.quant={args.quant}", "algo.advantage=gae", "cluster.layout=fused",
-        f"generate.max_new_tokens={args.new_tokens}", f"ppo.batch_size={args.prompts}",
-        f"ppo.mini_batch_size={args.prompts}", "ppo.epochs=1", f"cluster.learner_gpus={gpus}",
-        f"model.gradient_checkpointing={str(args.gradient_checkpointing).lower()}", *args.overrides,
-    ])
+    return load_config(
+        None,
+        [
+            f"model.policy={args.model}",
+            f"model.quant={args.quant}",
+            "algo.advantage=gae",
+            "cluster.layout=fused",
+            f"generate.max_new_tokens={args.new_tokens}",
+            f"ppo.batch_size={args.prompts}",
+            f"ppo.mini_batch_size={args.prompts}",
+            "ppo.epochs=1",
+            f"cluster.learner_gpus={gpus}",
+            f"model.gradient_checkpointing={str(args.gradient_checkpointing).lower()}",
+            *args.overrides,
+        ],
+    )
 
 
 def iteration(args) -> dict:
     import torch
 
     from rlhf_ray.actors.fused import FusedPolicyHost
-    from rlhf_ray.assets import resolve_model
-    from rlhf_ray.plan import policy_plan
+    from rlhf_ray.models.assets import resolve_model
+    from rlhf_ray.runtime.plan import policy_plan
 
     cfg = build_config(args)
     if args.device == "cuda":
@@ -112,14 +122,19 @@ def iteration(args) -> dict:
     gen_s = probe.phases["generate"]["seconds"]
     learn_tokens = int(rollout.response_mask.numel())
     return {
-        "model": args.model, "quant": args.quant, "device": args.device, "cap_gb": args.cap_gb,
+        "model": args.model,
+        "quant": args.quant,
+        "device": args.device,
+        "cap_gb": args.cap_gb,
         "layers": host.learner.model.config.num_hidden_layers,
-        "phases": probe.phases, "peak_bytes": max(p["peak_bytes"] for p in probe.phases.values()),
+        "phases": probe.phases,
+        "peak_bytes": max(p["peak_bytes"] for p in probe.phases.values()),
         "plan_policy_bytes": estimate.total,  # the planner's estimate for this process
         "plan_overhead_bytes": estimate.overhead,  # CUDA context (not in torch's allocated bytes) or runtime RSS
         "generate_tokens_per_s": round(new_tokens / max(gen_s, 1e-9), 2),
         "update_tokens_per_s": round(learn_tokens / max(probe.phases["update"]["seconds"], 1e-9), 2),
-        "policy_version": metrics["policy/version"], "value_loss": metrics["value/loss"],
+        "policy_version": metrics["policy/version"],
+        "value_loss": metrics["value/loss"],
     }
 
 
@@ -141,8 +156,11 @@ def main(argv=None) -> int:
     args = parse(argv)
     missing = missing_packages()
     if missing:
-        print(f"gpu_check: missing Python packages: {', '.join(missing)} (install them, e.g. from wheels "
-              "carried with the repo: pip install --no-deps <wheel>; Ray is NOT needed)", file=sys.stderr)
+        print(
+            f"gpu_check: missing Python packages: {', '.join(missing)} (install them, e.g. from wheels "
+            "carried with the repo: pip install --no-deps <wheel>; Ray is NOT needed)",
+            file=sys.stderr,
+        )
         return 2
     import torch
 

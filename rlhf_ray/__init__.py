@@ -1,5 +1,4 @@
-"""RLHF (PPO) with quantized LoRA models on Ray."""
+"""RLHF (PPO) with quantized LoRA models on Ray. See docs/architecture.md for the layers.
 
-from rlhf_ray import noise as _noise
-
-_noise.install()  # before ray or bitsandbytes can log (see rlhf_ray.noise)
+Importing the package has no side effects; `rlhf_ray.process.install_log_filters()` is called by
+the CLI and by every role and stage process."""

@@ -39,10 +39,17 @@ class Rollout:
 
     def select(self, idx: torch.Tensor) -> "Rollout":
         rows = idx.tolist()
-        return Rollout(self.prompt_ids[idx], self.prompt_mask[idx], self.response_ids[idx],
-                       self.response_mask[idx], [self.prompts[i] for i in rows],
-                       [self.responses[i] for i in rows], self.policy_version, self.group_size,
-                       None if self.ref_logprobs is None else self.ref_logprobs[idx])
+        return Rollout(
+            self.prompt_ids[idx],
+            self.prompt_mask[idx],
+            self.response_ids[idx],
+            self.response_mask[idx],
+            [self.prompts[i] for i in rows],
+            [self.responses[i] for i in rows],
+            self.policy_version,
+            self.group_size,
+            None if self.ref_logprobs is None else self.ref_logprobs[idx],
+        )
 
     @staticmethod
     def concat(parts: list["Rollout"], pad_id: int) -> "Rollout":

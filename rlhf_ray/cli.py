@@ -12,11 +12,12 @@ import sys
 import time
 from pathlib import Path
 
-from rlhf_ray import rundir
-from rlhf_ray.config import Config, load_config, save_config
-from rlhf_ray.config_help import all_keys, explain, one_of, sections, suggest
+from rlhf_ray.config.help import all_keys, explain, one_of, sections, suggest
+from rlhf_ray.config.schema import Config, load_config, save_config
 from rlhf_ray.errors import UserError, user_message
-from rlhf_ray.provenance import CONSOLE_LOG, ConsoleLog, collect, write_run_info
+from rlhf_ray.process import install_log_filters
+from rlhf_ray.runtime import rundir
+from rlhf_ray.store.provenance import CONSOLE_LOG, ConsoleLog, collect, write_run_info
 
 STAGES = {
     "ppo": "PPO: Ray actors generate, score and learn (the main job)",
@@ -26,6 +27,8 @@ STAGES = {
     "pipeline": "sft -> merge -> reward -> ppo, skipping stages whose output exists",
     "bench": "time PPO through Ray vs in-process, generation, sync, phases, quantization modes",
 }
+# Commands that run from a module other than rlhf_ray.stages.<command>.
+STAGE_MODULES = {"bench": "rlhf_ray.bench.harness"}
 # Config sections each command reads (its --help lists their keys).
 STAGE_SECTIONS = {
     "ppo": ["run", "model", "data", "generate", "reward", "algo", "ppo", "cluster"],
@@ -40,9 +43,13 @@ log = logging.getLogger("rlhf_ray.cli")  # not "__main__" under python -m
 
 
 def _keys_epilog(command: str) -> str:
-    return ("config keys (set in the --config YAML file or override as KEY=VALUE; "
-            "`rlhf-ray config --explain SECTION` shows one section):\n\n" + explain(Config, STAGE_SECTIONS[command]))
-# Commands that read a finished run (rlhf_ray.stages.<module>: HELP, add_arguments(parser), main(args)).
+    return (
+        "config keys (set in the --config YAML file or override as KEY=VALUE; "
+        "`rlhf-ray config --explain SECTION` shows one section):\n\n" + explain(Config, STAGE_SECTIONS[command])
+    )
+
+
+# Commands that read a finished run (rlhf_ray.tools.<module>: HELP, add_arguments(parser), main(args)).
 TOOLS = {"eval": "evaluate", "generate": "sample", "report": "report"}
 
 
@@ -57,10 +64,18 @@ def build_parser() -> argparse.ArgumentParser:
         "(the whole loop on tiny models in about a minute).",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, help_text in {**STAGES, "config": "print the resolved config (after overrides), or explain its keys"}.items():
+    for name, help_text in {
+        **STAGES,
+        "config": "print the resolved config (after overrides), or explain its keys",
+    }.items():
         epilog = _keys_epilog(name) if name in STAGE_SECTIONS else None
-        p = sub.add_parser(name, help=help_text, description=help_text, epilog=epilog,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         p.add_argument("--config", help="YAML config file (defaults are built in)")
         p.add_argument("--run-dir", help="output directory (default: runs/<command>-<time>)")
         if name in ("ppo", "pipeline"):
@@ -68,11 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
         if name != "config":
             p.add_argument("--overwrite", action="store_true", help="replace a run already in --run-dir")
         if name == "config":
-            p.add_argument("--explain", nargs="*", metavar="SECTION",
-                           help="list every key (type, default, meaning) of these sections or section.keys (all if none)")
+            p.add_argument(
+                "--explain",
+                nargs="*",
+                metavar="SECTION",
+                help="list every key (type, default, meaning) of these sections or section.keys (all if none)",
+            )
         p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
     for name, module in TOOLS.items():
-        tool = importlib.import_module(f"rlhf_ray.stages.{module}")
+        tool = importlib.import_module(f"rlhf_ray.tools.{module}")
         tool.add_arguments(sub.add_parser(name, help=tool.HELP, description=tool.HELP))
     p = sub.add_parser("plan", help=PLAN_HELP, description=PLAN_HELP)
     p.add_argument("--config", help="YAML config file (defaults are built in)")
@@ -83,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _plan(cfg: Config, args: argparse.Namespace) -> int:
-    from rlhf_ray.plan import choose_layout, format_plan, make_plan
+    from rlhf_ray.runtime.plan import choose_layout, format_plan, make_plan
 
     plan = make_plan(cfg, args.gpu_memory_gb, choose=False)
     try:
@@ -112,8 +131,10 @@ def reject_dashed_keys(argv: list[str]) -> None:
         if not eq and i + 1 < len(argv) and not argv[i + 1].startswith("-") and "=" not in argv[i + 1]:
             value = argv[i + 1]
         others = f" (or {one_of(keys[1:])})" if len(keys) > 1 else ""
-        raise UserError(f"unrecognized option {token}: config keys are set without dashes: "
-                        f"write {keys[0]}={value or 'VALUE'}{others}")
+        raise UserError(
+            f"unrecognized option {token}: config keys are set without dashes: "
+            f"write {keys[0]}={value or 'VALUE'}{others}"
+        )
 
 
 def _run_dir(args: argparse.Namespace) -> Path:
@@ -146,8 +167,8 @@ def _config_text(args: argparse.Namespace, cfg: Config) -> str:
 
 def finished_run(run_dir: Path, cfg: Config) -> dict | None:
     """The stored summary of a PPO run whose checkpoints already reach ppo.iterations, else None."""
-    from rlhf_ray.checkpoint import latest_checkpoint, read_json
     from rlhf_ray.stages.common import DONE
+    from rlhf_ray.store.checkpoint import latest_checkpoint, read_json
 
     checkpoint = latest_checkpoint(run_dir)
     reached = read_json(checkpoint / "driver_state.json")["iteration"] if checkpoint else 0
@@ -159,6 +180,7 @@ def finished_run(run_dir: Path, cfg: Config) -> dict | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    install_log_filters()  # before ray or bitsandbytes can log
     try:
         reject_dashed_keys(argv)
     except UserError as exc:
@@ -170,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in TOOLS:  # they read a run directory: no new run dir, its config.yaml is kept
         logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         try:
-            result = importlib.import_module(f"rlhf_ray.stages.{TOOLS[args.command]}").main(args)
+            result = importlib.import_module(f"rlhf_ray.tools.{TOOLS[args.command]}").main(args)
         except UserError as exc:
             return _fail(exc)
         print(json.dumps(result, default=str))
@@ -189,14 +211,16 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = _run_dir(args)
             resume = bool(getattr(args, "resume", None))
             if args.command == "ppo" and resume and (done := finished_run(run_dir, cfg)) is not None:
-                print(f"rlhf-ray: {run_dir} is complete ({done['iterations']} of {cfg.ppo.iterations} iterations); "
-                      f"to extend it: rlhf-ray ppo --resume {run_dir} ppo.iterations=N (N > {done['iterations']})",
-                      file=sys.stderr)
+                print(
+                    f"rlhf-ray: {run_dir} is complete ({done['iterations']} of {cfg.ppo.iterations} iterations); "
+                    f"to extend it: rlhf-ray ppo --resume {run_dir} ppo.iterations=N (N > {done['iterations']})",
+                    file=sys.stderr,
+                )
                 print(json.dumps({"run_dir": str(run_dir), **done}, default=str))
                 return 0
             # The pipeline's run dir is re-run to continue, so only its file/dir rule applies.
             rundir.prepare(run_dir, cfg, resume=resume, overwrite=args.overwrite, strict=args.command != "pipeline")
-            stage = importlib.import_module(f"rlhf_ray.stages.{args.command}")
+            stage = importlib.import_module(STAGE_MODULES.get(args.command, f"rlhf_ray.stages.{args.command}"))
             if hasattr(stage, "check"):
                 stage.check(cfg)  # cheap up-front checks (models, data), before the run dir or Ray exist
             run_dir.mkdir(parents=True, exist_ok=True)

@@ -24,3 +24,11 @@ def user_message(exc: UserError) -> str:
 
 class NonFiniteError(UserError):
     """A NaN or inf reward, loss or gradient: the batch is skipped or the run stopped (ppo.on_nonfinite)."""
+
+
+class StaleRolloutError(RuntimeError):
+    """Rollouts sampled with an adapter further behind the learner than ppo.max_policy_lag allows."""
+
+
+class StaleGeneratorError(RuntimeError):
+    """A generator sampled with (or confirmed) an adapter other than the expected one."""

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def cache_dir() -> Path:
     """The project's model cache (converted SmolLM2, tiny models): shared with `make run`."""
-    from rlhf_ray.config import Config
+    from rlhf_ray.config.schema import Config
 
     path = Config().cache_dir()
     path.mkdir(parents=True, exist_ok=True)
@@ -28,21 +28,21 @@ def cache_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_lm(cache_dir) -> str:
-    from rlhf_ray.assets import resolve_model
+    from rlhf_ray.models.assets import resolve_model
 
     return resolve_model("tiny-random-llama", cache_dir)
 
 
 @pytest.fixture(scope="session")
 def tiny_classifier(cache_dir) -> str:
-    from rlhf_ray.assets import resolve_model
+    from rlhf_ray.models.assets import resolve_model
 
     return resolve_model("tiny-random-bert", cache_dir)
 
 
 @pytest.fixture(scope="session")
 def smollm2(cache_dir) -> str:
-    from rlhf_ray.assets import resolve_model
+    from rlhf_ray.models.assets import resolve_model
 
     return resolve_model("smollm2-135m-instruct", cache_dir)
 
@@ -52,8 +52,8 @@ def ray_session():
     """One real local Ray cluster for the whole test session; CLI runs in-process attach to it."""
     import ray
 
-    from rlhf_ray.config import ClusterConfig
-    from rlhf_ray.placement import connect
+    from rlhf_ray.config.schema import ClusterConfig
+    from rlhf_ray.runtime.placement import connect
 
     started = connect(ClusterConfig())
     yield ray

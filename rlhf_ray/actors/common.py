@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from rlhf_ray.config import Config
+from rlhf_ray.config.schema import Config
 from rlhf_ray.models.policy import attach_lora, load_causal_lm, quiet_warnings
 from rlhf_ray.models.shapes import is_shape_dir
-from rlhf_ray.threads import set_torch_threads
+from rlhf_ray.process import install_log_filters, set_torch_threads
 
 
 def init_process(cfg: Config) -> None:
+    install_log_filters()
     quiet_warnings()
     set_torch_threads(cfg.cluster.torch_threads)
 
@@ -18,5 +19,12 @@ def load_policy(cfg: Config, policy_path: str, device: str, gradient_checkpointi
     base = load_causal_lm(policy_path, cfg.model.quant, device)
     m = cfg.model
     gc = m.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing
-    return attach_lora(base, m.lora_r, m.lora_alpha, m.lora_dropout, m.target_modules, gradient_checkpointing=gc,
-                       upcast_16bit=not is_shape_dir(policy_path))
+    return attach_lora(
+        base,
+        m.lora_r,
+        m.lora_alpha,
+        m.lora_dropout,
+        m.target_modules,
+        gradient_checkpointing=gc,
+        upcast_16bit=not is_shape_dir(policy_path),
+    )

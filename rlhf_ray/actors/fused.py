@@ -17,11 +17,12 @@ import torch
 from rlhf_ray.actors.common import init_process, load_policy
 from rlhf_ray.actors.generator import Generator
 from rlhf_ray.actors.learner import Learner
-from rlhf_ray.artifacts import ModelRef, materialize
 from rlhf_ray.batch import AdapterPayload, GenerationInfo, Rollout
-from rlhf_ray.config import Config
+from rlhf_ray.config.schema import Config
 from rlhf_ray.models.adapter import AdapterIntegrityError
+from rlhf_ray.models.assets import materialize
 from rlhf_ray.models.policy import load_tokenizer, ppo_numerics, role_device
+from rlhf_ray.store.artifacts import ModelRef
 
 
 @dataclass
@@ -63,8 +64,10 @@ class FusedPolicyHost:
         digest = hashlib.sha256(payload.data).hexdigest()
         live = self.learner.adapter()
         if (payload.version, digest) != (live.version, live.sha256):
-            raise AdapterIntegrityError(f"adapter v{payload.version} {digest[:12]} is not the fused policy's current "
-                                        f"v{live.version} {live.sha256[:12]}")
+            raise AdapterIntegrityError(
+                f"adapter v{payload.version} {digest[:12]} is not the fused policy's current "
+                f"v{live.version} {live.sha256[:12]}"
+            )
         self.generator.version, self.generator.adapter_hash = payload.version, digest
         return payload.version, digest
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from rlhf_ray import seeds
-from rlhf_ray.artifacts import ModelRef, materialize
-from rlhf_ray.batch import AdapterPayload, GenerationInfo, Rollout
 from rlhf_ray.actors.common import init_process, load_policy
-from rlhf_ray.config import Config
+from rlhf_ray.batch import AdapterPayload, GenerationInfo, Rollout
+from rlhf_ray.config.schema import Config
 from rlhf_ray.models.adapter import import_adapter
+from rlhf_ray.models.assets import materialize
 from rlhf_ray.models.generate import sample, sample_with_reference
 from rlhf_ray.models.policy import load_tokenizer, ppo_numerics, role_device
+from rlhf_ray.store import seeds
+from rlhf_ray.store.artifacts import ModelRef
 
 
 class StaleAdapterError(RuntimeError):
@@ -41,13 +42,24 @@ class Generator:
             raise StaleAdapterError(f"generator-{self.rank} has no adapter yet: sync one before generating")
         g, seed = self.cfg.generate, self.cfg.run.seed
         group = self.cfg.samples_per_prompt()
-        common = dict(max_new_tokens=g.max_new_tokens, temperature=g.temperature, group_size=group,
-                      policy_version=self.version, device=self.device, seed=seeds.sampling(seed, iteration, self.rank))
+        common = dict(
+            max_new_tokens=g.max_new_tokens,
+            temperature=g.temperature,
+            group_size=group,
+            policy_version=self.version,
+            device=self.device,
+            seed=seeds.sampling(seed, iteration, self.rank),
+        )
         if g.reference_logprobs:  # the reference pass rides along in the decode steps; the learner skips it
             rollout = sample_with_reference(self.model, self.tokenizer, prompts, **common)
         else:
             rollout = sample(self.model, self.tokenizer, prompts, top_k=g.top_k, top_p=g.top_p, **common)
-        info = GenerationInfo(self.version, self.adapter_hash, len(rollout),
-                              float(rollout.response_mask.sum(1).float().mean()),
-                              rollout.prompts if with_texts else None, rollout.responses if with_texts else None)
+        info = GenerationInfo(
+            self.version,
+            self.adapter_hash,
+            len(rollout),
+            float(rollout.response_mask.sum(1).float().mean()),
+            rollout.prompts if with_texts else None,
+            rollout.responses if with_texts else None,
+        )
         return rollout, info

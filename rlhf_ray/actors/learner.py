@@ -13,19 +13,21 @@ from pathlib import Path
 
 import torch
 
-from rlhf_ray import algo, seeds
+from rlhf_ray import algo
 from rlhf_ray.actors.common import init_process, load_policy
-from rlhf_ray.artifacts import ModelRef, materialize
+from rlhf_ray.actors.dp import DataParallel, join, token_share
+from rlhf_ray.actors.history import AdapterHistory
 from rlhf_ray.batch import AdapterPayload, Rollout
-from rlhf_ray.config import Config
+from rlhf_ray.config.schema import Config
 from rlhf_ray.errors import NonFiniteError
-from rlhf_ray.dp import DataParallel, join, token_share
 from rlhf_ray.models.adapter import export_adapter, import_adapter, save_adapter
+from rlhf_ray.models.assets import materialize
 from rlhf_ray.models.forward import ResponseStats, response_stats
 from rlhf_ray.models.policy import ValueHead, load_tokenizer, ppo_numerics, reference_mode, role_device
-from rlhf_ray.overlap import AdapterHistory, StaleRolloutError  # noqa: F401 (re-exported for callers)
-from rlhf_ray.provenance import model_card
-from rlhf_ray.refs import portable_ref
+from rlhf_ray.store import seeds
+from rlhf_ray.store.artifacts import ModelRef
+from rlhf_ray.store.provenance import model_card
+from rlhf_ray.store.refs import portable_ref
 
 
 @dataclass
@@ -96,18 +98,31 @@ class Learner:
         torch.save(self.optimizer.state_dict(), buf)
         payload = self.adapter()
         state = {"version": self.version, "kl_controller": self.kl_ctl.state_dict(), "adapter_sha256": payload.sha256}
-        files = {"policy.safetensors": payload.data, "optimizer.pt": buf.getvalue(),
-                 "learner_state.json": json.dumps(state).encode()}
-        with tempfile.TemporaryDirectory() as tmp:  # peft layout too, for users: PeftModel.from_pretrained(ckpt/adapter)
-            save_adapter(self.model, tmp, base=portable_ref(self.cfg.model.policy), tokenizer=self.tokenizer,
-                         card=model_card(self.cfg, "ppo", self.last_metrics))
+        files = {
+            "policy.safetensors": payload.data,
+            "optimizer.pt": buf.getvalue(),
+            "learner_state.json": json.dumps(state).encode(),
+        }
+        with (
+            tempfile.TemporaryDirectory() as tmp
+        ):  # peft layout too, for users: PeftModel.from_pretrained(ckpt/adapter)
+            save_adapter(
+                self.model,
+                tmp,
+                base=portable_ref(self.cfg.model.policy),
+                tokenizer=self.tokenizer,
+                card=model_card(self.cfg, "ppo", self.last_metrics),
+            )
             files.update({f"adapter/{p.name}": p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()})
         return files
 
     def restore(self, files: dict[str, bytes]) -> int:
         state = json.loads(files["learner_state.json"])
-        import_adapter(self.model, AdapterPayload(state["version"], state["adapter_sha256"], files["policy.safetensors"]),
-                       self.value_head)
+        import_adapter(
+            self.model,
+            AdapterPayload(state["version"], state["adapter_sha256"], files["policy.safetensors"]),
+            self.value_head,
+        )
         self.optimizer.load_state_dict(torch.load(io.BytesIO(files["optimizer.pt"]), weights_only=True))
         self.kl_ctl.load_state_dict(state["kl_controller"])
         self.version = state["version"]
@@ -121,7 +136,9 @@ class Learner:
         kl_coef = self.kl_ctl.value
         scores_t = torch.cat(scores).float()  # (B,)
         _require_finite("reward", scores_t, iteration)
-        orders = [torch.randperm(len(batch)) for _ in range(self.cfg.ppo.epochs)]  # the first one shapes make_experience
+        orders = [
+            torch.randperm(len(batch)) for _ in range(self.cfg.ppo.epochs)
+        ]  # the first one shapes make_experience
         first_rows = self._first_rows(orders, lag)
         t0 = time.perf_counter()
         # old log-probs (and values) from the adapter that sampled the batch: the PPO ratio's denominator
@@ -150,11 +167,15 @@ class Learner:
             "time/update_s": time.perf_counter() - t1,
             **stats,
         }
-        self.last_metrics = {"iteration": iteration, **{k: v for k, v in metrics.items() if k != "policy/adapter_sha256"}}
+        self.last_metrics = {
+            "iteration": iteration,
+            **{k: v for k, v in metrics.items() if k != "policy/adapter_sha256"},
+        }
         return metrics, payload
 
-    def make_experience(self, batch: Rollout, scores: torch.Tensor, kl_coef: float,
-                        first_rows: torch.Tensor | None = None) -> Experience:
+    def make_experience(
+        self, batch: Rollout, scores: torch.Tensor, kl_coef: float, first_rows: torch.Tensor | None = None
+    ) -> Experience:
         """Old log-probs + values (adapter as set), reference log-probs (adapter off), advantages.
         `first_rows` are forwarded with grad and kept in exp.first_pass for update()'s first micro-step.
         Data-parallel: each rank forwards its share of the rows (zeros elsewhere) and one all-reduce
@@ -200,8 +221,15 @@ class Learner:
         return orders[0][: p.mini_batch_size // p.grad_accum] if lag == 0 else None
 
     @torch.no_grad()
-    def _advantages(self, batch: Rollout, scores: torch.Tensor, old_lp: torch.Tensor, ref_lp: torch.Tensor,
-                    old_values: torch.Tensor | None, kl_coef: float) -> Experience:
+    def _advantages(
+        self,
+        batch: Rollout,
+        scores: torch.Tensor,
+        old_lp: torch.Tensor,
+        ref_lp: torch.Tensor,
+        old_values: torch.Tensor | None,
+        kl_coef: float,
+    ) -> Experience:
         mask = batch.response_mask.to(self.device)
         a = self.cfg.algo
         if self.critic:
@@ -217,9 +245,13 @@ class Learner:
 
     def _forward(self, part: Rollout, with_values: bool, with_entropy: bool = False):
         return response_stats(
-            self.model, part.input_ids.to(self.device), part.attention_mask.to(self.device),
-            part.prompt_ids.shape[1], chunk=self.cfg.model.logprob_chunk,
-            value_head=self.value_head if with_values else None, with_entropy=with_entropy,
+            self.model,
+            part.input_ids.to(self.device),
+            part.attention_mask.to(self.device),
+            part.prompt_ids.shape[1],
+            chunk=self.cfg.model.logprob_chunk,
+            value_head=self.value_head if with_values else None,
+            with_entropy=with_entropy,
             temperature=self.cfg.generate.temperature,  # the generator's sampling distribution
             entropy_grad=self.cfg.ppo.ent_coef > 0,  # a metric only at coefficient 0: no (B, C, V) graph
         )
@@ -250,8 +282,9 @@ class Learner:
         totals = self.dp.sum_stats(totals, self.device)  # shard stats are token-weighted: sums are whole-batch values
         return {**{k: v / steps for k, v in totals.items()}, "policy/grad_norm": grad_norms / steps}
 
-    def _micro_step(self, exp: Experience, rows: torch.Tensor, grad_accum: int,
-                    whole: ResponseStats | None = None) -> dict[str, float]:
+    def _micro_step(
+        self, exp: Experience, rows: torch.Tensor, grad_accum: int, whole: ResponseStats | None = None
+    ) -> dict[str, float]:
         p = self.cfg.ppo
         shard = self.dp.shard(rows)
         weight = token_share(exp.rollout.response_mask, rows, shard)  # 1.0 for a single learner
@@ -261,14 +294,22 @@ class Learner:
             out = self._forward(part, with_values=self.critic, with_entropy=True)
         else:  # make_experience's forward over exactly these rows
             out = whole
-        pg_loss, pg_stats = algo.policy_loss(out.logprobs, exp.old_logprobs[rows], exp.advantages[rows], mask, p.clip_range)
+        pg_loss, pg_stats = algo.policy_loss(
+            out.logprobs, exp.old_logprobs[rows], exp.advantages[rows], mask, p.clip_range
+        )
         entropy = algo.masked_mean(out.entropy, mask)
         # ent_coef 0: entropy is only a metric; keeping it out of the loss spares its (B, R, vocab) backward
         loss = pg_loss - p.ent_coef * entropy if p.ent_coef else pg_loss
-        stats = {"policy/loss": float(pg_loss.detach()), "policy/clipfrac": float(pg_stats["clipfrac"]),
-                 "policy/approx_kl": float(pg_stats["approx_kl"]), "entropy/mean": float(entropy.detach())}
+        stats = {
+            "policy/loss": float(pg_loss.detach()),
+            "policy/clipfrac": float(pg_stats["clipfrac"]),
+            "policy/approx_kl": float(pg_stats["approx_kl"]),
+            "entropy/mean": float(entropy.detach()),
+        }
         if self.critic:
-            v_loss, v_stats = algo.value_loss(out.values, exp.old_values[rows], exp.returns[rows], mask, p.clip_range_value)
+            v_loss, v_stats = algo.value_loss(
+                out.values, exp.old_values[rows], exp.returns[rows], mask, p.clip_range_value
+            )
             loss = loss + p.vf_coef * v_loss
             stats.update({"value/loss": float(v_loss.detach()), "value/clipfrac": float(v_stats["clipfrac"])})
         (loss * weight / grad_accum).backward()

@@ -4,13 +4,26 @@ Nothing else lives here; the roles are plain classes tested without Ray."""
 
 from __future__ import annotations
 
+import os
+
 import ray
 
+from rlhf_ray.actors.dp import free_port
 from rlhf_ray.actors.fused import FusedPolicyHost
 from rlhf_ray.actors.generator import Generator
 from rlhf_ray.actors.learner import Learner
 from rlhf_ray.actors.scorer import RewardScorer
-from rlhf_ray.placement import where
+
+
+def where() -> dict:
+    """Where the calling actor runs (for placement.json)."""
+    ctx = ray.get_runtime_context()
+    return {
+        "node_id": ctx.get_node_id(),
+        "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+        "pid": os.getpid(),
+        "hostname": os.uname().nodename,
+    }
 
 
 @ray.remote
@@ -32,8 +45,6 @@ class LearnerActor(Learner):
 
     def dp_address(self) -> tuple[str, int]:
         """Where rank 0 of the data-parallel learners listens: this node's IP and a free port."""
-        from rlhf_ray.dp import free_port
-
         return ray.util.get_node_ip_address(), free_port()
 
     def learn(self, rollouts, scores, iteration):

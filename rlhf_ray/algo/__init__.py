@@ -1,7 +1,7 @@
-"""Pure-torch RLHF algorithm pieces: masked stats, advantages, KL, PPO losses.
+"""PURE torch: advantages, losses, KL penalties and controllers, masked statistics.
 
-Depends only on torch so it can be unit-tested and reused by any worker.
-"""
+Imports torch only (no config, no models, no Ray): every function takes tensors and numbers and
+has a `Shapes:` docstring. Tested against hand-computed values in tests/unit/test_algo.py."""
 
 from .advantages import compute_gae, group_advantages
 from .kl import AdaptiveKLController, FixedKLController, kl_penalty, shape_rewards

@@ -57,9 +57,7 @@ def compute_gae(
     return advantages, returns
 
 
-def group_advantages(
-    scores: torch.Tensor, group_size: int, kind: str, eps: float = 1e-6
-) -> torch.Tensor:
+def group_advantages(scores: torch.Tensor, group_size: int, kind: str, eps: float = 1e-6) -> torch.Tensor:
     """Critic-free sequence advantages from a group of samples per prompt.
 
     ``scores`` holds ``n_prompts * group_size`` entries with each prompt's
@@ -83,9 +81,7 @@ def group_advantages(
     if scores.dim() != 1:
         raise ValueError(f"scores must be 1-D (B,), got shape {tuple(scores.shape)}")
     if group_size < 1 or scores.shape[0] % group_size != 0:
-        raise ValueError(
-            f"group_size={group_size} must be >= 1 and divide batch size {scores.shape[0]}"
-        )
+        raise ValueError(f"group_size={group_size} must be >= 1 and divide batch size {scores.shape[0]}")
     if group_size < 2:
         raise ValueError(f"{kind} needs group_size >= 2, got {group_size}")
 

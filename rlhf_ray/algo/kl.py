@@ -19,9 +19,7 @@ __all__ = [
 KL_KINDS = ("k1", "abs", "mse", "k3")
 
 
-def kl_penalty(
-    logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str
-) -> torch.Tensor:
+def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str) -> torch.Tensor:
     """Per-token KL estimate between the policy and the reference policy.
 
     Kinds (estimators from Schulman 2020, "Approximating KL Divergence"):

@@ -22,9 +22,7 @@ def as_bool_mask(mask: torch.Tensor) -> torch.Tensor:
     return mask if mask.dtype == torch.bool else mask != 0
 
 
-def masked_mean(
-    x: torch.Tensor, mask: torch.Tensor, dim: Optional[int] = None
-) -> torch.Tensor:
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: Optional[int] = None) -> torch.Tensor:
     """Mean of ``x`` over entries where ``mask`` is set.
 
     With ``dim=None`` the mean is over every selected entry; otherwise it is
@@ -42,9 +40,7 @@ def masked_mean(
     return total.sum(dim) / m.sum(dim).clamp(min=1).to(x.dtype)
 
 
-def masked_var(
-    x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True
-) -> torch.Tensor:
+def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
     """Variance of ``x`` over all entries where ``mask`` is set.
 
     ``unbiased=True`` applies Bessel's correction n / (n - 1) and raises
@@ -63,17 +59,13 @@ def masked_var(
     if unbiased:
         n = m.sum()
         if bool(n < 2):
-            raise ValueError(
-                f"masked_var(unbiased=True) needs at least 2 masked entries, got {int(n)}"
-            )
+            raise ValueError(f"masked_var(unbiased=True) needs at least 2 masked entries, got {int(n)}")
         n = n.to(x.dtype)
         var = var * n / (n - 1)
     return var
 
 
-def masked_whiten(
-    x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True
-) -> torch.Tensor:
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
     """Normalise ``x`` to zero mean / unit variance using masked statistics.
 
     Computes ``(x - mean) / sqrt(var + 1e-8)`` with the unbiased masked

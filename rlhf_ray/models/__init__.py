@@ -1,1 +1,5 @@
-"""Model layer: quantized loading + LoRA, value head, response log-probs, adapter transfer, reward model."""
+"""Models: quantized load + LoRA, value head, forward/log-probs, sampling, adapters (export,
+import, merge), random-weight shapes and tiny test models, and the resolution of model references
+to local directories (`assets`).
+
+May import: algo, errors, batch, process, store, config, data."""

@@ -46,7 +46,7 @@ def import_adapter(model, payload: AdapterPayload, value_head=None) -> str:
             "the payload was corrupted or tampered with in transit"
         )
     state = st_load(payload.data)
-    value_state = {k[len(VALUE_PREFIX):]: v for k, v in state.items() if k.startswith(VALUE_PREFIX)}
+    value_state = {k[len(VALUE_PREFIX) :]: v for k, v in state.items() if k.startswith(VALUE_PREFIX)}
     lora_state = {k: v for k, v in state.items() if not k.startswith(VALUE_PREFIX)}
     expected = set(trainable_state(model))
     if set(lora_state) != expected:
@@ -60,8 +60,9 @@ def import_adapter(model, payload: AdapterPayload, value_head=None) -> str:
     return digest
 
 
-def save_adapter(model, directory: str | Path, value_head=None, *, base: str | None = None, tokenizer=None,
-                 card: str | None = None) -> Path:
+def save_adapter(
+    model, directory: str | Path, value_head=None, *, base: str | None = None, tokenizer=None, card: str | None = None
+) -> Path:
     """peft layout (`PeftModel.from_pretrained` loads it) + value_head.safetensors when present.
 
     `base` replaces the base model peft records (the local directory the model was loaded from,
@@ -73,7 +74,9 @@ def save_adapter(model, directory: str | Path, value_head=None, *, base: str | N
     directory = Path(directory)
     model.save_pretrained(str(directory))
     if value_head is not None:
-        save_file({k: v.contiguous() for k, v in value_head.state_dict().items()}, str(directory / "value_head.safetensors"))
+        save_file(
+            {k: v.contiguous() for k, v in value_head.state_dict().items()}, str(directory / "value_head.safetensors")
+        )
     if base is not None:
         config_path = directory / "adapter_config.json"
         config = json.loads(config_path.read_text())
@@ -86,14 +89,16 @@ def save_adapter(model, directory: str | Path, value_head=None, *, base: str | N
     return directory
 
 
-def load_adapter_model(directory: str | Path, quant: str = "none", device: str = "cpu", cache_dir: str | Path | None = None):
+def load_adapter_model(
+    directory: str | Path, quant: str = "none", device: str = "cpu", cache_dir: str | Path | None = None
+):
     """A saved adapter on its base, the base found by the name in adapter_config.json through
-    rlhf_ray.assets (an embedded asset is converted or built into this machine's cache on first
+    rlhf_ray.models.assets (an embedded asset is converted or built into this machine's cache on first
     use). The tokenizer loads from the same directory: AutoTokenizer.from_pretrained(directory)."""
     from peft import PeftModel
 
-    from rlhf_ray.assets import resolve_model
-    from rlhf_ray.config import Config, RunConfig
+    from rlhf_ray.config.schema import Config, RunConfig
+    from rlhf_ray.models.assets import resolve_model
     from rlhf_ray.models.policy import load_causal_lm
 
     directory = Path(directory)

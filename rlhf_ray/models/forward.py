@@ -31,13 +31,21 @@ def decoder_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor)
     """Final hidden states (B, T, H) of the decoder body (LoRA applies; adapter state as set)."""
     lm = causal_lm_of(model)
     body = getattr(lm, lm.base_model_prefix)
-    out = body(input_ids=input_ids, attention_mask=attention_mask,
-               position_ids=position_ids(attention_mask), use_cache=False)
+    out = body(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask), use_cache=False
+    )
     return out[0] if isinstance(out, tuple) else out.last_hidden_state
 
 
-def _chunk_stats(head, h: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, with_entropy: bool,
-                 entropy_grad: bool, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _chunk_stats(
+    head,
+    h: torch.Tensor,
+    targets: torch.Tensor,
+    mask: torch.Tensor,
+    with_entropy: bool,
+    entropy_grad: bool,
+    temperature: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Shapes: h (B, C, H), targets/mask (B, C) -> log-probs (B, C), entropy (B, C) or None.
 
     The only place the (B, C, V) logits exist."""
@@ -49,8 +57,9 @@ def _chunk_stats(head, h: torch.Tensor, targets: torch.Tensor, mask: torch.Tenso
         return lp, entropy_from_logits(logits, mask)
 
 
-def _head_stats(head, states, targets, mask, chunk: int, with_entropy: bool, entropy_grad: bool,
-                temperature: float = 1.0):
+def _head_stats(
+    head, states, targets, mask, chunk: int, with_entropy: bool, entropy_grad: bool, temperature: float = 1.0
+):
     """Chunked LM head. With gradients, each chunk is recomputed in backward (activation
     checkpointing), so the graph keeps only the (B, C, H) inputs, never a chunk's (B, C, V)
     log-softmax: the peak stays one chunk's logits however long the response is. A response that
@@ -59,8 +68,15 @@ def _head_stats(head, states, targets, mask, chunk: int, with_entropy: bool, ent
     checkpointed = torch.is_grad_enabled() and states.requires_grad and targets.shape[1] > chunk
     logprobs, entropies = [], []
     for start in range(0, targets.shape[1], chunk):
-        args = (head, states[:, start : start + chunk], targets[:, start : start + chunk],
-                mask[:, start : start + chunk], with_entropy, entropy_grad, temperature)
+        args = (
+            head,
+            states[:, start : start + chunk],
+            targets[:, start : start + chunk],
+            mask[:, start : start + chunk],
+            with_entropy,
+            entropy_grad,
+            temperature,
+        )
         if checkpointed:
             lp, ent = checkpoint(_chunk_stats, *args, use_reentrant=False)
         else:
@@ -70,9 +86,17 @@ def _head_stats(head, states, targets, mask, chunk: int, with_entropy: bool, ent
     return torch.cat(logprobs, dim=1), torch.cat(entropies, dim=1) if with_entropy else None
 
 
-def response_stats(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int,
-                   chunk: int = 64, value_head=None, with_entropy: bool = False,
-                   temperature: float = 1.0, entropy_grad: bool = True) -> ResponseStats:
+def response_stats(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prompt_len: int,
+    chunk: int = 64,
+    value_head=None,
+    with_entropy: bool = False,
+    temperature: float = 1.0,
+    entropy_grad: bool = True,
+) -> ResponseStats:
     """Shapes: input_ids, attention_mask (B, P + R) with P = prompt_len -> ResponseStats of (B, R).
 
     Log-probs and entropy are those of softmax(logits / temperature): the distribution the

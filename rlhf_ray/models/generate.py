@@ -27,12 +27,32 @@ def sampling_config(tokenizer, *, max_new_tokens: int, temperature: float, top_k
     from transformers import GenerationConfig
 
     return GenerationConfig(
-        do_sample=True, num_beams=1, num_return_sequences=1, max_new_tokens=max_new_tokens, min_new_tokens=0,
-        temperature=temperature, top_k=top_k, top_p=top_p, min_p=None, top_h=None, typical_p=1.0,
-        epsilon_cutoff=0.0, eta_cutoff=0.0, repetition_penalty=1.0, no_repeat_ngram_size=0, bad_words_ids=None,
-        suppress_tokens=None, begin_suppress_tokens=None, forced_bos_token_id=None, forced_eos_token_id=None,
-        renormalize_logits=False, remove_invalid_values=False, use_cache=True,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+        do_sample=True,
+        num_beams=1,
+        num_return_sequences=1,
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=0,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        min_p=None,
+        top_h=None,
+        typical_p=1.0,
+        epsilon_cutoff=0.0,
+        eta_cutoff=0.0,
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        bad_words_ids=None,
+        suppress_tokens=None,
+        begin_suppress_tokens=None,
+        forced_bos_token_id=None,
+        forced_eos_token_id=None,
+        renormalize_logits=False,
+        remove_invalid_values=False,
+        use_cache=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
     )
 
 
@@ -57,8 +77,15 @@ def _encode(tokenizer, prompts: list[str], group_size: int, device: str):
     return expanded, tokenizer(expanded, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
 
 
-def _rollout(tokenizer, expanded, enc, response_ids: torch.Tensor, policy_version: int, group_size: int,
-             ref_logprobs: torch.Tensor | None = None) -> Rollout:
+def _rollout(
+    tokenizer,
+    expanded,
+    enc,
+    response_ids: torch.Tensor,
+    policy_version: int,
+    group_size: int,
+    ref_logprobs: torch.Tensor | None = None,
+) -> Rollout:
     response_ids = response_ids.cpu()
     response_mask = response_mask_from(response_ids, tokenizer.eos_token_id)
     response_ids = torch.where(response_mask.bool(), response_ids, tokenizer.pad_token_id)
@@ -76,21 +103,35 @@ def _rollout(tokenizer, expanded, enc, response_ids: torch.Tensor, policy_versio
 
 
 @torch.no_grad()
-def sample(model, tokenizer, prompts: list[str], *, max_new_tokens: int, temperature: float = 1.0,
-           top_k: int = 0, top_p: float = 1.0, group_size: int = 1, seed: int = 0,
-           policy_version: int = 0, device: str = "cpu", return_logits: bool = False) -> Rollout | tuple[Rollout, torch.Tensor]:
+def sample(
+    model,
+    tokenizer,
+    prompts: list[str],
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    group_size: int = 1,
+    seed: int = 0,
+    policy_version: int = 0,
+    device: str = "cpu",
+    return_logits: bool = False,
+) -> Rollout | tuple[Rollout, torch.Tensor]:
     """Draw `group_size` samples per prompt (rows of one prompt are contiguous).
 
     With `return_logits`, also the processed next-token scores the sampler drew from, (B, R, V)
     log-space (for tests that compare them with the learner's log-probs)."""
     expanded, enc = _encode(tokenizer, prompts, group_size, device)
-    config = sampling_config(tokenizer, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
+    config = sampling_config(
+        tokenizer, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p
+    )
     config.return_dict_in_generate, config.output_scores = return_logits, return_logits
     torch.manual_seed(seed)  # reproducible sampling for a given (run seed, iteration, shard)
     with model_defaults_ignored(model):
         out = model.generate(**enc, generation_config=config)
     sequences = out.sequences if return_logits else out
-    rollout = _rollout(tokenizer, expanded, enc, sequences[:, enc["input_ids"].shape[1]:], policy_version, group_size)
+    rollout = _rollout(tokenizer, expanded, enc, sequences[:, enc["input_ids"].shape[1] :], policy_version, group_size)
     if return_logits:
         return rollout, torch.stack(out.scores, dim=1).float().cpu()
     return rollout
@@ -107,8 +148,12 @@ def adapter_rows(model, rows_on: torch.Tensor):
     def hook(_module, _inputs, output):
         return output * gate.view((-1,) + (1,) * (output.dim() - 1)).to(output.dtype)
 
-    handles = [b.register_forward_hook(hook) for layer in model.modules() if isinstance(layer, LoraLayer)
-               for b in layer.lora_B.values()]
+    handles = [
+        b.register_forward_hook(hook)
+        for layer in model.modules()
+        if isinstance(layer, LoraLayer)
+        for b in layer.lora_B.values()
+    ]
     try:
         yield
     finally:
@@ -117,8 +162,18 @@ def adapter_rows(model, rows_on: torch.Tensor):
 
 
 @torch.no_grad()
-def sample_with_reference(model, tokenizer, prompts: list[str], *, max_new_tokens: int, temperature: float = 1.0,
-                          group_size: int = 1, seed: int = 0, policy_version: int = 0, device: str = "cpu") -> Rollout:
+def sample_with_reference(
+    model,
+    tokenizer,
+    prompts: list[str],
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    group_size: int = 1,
+    seed: int = 0,
+    policy_version: int = 0,
+    device: str = "cpu",
+) -> Rollout:
     """`sample`, plus the reference policy's log-probs of every sampled token, from the same decode steps.
 
     The batch is doubled: rows [0, B) sample with the adapter on; rows [B, 2B) run with the adapter
@@ -142,8 +197,14 @@ def sample_with_reference(model, tokenizer, prompts: list[str], *, max_new_token
     torch.manual_seed(seed)
     with adapter_rows(model, rows_on):
         for _ in range(max_new_tokens):
-            out = model(input_ids=step_input, attention_mask=mask2, position_ids=positions, cache=past,
-                        use_cache=True, logits_to_keep=1)
+            out = model(
+                input_ids=step_input,
+                attention_mask=mask2,
+                position_ids=positions,
+                cache=past,
+                use_cache=True,
+                logits_to_keep=1,
+            )
             past = out.cache
             logp = torch.log_softmax(out.logits[:, -1].float() / temperature, dim=-1)  # (2B, V)
             token = torch.multinomial(logp[:B].exp(), 1).squeeze(1)

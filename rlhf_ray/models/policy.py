@@ -105,8 +105,16 @@ def target_modules_for(model, configured: list[str] | None) -> list[str]:
 NON_REENTRANT = {"use_reentrant": False}
 
 
-def attach_lora(model, r: int, alpha: int, dropout: float, targets: list[str] | None,
-                task_type: str = "CAUSAL_LM", gradient_checkpointing: bool = False, upcast_16bit: bool = True):
+def attach_lora(
+    model,
+    r: int,
+    alpha: int,
+    dropout: float,
+    targets: list[str] | None,
+    task_type: str = "CAUSAL_LM",
+    gradient_checkpointing: bool = False,
+    upcast_16bit: bool = True,
+):
     """Freeze the (quantized) base and wrap it with a fresh trainable LoRA adapter.
 
     upcast_16bit=False keeps 16-bit embeddings/norms as they are (peft's k-bit preparation would
@@ -116,13 +124,19 @@ def attach_lora(model, r: int, alpha: int, dropout: float, targets: list[str] | 
     kbit = getattr(model, "is_loaded_in_8bit", False) or getattr(model, "is_loaded_in_4bit", False)
     if kbit and upcast_16bit:
         # Casts norms to fp32 and makes inputs require grad so LoRA grads flow through int8 layers.
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
-                                                gradient_checkpointing_kwargs=NON_REENTRANT)
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=gradient_checkpointing, gradient_checkpointing_kwargs=NON_REENTRANT
+        )
     elif gradient_checkpointing:
         model.requires_grad_(False)
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=NON_REENTRANT)
-    lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
-                      target_modules=target_modules_for(model, targets), task_type=task_type)
+    lora = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=target_modules_for(model, targets),
+        task_type=task_type,
+    )
     return get_peft_model(model, lora)
 
 

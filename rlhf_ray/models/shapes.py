@@ -3,7 +3,8 @@
 `gpt-neox-20b-shape` has GPT-NeoX-20B's configuration (44 layers, hidden 6144, 64 heads,
 intermediate 24576, vocab 50432); `gpt-neox-20b-shape-4l` is the same at 4 layers (CPU
 measurements), `tiny-neox-shape` the same builder at toy width (unit tests). The asset
-directory holds only config.json, a byte-level tokenizer and a `shape.json` marker; the weights are made where the model is loaded: the module tree is
+directory holds only config.json, a byte-level tokenizer and a `shape.json` marker; the weights
+are made where the model is loaded: the module tree is
 created on the meta device, then each decoder layer's Linear becomes a bitsandbytes
 Linear8bitLt / Linear4bit quantized from random fp16 data one layer at a time, so peak memory
 while building is the quantized size plus one layer, never the fp16 model. Embeddings, norms and
@@ -13,28 +14,44 @@ memory planner assumes."""
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from rlhf_ray.store.refs import parse_shape_name
+
 MARKER = "shape.json"
 # GPT-NeoX-20B (Black et al. 2022), config.json of EleutherAI/gpt-neox-20b.
 SHAPES = {
     "gpt-neox-20b-shape": dict(
-        hidden_size=6144, num_hidden_layers=44, num_attention_heads=64, intermediate_size=24576,
-        vocab_size=50432, max_position_embeddings=2048, rotary_pct=0.25, rotary_emb_base=10000,
-        use_parallel_residual=True, layer_norm_eps=1e-5, tie_word_embeddings=False,
+        hidden_size=6144,
+        num_hidden_layers=44,
+        num_attention_heads=64,
+        intermediate_size=24576,
+        vocab_size=50432,
+        max_position_embeddings=2048,
+        rotary_pct=0.25,
+        rotary_emb_base=10000,
+        use_parallel_residual=True,
+        layer_norm_eps=1e-5,
+        tie_word_embeddings=False,
     ),
     # The same layout in miniature: unit tests and the CPU run of jobs/gpu_check.py.
     "tiny-neox-shape": dict(
-        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256, vocab_size=512,
-        max_position_embeddings=512, rotary_pct=0.25, rotary_emb_base=10000, use_parallel_residual=True,
-        layer_norm_eps=1e-5, tie_word_embeddings=False,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=256,
+        vocab_size=512,
+        max_position_embeddings=512,
+        rotary_pct=0.25,
+        rotary_emb_base=10000,
+        use_parallel_residual=True,
+        layer_norm_eps=1e-5,
+        tie_word_embeddings=False,
     ),
 }
-_NAME = re.compile(r"^(?P<shape>[a-z0-9-]+-shape)(?:-(?P<layers>\d+)l)?$")
 WEIGHT_STD = 0.02  # GPT-NeoX initializer_range: keeps random activations in a sane range
 
 
@@ -43,15 +60,6 @@ def dense_dtype(device: str) -> torch.dtype:
     would be served); fp32 on a CPU, where bf16 matmuls are emulated on most chips (a 2-layer
     20B-shaped NF4 update took 788 s in bf16 on the AVX2 development machine)."""
     return torch.bfloat16 if device == "cuda" else torch.float32
-
-
-def parse_shape_name(ref: str) -> tuple[str, int] | None:
-    """'gpt-neox-20b-shape' -> (shape, 44); 'gpt-neox-20b-shape-2l' -> (shape, 2); else None."""
-    m = _NAME.match(ref)
-    if m is None or m["shape"] not in SHAPES:
-        return None
-    layers = int(m["layers"]) if m["layers"] else SHAPES[m["shape"]]["num_hidden_layers"]
-    return (m["shape"], layers) if layers > 0 else None
 
 
 def byte_tokenizer():
@@ -74,13 +82,15 @@ def shape_config(shape: str, layers: int, tokenizer=None):
     from transformers import GPTNeoXConfig
 
     tokenizer = tokenizer or byte_tokenizer()
-    ids = dict(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id)
+    ids = dict(
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id
+    )
     return GPTNeoXConfig(**{**SHAPES[shape], "num_hidden_layers": layers}, **ids)
 
 
 def write_shape_dir(ref: str, target: Path) -> Path:
     """The asset directory: config + tokenizer + marker (a few hundred KB; no weights)."""
-    from rlhf_ray.checkpoint import publish_once, temp_dir
+    from rlhf_ray.store.checkpoint import publish_once, temp_dir
 
     shape, layers = parse_shape_name(ref)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -108,10 +118,12 @@ def _quantized_linear(linear: nn.Linear, quant: str, device: str, gen: torch.Gen
         layer = bnb.nn.Linear8bitLt(n_in, n_out, bias=has_bias, has_fp16_weights=False, threshold=6.0, device="meta")
         layer.weight = bnb.nn.Int8Params(w, requires_grad=False, has_fp16_weights=False)._quantize(device)
     else:
-        layer = bnb.nn.Linear4bit(n_in, n_out, bias=has_bias, compute_dtype=dtype, quant_type="nf4",
-                                  compress_statistics=True, device="meta")
-        layer.weight = bnb.nn.Params4bit(w, requires_grad=False, quant_type="nf4", compress_statistics=True,
-                                         module=layer)._quantize(device)
+        layer = bnb.nn.Linear4bit(
+            n_in, n_out, bias=has_bias, compute_dtype=dtype, quant_type="nf4", compress_statistics=True, device="meta"
+        )
+        layer.weight = bnb.nn.Params4bit(
+            w, requires_grad=False, quant_type="nf4", compress_statistics=True, module=layer
+        )._quantize(device)
     if has_bias:
         layer.bias = nn.Parameter(torch.zeros(n_out, device=device, dtype=dtype), requires_grad=False)
     return layer

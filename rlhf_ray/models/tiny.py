@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rlhf_ray.checkpoint import publish_once, temp_dir
+from rlhf_ray.store.checkpoint import publish_once, temp_dir
 
 VOCAB_SIZE = 512
 SPECIAL = ["<pad>", "<eos>", "<unk>", "[CLS]", "[SEP]"]
@@ -18,7 +18,7 @@ def build_tokenizer(vocab_size: int = VOCAB_SIZE):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from rlhf_ray.data import load_text_dataset
+    from rlhf_ray.data.prompts import load_text_dataset
 
     texts = load_text_dataset("imdb", "train")["text"].to_pylist()[:2000]
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -30,14 +30,27 @@ def build_tokenizer(vocab_size: int = VOCAB_SIZE):
     )
     tok.train_from_iterator(texts, trainer=trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>",
-        cls_token="[CLS]", sep_token="[SEP]", model_max_length=512,
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        eos_token="<eos>",
+        unk_token="<unk>",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        model_max_length=512,
     )
 
 
 def _save(model, tokenizer, target: Path) -> Path:
+    from transformers.utils import logging as hf_logging
+
     tmp = temp_dir(target.parent, ".tmp-")
-    model.save_pretrained(str(tmp))
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a first-use build must not print a "Writing model shards" bar
+    try:
+        model.save_pretrained(str(tmp))
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     tokenizer.save_pretrained(str(tmp))
     publish_once(tmp, target)  # a concurrent build that finished first is kept
     return target
@@ -49,10 +62,18 @@ def build_tiny_causal_lm(target: Path, arch: str = "llama", seed: int = 0) -> Pa
     from transformers import AutoModelForCausalLM, GPTNeoXConfig, LlamaConfig
 
     tokenizer = build_tokenizer()
-    common = dict(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                  intermediate_size=128, max_position_embeddings=512,
-                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                  bos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
+    common = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
     config = LlamaConfig(num_key_value_heads=2, **common) if arch == "llama" else GPTNeoXConfig(**common)
     torch.manual_seed(seed)
     return _save(AutoModelForCausalLM.from_config(config), tokenizer, target)
@@ -64,9 +85,16 @@ def build_tiny_classifier(target: Path, seed: int = 0) -> Path:
     from transformers import AutoModelForSequenceClassification, BertConfig
 
     tokenizer = build_tokenizer()
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=128, max_position_embeddings=512, num_labels=2,
-                        pad_token_id=tokenizer.pad_token_id)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=512,
+        num_labels=2,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(seed)
     return _save(AutoModelForSequenceClassification.from_config(config), tokenizer, target)
 

@@ -1,1 +1,4 @@
-"""Pipeline stages (`rlhf-ray <stage>`): each exposes run(cfg, run_dir, resume) -> summary dict."""
+"""The recipe's stages: sft, merge, reward (classifier), ppo, and the pipeline that chains them
+with a content-addressed stage cache.
+
+May import runtime and everything below; never tools, bench or the CLI."""

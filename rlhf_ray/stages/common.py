@@ -8,9 +8,10 @@ import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from rlhf_ray.checkpoint import atomic_write, read_json
-from rlhf_ray.config import ClusterConfig
-from rlhf_ray.placement import attached
+from rlhf_ray.config.schema import ClusterConfig
+from rlhf_ray.process import install_log_filters, set_torch_threads
+from rlhf_ray.runtime.placement import attached
+from rlhf_ray.store.checkpoint import atomic_write, read_json
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,16 @@ def finish(run_dir: Path, summary: dict) -> dict:
     return summary
 
 
-def stream_task(cluster: ClusterConfig, fn: Callable[..., Iterator], options: dict, args: tuple, *,
-                total: int, desc: str, jsonl: Path) -> dict:
+def stream_task(
+    cluster: ClusterConfig,
+    fn: Callable[..., Iterator],
+    options: dict,
+    args: tuple,
+    *,
+    total: int,
+    desc: str,
+    jsonl: Path,
+) -> dict:
     """Run generator `fn` as a Ray task yielding ("step", record) ... ("done", result).
 
     Step records go to `jsonl` and a driver-side progress bar as they arrive; returns the result.
@@ -74,8 +83,7 @@ def prepare_worker(seed: int, torch_threads: int) -> None:
     from transformers import set_seed
     from transformers.utils import logging as hf_logging
 
-    from rlhf_ray.placement import set_torch_threads
-
+    install_log_filters()
     set_torch_threads(torch_threads)
     set_seed(seed)  # python, numpy and torch generators
     hf_logging.disable_progress_bar()

@@ -13,10 +13,10 @@ import shutil
 import time
 from pathlib import Path
 
-from rlhf_ray.checkpoint import replace_dir
-from rlhf_ray.config import Config
+from rlhf_ray.config.schema import Config
 from rlhf_ray.errors import UserError
 from rlhf_ray.stages.common import begin, finish
+from rlhf_ray.store.checkpoint import replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +26,14 @@ def dir_size(directory: Path) -> int:
 
 
 def run(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
-    from rlhf_ray.assets import resolve_model
     from rlhf_ray.models.adapter import merge_adapter
+    from rlhf_ray.models.assets import resolve_model
 
     if cfg.merge.adapter is None:
-        raise UserError("config key 'merge.adapter' is not set: pass merge.adapter=RUN_DIR/adapter "
-                        "(the adapter directory written by `rlhf-ray sft --run-dir RUN_DIR`)")
+        raise UserError(
+            "config key 'merge.adapter' is not set: pass merge.adapter=RUN_DIR/adapter "
+            "(the adapter directory written by `rlhf-ray sft --run-dir RUN_DIR`)"
+        )
     if (done := begin(run_dir, resume)) is not None:
         return done
     start = time.perf_counter()
@@ -40,6 +42,15 @@ def run(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
     shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted run
     log.info("merging %s into %s (%s)", cfg.merge.adapter, base, cfg.merge.dtype)
     model_dir = replace_dir(merge_adapter(base, cfg.merge.adapter, tmp, cfg.merge.dtype), run_dir / "model")
-    return finish(run_dir, {"stage": "merge", "model": str(model_dir), "base": base, "adapter": cfg.merge.adapter,
-                            "dtype": cfg.merge.dtype, "size_mb": round(dir_size(model_dir) / 2**20, 1),
-                            "wall_s": round(time.perf_counter() - start, 1)})
+    return finish(
+        run_dir,
+        {
+            "stage": "merge",
+            "model": str(model_dir),
+            "base": base,
+            "adapter": cfg.merge.adapter,
+            "dtype": cfg.merge.dtype,
+            "size_mb": round(dir_size(model_dir) / 2**20, 1),
+            "wall_s": round(time.perf_counter() - start, 1),
+        },
+    )

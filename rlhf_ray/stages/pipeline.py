@@ -11,12 +11,12 @@ import json
 import logging
 from pathlib import Path
 
-from rlhf_ray.checkpoint import atomic_write, latest_checkpoint, read_json
-from rlhf_ray.config import Config, save_config
+from rlhf_ray.config.schema import Config, save_config
 from rlhf_ray.errors import UserError
 from rlhf_ray.stages import merge, ppo, reward, sft
 from rlhf_ray.stages.common import DONE, is_done
 from rlhf_ray.stages.store import ensure_stage
+from rlhf_ray.store.checkpoint import atomic_write, latest_checkpoint, read_json
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,9 @@ def run(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
     if "merge" in stages:
         adapter = cfg.merge.adapter or (str(Path(outputs["sft"]) / "adapter") if "sft" in outputs else None)
         if adapter is None:
-            raise UserError("pipeline stage merge needs an adapter: include sft in pipeline.stages or set merge.adapter")
+            raise UserError(
+                "pipeline stage merge needs an adapter: include sft in pipeline.stages or set merge.adapter"
+            )
         merge_dir = ensure_stage(_with(cfg, "merge", adapter=adapter), "merge", merge.run)
         outputs["merge"] = str(merge_dir)
         cfg = _with(cfg, "model", policy=str(merge_dir / "model"))  # PPO starts from the merged model

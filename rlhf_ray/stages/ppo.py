@@ -5,16 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rlhf_ray import driver, preflight
-from rlhf_ray.artifacts import share
-from rlhf_ray.assets import resolve_model
-from rlhf_ray.checkpoint import atomic_write
-from rlhf_ray.config import Config
-from rlhf_ray.layout import layout_specs, planned
-from rlhf_ray.placement import attached, check_fits
-from rlhf_ray.provenance import model_reference, record_models
+from rlhf_ray.config.schema import Config
+from rlhf_ray.models.assets import resolve_model
+from rlhf_ray.runtime import driver, preflight
+from rlhf_ray.runtime.layout import layout_specs, planned
+from rlhf_ray.runtime.placement import attached, check_fits
 from rlhf_ray.stages.common import DONE
 from rlhf_ray.stages.store import ensure_stage
+from rlhf_ray.store.artifacts import share
+from rlhf_ray.store.checkpoint import atomic_write
+from rlhf_ray.store.provenance import model_reference, record_models
 
 
 def reward_model_path(cfg: Config) -> str:
@@ -39,8 +39,13 @@ def run(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
         check_fits(layout_specs(cfg))  # fail fast, before any model is converted or trained
         policy_path = resolve_model(cfg.model.policy, cfg.cache_dir())  # the driver's copy: its tokenizer
         reward_path = reward_model_path(cfg)
-        record_models(run_dir, {"policy": model_reference(cfg.model.policy, policy_path),
-                                "reward": model_reference(cfg.reward.model, reward_path)})
+        record_models(
+            run_dir,
+            {
+                "policy": model_reference(cfg.model.policy, policy_path),
+                "reward": model_reference(cfg.reward.model, reward_path),
+            },
+        )
         # No shared disk: assets travel by name, local directories through the object store.
         policy, reward = share(cfg.model.policy), share(cfg.reward.model or reward_path)
         summary = driver.train(cfg, run_dir, policy_path, policy, reward, resume)

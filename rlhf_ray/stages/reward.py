@@ -3,7 +3,7 @@
 `reward.method=full` fine-tunes the whole (small) encoder with a fresh 2-label head;
 `reward.method=lora` trains a LoRA on a `reward.quant`-quantized encoder with the head kept
 trainable (peft's modules_to_save) and saves an adapter dir + labels.json, the layout
-rlhf_ray.models.reward.load_classifier reads. Training runs in a Ray task on the reward scorer's
+rlhf_ray.rewards.classifier.load_classifier reads. Training runs in a Ray task on the reward scorer's
 GPU share (cluster.scorer_gpus); the files come back as bytes and the driver writes
 run_dir/model, which RewardModel(run_dir/"model") loads."""
 
@@ -18,13 +18,13 @@ from pathlib import Path
 
 import torch
 
-from rlhf_ray.checkpoint import read_dir, write_dir
-from rlhf_ray import seeds
-from rlhf_ray.config import Config
+from rlhf_ray.config.schema import Config
 from rlhf_ray.errors import UserError
 from rlhf_ray.models.policy import role_device
 from rlhf_ray.stages.common import begin, finish, prepare_worker, stream_task
 from rlhf_ray.stages.sft import MAX_GRAD_NORM
+from rlhf_ray.store import seeds
+from rlhf_ray.store.checkpoint import read_dir, write_dir
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ WARMUP_FRACTION = 0.1  # linear warmup then decay: the usual BERT fine-tuning sc
 def labelled_sample(ref: str, split: str, n: int, seed: int) -> tuple[list[str], list[int]]:
     """`n` rows of a split in a seeded order (the embedded IMDB file is sorted by label, so a
     shuffle is what makes the sample balanced)."""
-    from rlhf_ray.data import load_text_dataset
+    from rlhf_ray.data.prompts import load_text_dataset
 
     table = load_text_dataset(ref, split)
     if "label" not in table.column_names:
@@ -44,7 +44,9 @@ def labelled_sample(ref: str, split: str, n: int, seed: int) -> tuple[list[str],
     texts, labels = table["text"].to_pylist(), table["label"].to_pylist()
     picked = [labels[i] for i in order]
     if not set(picked) <= set(ID2LABEL):
-        raise UserError(f"reward.dataset {ref}: labels must be 0 (negative) or 1 (positive); got {sorted(set(picked))[:5]}")
+        raise UserError(
+            f"reward.dataset {ref}: labels must be 0 (negative) or 1 (positive); got {sorted(set(picked))[:5]}"
+        )
     return [texts[i] for i in order], picked
 
 
@@ -53,16 +55,23 @@ def encode(tokenizer, texts: list[str], max_length: int, device: str) -> dict[st
 
 
 @torch.no_grad()
-def evaluate(model, tokenizer, texts: list[str], labels: list[int], batch_size: int, max_length: int,
-             device: str) -> dict[str, float]:
+def evaluate(
+    model, tokenizer, texts: list[str], labels: list[int], batch_size: int, max_length: int, device: str
+) -> dict[str, float]:
     """Held-out accuracy and the mean logit margin (the PPO reward) of positive minus negative texts."""
     model.eval()
-    logits = torch.cat([model(**encode(tokenizer, texts[i : i + batch_size], max_length, device)).logits.float().cpu()
-                        for i in range(0, len(texts), batch_size)])
+    logits = torch.cat(
+        [
+            model(**encode(tokenizer, texts[i : i + batch_size], max_length, device)).logits.float().cpu()
+            for i in range(0, len(texts), batch_size)
+        ]
+    )
     target = torch.tensor(labels)
     margin = logits[:, 1] - logits[:, 0]
-    return {"accuracy": (logits.argmax(-1) == target).float().mean().item(),
-            "score_gap": (margin[target == 1].mean() - margin[target == 0].mean()).item()}
+    return {
+        "accuracy": (logits.argmax(-1) == target).float().mean().item(),
+        "score_gap": (margin[target == 1].mean() - margin[target == 0].mean()).item(),
+    }
 
 
 def build_classifier(cfg: Config, backbone: str, device: str):
@@ -70,7 +79,7 @@ def build_classifier(cfg: Config, backbone: str, device: str):
     from transformers import AutoModelForSequenceClassification
 
     from rlhf_ray.models.policy import attach_lora, load_kwargs
-    from rlhf_ray.models.reward import HEAD_MODULES
+    from rlhf_ray.rewards.classifier import HEAD_MODULES
 
     r = cfg.reward
     quant = r.quant if r.method == "lora" else "none"
@@ -79,12 +88,14 @@ def build_classifier(cfg: Config, backbone: str, device: str):
         kwargs["dtype"] = torch.float32  # every weight trains: keep fp32 master weights
     # A backbone without a head (e.g. MiniLM's BertModel) gets a fresh 2-label one.
     model = AutoModelForSequenceClassification.from_pretrained(
-        backbone, num_labels=2, id2label=ID2LABEL, label2id={v: k for k, v in ID2LABEL.items()}, **kwargs)
+        backbone, num_labels=2, id2label=ID2LABEL, label2id={v: k for k, v in ID2LABEL.items()}, **kwargs
+    )
     if r.method == "lora":
         # Policy LoRA size; targets None -> the encoder's own defaults (the policy's may not exist here).
         # task_type SEQ_CLS makes peft keep the classifier head trainable (modules_to_save).
-        model = attach_lora(model, cfg.model.lora_r, cfg.model.lora_alpha, cfg.model.lora_dropout, None,
-                            task_type="SEQ_CLS")
+        model = attach_lora(
+            model, cfg.model.lora_r, cfg.model.lora_alpha, cfg.model.lora_dropout, None, task_type="SEQ_CLS"
+        )
     return model
 
 
@@ -101,7 +112,7 @@ def train_reward(cfg: Config) -> Iterator[tuple[str, dict]]:
     """Ray task body: yields ("step", record) per optimizer step, then ("done", {files, metrics})."""
     from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
-    from rlhf_ray.assets import resolve_model
+    from rlhf_ray.models.assets import resolve_model
 
     r, seed = cfg.reward, cfg.run.seed
     prepare_worker(seed, cfg.cluster.torch_threads)
@@ -132,16 +143,36 @@ def train_reward(cfg: Config) -> Iterator[tuple[str, dict]]:
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            yield "step", {"step": step, "loss": loss.item(), "lr": schedule.get_last_lr()[0],
-                           "elapsed_s": round(time.perf_counter() - start, 2)}
+            yield (
+                "step",
+                {
+                    "step": step,
+                    "loss": loss.item(),
+                    "lr": schedule.get_last_lr()[0],
+                    "elapsed_s": round(time.perf_counter() - start, 2),
+                },
+            )
     train_s = time.perf_counter() - start
     after = evaluate(model, tokenizer, eval_texts, eval_labels, r.batch_size, r.train_max_length, device)
     with tempfile.TemporaryDirectory() as tmp:
         files = read_dir(save_classifier(model, tokenizer, r.method, Path(tmp)))
-    yield "done", {"files": files, "metrics": {
-        "accuracy_before": before["accuracy"], "accuracy": after["accuracy"], "score_gap": after["score_gap"],
-        "method": r.method, "steps": step, "train_size": len(train_texts), "eval_size": len(eval_texts),
-        "train_s": round(train_s, 1), "trainable_params": sum(p.numel() for p in params)}}
+    yield (
+        "done",
+        {
+            "files": files,
+            "metrics": {
+                "accuracy_before": before["accuracy"],
+                "accuracy": after["accuracy"],
+                "score_gap": after["score_gap"],
+                "method": r.method,
+                "steps": step,
+                "train_size": len(train_texts),
+                "eval_size": len(eval_texts),
+                "train_s": round(train_s, 1),
+                "trainable_params": sum(p.numel() for p in params),
+            },
+        },
+    )
 
 
 def run(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
@@ -151,10 +182,22 @@ def run(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
     r = cfg.reward
     options = {"num_gpus": cfg.cluster.scorer_gpus, "num_cpus": cfg.cluster.actor_cpus}
     steps = r.epochs * -(-r.train_size // r.train_batch_size)  # upper bound: the split may hold fewer rows
-    result = stream_task(cfg.cluster, train_reward, options, (cfg,), total=steps, desc="reward",
-                         jsonl=run_dir / "metrics.jsonl")
+    result = stream_task(
+        cfg.cluster, train_reward, options, (cfg,), total=steps, desc="reward", jsonl=run_dir / "metrics.jsonl"
+    )
     model_dir = write_dir(result["files"], run_dir / "model")
-    log.info("reward: held-out accuracy %.3f -> %.3f; classifier in %s",
-             result["metrics"]["accuracy_before"], result["metrics"]["accuracy"], model_dir)
-    return finish(run_dir, {"stage": "reward", "model": str(model_dir), **result["metrics"],
-                            "wall_s": round(time.perf_counter() - start, 1)})
+    log.info(
+        "reward: held-out accuracy %.3f -> %.3f; classifier in %s",
+        result["metrics"]["accuracy_before"],
+        result["metrics"]["accuracy"],
+        model_dir,
+    )
+    return finish(
+        run_dir,
+        {
+            "stage": "reward",
+            "model": str(model_dir),
+            **result["metrics"],
+            "wall_s": round(time.perf_counter() - start, 1),
+        },
+    )

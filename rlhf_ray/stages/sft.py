@@ -14,12 +14,12 @@ from pathlib import Path
 
 import torch
 
-from rlhf_ray.checkpoint import read_dir, write_dir
-from rlhf_ray import seeds
-from rlhf_ray.config import Config
+from rlhf_ray.config.schema import Config
 from rlhf_ray.errors import UserError
 from rlhf_ray.models.policy import role_device
 from rlhf_ray.stages.common import begin, finish, prepare_worker, stream_task
+from rlhf_ray.store import seeds
+from rlhf_ray.store.checkpoint import read_dir, write_dir
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ MAX_GRAD_NORM = 1.0  # clip: a fresh LoRA at a high lr can spike on an odd batch
 def shuffled_texts(ref: str, split: str, text_field: str, seed: int, limit: int | None = None) -> list[str]:
     """A seeded shuffle of one split. The embedded IMDB file is sorted by label, so taking the
     first rows unshuffled would give only negative reviews."""
-    from rlhf_ray.data import load_text_dataset
+    from rlhf_ray.data.prompts import load_text_dataset
 
     texts = load_text_dataset(ref, split, text_field)["text"].to_pylist()
     return [texts[i] for i in seeds.permutation(len(texts), seed)[:limit]]
@@ -94,8 +94,11 @@ def nll_sum(model, batch: dict[str, torch.Tensor], device: str) -> torch.Tensor:
     batch = {k: v.to(device) for k, v in batch.items()}
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
     return torch.nn.functional.cross_entropy(
-        logits[:, :-1].float().flatten(0, 1), batch["labels"][:, 1:].flatten(),
-        ignore_index=IGNORE_INDEX, reduction="sum")
+        logits[:, :-1].float().flatten(0, 1),
+        batch["labels"][:, 1:].flatten(),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
 
 
 @torch.no_grad()
@@ -113,21 +116,24 @@ def sft_rows(s, tokenizer, seed: int) -> tuple[list[list[int]], list[list[int]]]
     train_texts = shuffled_texts(s.dataset, "train", s.text_field, seed, s.train_docs)
     train_rows = list(to_rows(tokenized(train_texts, tokenizer), tokenizer.eos_token_id, s.max_length))
     test_texts = shuffled_texts(s.dataset, "test", s.text_field, seed)
-    eval_rows = list(itertools.islice(to_rows(tokenized(test_texts, tokenizer), tokenizer.eos_token_id, s.max_length),
-                                      s.eval_blocks))
+    eval_rows = list(
+        itertools.islice(to_rows(tokenized(test_texts, tokenizer), tokenizer.eos_token_id, s.max_length), s.eval_blocks)
+    )
     if not train_rows or not eval_rows:
-        raise UserError(f"sft.dataset {s.dataset}: too little text for one {s.max_length}-token block "
-                        "in its train or test split; lower sft.max_length or use a larger dataset")
+        raise UserError(
+            f"sft.dataset {s.dataset}: too little text for one {s.max_length}-token block "
+            "in its train or test split; lower sft.max_length or use a larger dataset"
+        )
     return train_rows, eval_rows
 
 
 def train_sft(cfg: Config) -> Iterator[tuple[str, dict]]:
     """Ray task body: yields ("step", record) per optimizer step, then ("done", {files, metrics})."""
-    from rlhf_ray.assets import resolve_model
     from rlhf_ray.models.adapter import save_adapter
+    from rlhf_ray.models.assets import resolve_model
     from rlhf_ray.models.policy import attach_lora, load_causal_lm, load_tokenizer
-    from rlhf_ray.provenance import model_card
-    from rlhf_ray.refs import portable_ref
+    from rlhf_ray.store.provenance import model_card
+    from rlhf_ray.store.refs import portable_ref
 
     s, m, seed = cfg.sft, cfg.model, cfg.run.seed
     prepare_worker(seed, cfg.cluster.torch_threads)
@@ -135,8 +141,14 @@ def train_sft(cfg: Config) -> Iterator[tuple[str, dict]]:
     path = resolve_model(m.policy, cfg.cache_dir())
     tokenizer = load_tokenizer(path)
     train_rows, eval_rows = sft_rows(s, tokenizer, seed)
-    model = attach_lora(load_causal_lm(path, m.quant, device), m.lora_r, m.lora_alpha, m.lora_dropout,
-                        m.target_modules, gradient_checkpointing=m.gradient_checkpointing)
+    model = attach_lora(
+        load_causal_lm(path, m.quant, device),
+        m.lora_r,
+        m.lora_alpha,
+        m.lora_dropout,
+        m.target_modules,
+        gradient_checkpointing=m.gradient_checkpointing,
+    )
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=s.lr)
     before = eval_loss(model, eval_rows, s.batch_size, tokenizer.pad_token_id, device)
@@ -157,12 +169,21 @@ def train_sft(cfg: Config) -> Iterator[tuple[str, dict]]:
         yield "step", {"step": step, "loss": loss, "tokens": tokens, "elapsed_s": round(time.perf_counter() - start, 2)}
     train_s = time.perf_counter() - start
     after = eval_loss(model, eval_rows, s.batch_size, tokenizer.pad_token_id, device)
-    metrics = {"eval_loss_before": before, "eval_loss_after": after, "steps": s.max_steps,
-               "train_rows": len(train_rows), "eval_rows": len(eval_rows), "train_s": round(train_s, 1),
-               "trainable_params": sum(p.numel() for p in params)}
+    metrics = {
+        "eval_loss_before": before,
+        "eval_loss_after": after,
+        "steps": s.max_steps,
+        "train_rows": len(train_rows),
+        "eval_rows": len(eval_rows),
+        "train_s": round(train_s, 1),
+        "trainable_params": sum(p.numel() for p in params),
+    }
     with tempfile.TemporaryDirectory() as tmp:  # path -> bytes: run_dir is the driver's
-        files = read_dir(save_adapter(model, tmp, base=portable_ref(m.policy), tokenizer=tokenizer,
-                                      card=model_card(cfg, "sft", metrics)))
+        files = read_dir(
+            save_adapter(
+                model, tmp, base=portable_ref(m.policy), tokenizer=tokenizer, card=model_card(cfg, "sft", metrics)
+            )
+        )
     yield "done", {"files": files, "metrics": metrics}
 
 
@@ -171,10 +192,17 @@ def run(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
         return done
     start = time.perf_counter()
     options = {"num_gpus": cfg.sft.gpus, "num_cpus": cfg.cluster.actor_cpus}
-    result = stream_task(cfg.cluster, train_sft, options, (cfg,), total=cfg.sft.max_steps, desc="sft",
-                         jsonl=run_dir / "metrics.jsonl")
+    result = stream_task(
+        cfg.cluster, train_sft, options, (cfg,), total=cfg.sft.max_steps, desc="sft", jsonl=run_dir / "metrics.jsonl"
+    )
     adapter = write_dir(result["files"], run_dir / "adapter")
-    log.info("sft: eval loss %.3f -> %.3f; adapter in %s", result["metrics"]["eval_loss_before"],
-             result["metrics"]["eval_loss_after"], adapter)
-    return finish(run_dir, {"stage": "sft", "adapter": str(adapter), **result["metrics"],
-                            "wall_s": round(time.perf_counter() - start, 1)})
+    log.info(
+        "sft: eval loss %.3f -> %.3f; adapter in %s",
+        result["metrics"]["eval_loss_before"],
+        result["metrics"]["eval_loss_after"],
+        adapter,
+    )
+    return finish(
+        run_dir,
+        {"stage": "sft", "adapter": str(adapter), **result["metrics"], "wall_s": round(time.perf_counter() - start, 1)},
+    )

@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from rlhf_ray.config import Config, save_config
-from rlhf_ray.provenance import collect, write_run_info
+from rlhf_ray.config.schema import Config, save_config
 from rlhf_ray.stages.common import is_done
+from rlhf_ray.store.provenance import collect, write_run_info
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,9 @@ def stage_dir(cfg: Config, stage: str, upstream: dict[str, str] | None = None) -
     return cfg.cache_dir() / "stages" / f"{stage}-{hashlib.sha256(blob).hexdigest()[:16]}"
 
 
-def ensure_stage(cfg: Config, stage: str, run: Callable[[Config, Path], dict],
-                 upstream: dict[str, str] | None = None) -> Path:
+def ensure_stage(
+    cfg: Config, stage: str, run: Callable[[Config, Path], dict], upstream: dict[str, str] | None = None
+) -> Path:
     """Run `stage` into its content-addressed directory unless a finished output is already there."""
     directory = stage_dir(cfg, stage, upstream)
     if is_done(directory):

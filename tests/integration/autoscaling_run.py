@@ -23,9 +23,9 @@ os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex
 import ray  # noqa: E402
 import yaml  # noqa: E402
 
-from rlhf_ray.config import ClusterConfig  # noqa: E402
-from rlhf_ray.dp import free_port  # noqa: E402
-from rlhf_ray.placement import create_placement, role_specs  # noqa: E402
+from rlhf_ray.actors.dp import free_port  # noqa: E402
+from rlhf_ray.config.schema import ClusterConfig  # noqa: E402
+from rlhf_ray.runtime.placement import create_placement, role_specs  # noqa: E402
 
 BIN = Path(sys.executable).parent
 WORKER = {"resources": {"CPU": 2}, "node_config": {}, "min_workers": 0, "max_workers": 2}
@@ -33,15 +33,34 @@ WORKER = {"resources": {"CPU": 2}, "node_config": {}, "min_workers": 0, "max_wor
 
 def autoscaling_config(gcs_address: str) -> dict:
     return {
-        "cluster_name": "rlhf-ray-autoscaling-test", "max_workers": 2, "upscaling_speed": 1.0,
-        "idle_timeout_minutes": 1, "head_node_type": "ray.head.default",
-        "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
-                     "disable_launch_config_check": True, "gcs_address": gcs_address},
-        "available_node_types": {"ray.head.default": {"resources": {"CPU": 1}, "node_config": {}, "max_workers": 0},
-                                 "cpu2": WORKER},
-        "auth": {}, "docker": {}, "file_mounts": {}, "cluster_synced_files": [], "file_mounts_sync_continuously": False,
-        "rsync_exclude": [], "rsync_filter": [], "initialization_commands": [], "setup_commands": [],
-        "head_setup_commands": [], "worker_setup_commands": [], "head_start_ray_commands": [],
+        "cluster_name": "rlhf-ray-autoscaling-test",
+        "max_workers": 2,
+        "upscaling_speed": 1.0,
+        "idle_timeout_minutes": 1,
+        "head_node_type": "ray.head.default",
+        "provider": {
+            "type": "fake_multinode",
+            "use_node_id_as_ip": True,
+            "disable_node_updaters": True,
+            "disable_launch_config_check": True,
+            "gcs_address": gcs_address,
+        },
+        "available_node_types": {
+            "ray.head.default": {"resources": {"CPU": 1}, "node_config": {}, "max_workers": 0},
+            "cpu2": WORKER,
+        },
+        "auth": {},
+        "docker": {},
+        "file_mounts": {},
+        "cluster_synced_files": [],
+        "file_mounts_sync_continuously": False,
+        "rsync_exclude": [],
+        "rsync_filter": [],
+        "initialization_commands": [],
+        "setup_commands": [],
+        "head_setup_commands": [],
+        "worker_setup_commands": [],
+        "head_start_ray_commands": [],
         "worker_start_ray_commands": [],
     }
 
@@ -53,9 +72,22 @@ def run(work: Path) -> dict:
     config.write_text(yaml.safe_dump(autoscaling_config(address)))
     env = {**os.environ, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
     head = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", "--num-cpus=1",
-         f"--autoscaling-config={config}", "--include-dashboard=false", "--disable-usage-stats"],
-        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            "--num-cpus=1",
+            f"--autoscaling-config={config}",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 120
         while True:

@@ -19,15 +19,17 @@ WORK = Path(sys.argv[1]).resolve()
 DRIVER_CACHE = WORK / "driver-cache"
 # Set before Ray is imported: the raylets inherit them (each node then overrides the cache dir),
 # and the cluster's token auth (Ray 2.59+) uses a token of this run's own.
-os.environ.update({"RLHF_RAY_CACHE": str(DRIVER_CACHE), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)})
+os.environ.update(
+    {"RLHF_RAY_CACHE": str(DRIVER_CACHE), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+)
 
 import ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from rlhf_ray import driver  # noqa: E402
-from rlhf_ray.assets import resolve_model  # noqa: E402
+from rlhf_ray.actors.dp import free_port  # noqa: E402
 from rlhf_ray.cli import main  # noqa: E402
-from rlhf_ray.dp import free_port  # noqa: E402
+from rlhf_ray.models.assets import resolve_model  # noqa: E402
+from rlhf_ray.runtime import driver  # noqa: E402
 
 
 def adapters(roles) -> list[str]:
@@ -52,14 +54,31 @@ def run() -> dict:
     driver.Roles.start = staticmethod(start_without_driver_files)
     driver.Roles.stop = stop_after_reading
     reward_dir = resolve_model("tiny-random-bert", DRIVER_CACHE)  # a directory only the driver has
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 2, "gcs_server_port": free_port(), "include_dashboard": False,
-        "env_vars": {"RLHF_RAY_CACHE": str(WORK / "node-a")}})
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 2,
+            "gcs_server_port": free_port(),
+            "include_dashboard": False,
+            "env_vars": {"RLHF_RAY_CACHE": str(WORK / "node-a")},
+        },
+    )
     cluster.add_node(num_cpus=2, env_vars={"RLHF_RAY_CACHE": str(WORK / "node-b")})
     try:
-        result["code"] = main(["ppo", "--config", "configs/smoke.yaml", "--run-dir", str(WORK / "run"),
-                               f"reward.model={reward_dir}", "cluster.num_generators=2", "cluster.num_learners=2",
-                               "cluster.placement_strategy=SPREAD", f"cluster.address={cluster.address}"])
+        result["code"] = main(
+            [
+                "ppo",
+                "--config",
+                "configs/smoke.yaml",
+                "--run-dir",
+                str(WORK / "run"),
+                f"reward.model={reward_dir}",
+                "cluster.num_generators=2",
+                "cluster.num_learners=2",
+                "cluster.placement_strategy=SPREAD",
+                f"cluster.address={cluster.address}",
+            ]
+        )
     finally:
         ray.shutdown()
         cluster.shutdown()

@@ -7,7 +7,8 @@ import shutil
 
 import pytest
 
-from rlhf_ray.artifacts import Artifact, materialize, share
+from rlhf_ray.models.assets import materialize
+from rlhf_ray.store.artifacts import Artifact, share
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -23,8 +24,9 @@ def test_published_directory_materializes_without_the_source(tmp_path):
 
     first = materialize(artifact, tmp_path / "node-cache")
     assert first.startswith(str(tmp_path / "node-cache" / "artifacts" / "classifier-"))
-    assert (tmp_path / "node-cache/artifacts").joinpath(first.rsplit("/", 1)[1], "sub/weights.bin").read_bytes() == \
-        bytes(range(256)) * 10
+    assert (tmp_path / "node-cache/artifacts").joinpath(
+        first.rsplit("/", 1)[1], "sub/weights.bin"
+    ).read_bytes() == bytes(range(256)) * 10
     assert materialize(artifact, tmp_path / "node-cache") == first  # once per node, keyed by content hash
 
     forged = dataclasses.replace(artifact, sha256="0" * 64)

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from rlhf_ray.cli import main
-from rlhf_ray.config import ClusterConfig
+from rlhf_ray.config.schema import ClusterConfig
 from rlhf_ray.errors import UserError
-from rlhf_ray.placement import autoscaling_limits, check_fits, role_specs
+from rlhf_ray.runtime.placement import autoscaling_limits, check_fits, role_specs
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -22,8 +22,14 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 def test_placement_waits_for_the_autoscaler(tmp_path):
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    out = subprocess.run([sys.executable, str(REPO / "tests/integration/autoscaling_run.py"), str(tmp_path)],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, str(REPO / "tests/integration/autoscaling_run.py"), str(tmp_path)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     result = json.loads((tmp_path / "result.json").read_text())
     # 3 CPUs asked of a 1-CPU head: refused on a fixed cluster, here it waited while nodes were added
@@ -41,7 +47,9 @@ def test_fixed_cluster_refuses_an_impossible_request_in_one_line(ray_session, tm
     with pytest.raises(UserError, match="the Ray cluster has"):
         check_fits(role_specs(ClusterConfig(num_generators=int(cpus) * 4, actor_cpus=1.0)))
     start = time.monotonic()
-    code = main(["ppo", "--config", "configs/smoke.yaml", "--run-dir", str(tmp_path / "r"), f"cluster.actor_cpus={cpus + 1}"])
+    code = main(
+        ["ppo", "--config", "configs/smoke.yaml", "--run-dir", str(tmp_path / "r"), f"cluster.actor_cpus={cpus + 1}"]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "no node of this Ray cluster" in err
     assert time.monotonic() - start < 10

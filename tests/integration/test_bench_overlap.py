@@ -8,7 +8,7 @@ import json
 import pytest
 
 from rlhf_ray.cli import main
-from rlhf_ray.metrics import read_metrics
+from rlhf_ray.runtime.metrics import read_metrics
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -17,7 +17,9 @@ SMOKE = "configs/smoke.yaml"
 
 def test_bench_on_the_smoke_config(tmp_path, capsys):
     run = tmp_path / "bench"
-    assert main(["bench", "--config", SMOKE, "--run-dir", str(run), "bench.repeats=1", "bench.quant_modes=none,8bit"]) == 0
+    assert (
+        main(["bench", "--config", SMOKE, "--run-dir", str(run), "bench.repeats=1", "bench.quant_modes=none,8bit"]) == 0
+    )
     table = capsys.readouterr().out
     for section in ("(a)", "(b)", "(c)", "(d)", "(e)", "(f)", "Ray / in-process", "bare model.generate"):
         assert section in table, section
@@ -59,7 +61,7 @@ def test_overlapped_rollouts_lag_one_version_within_the_bound(tmp_path):
 
 def test_workers_get_the_drivers_priority_and_real_thread_counts():
     """Ray's defaults (nice 15, OMP_NUM_THREADS=1 for a 0.5-CPU actor) made actors slower than the roles
-    in-process; the local Ray started by rlhf_ray.placement.connect overrides both."""
+    in-process; the local Ray started by rlhf_ray.runtime.placement.connect overrides both."""
     import os
 
     import ray

@@ -21,7 +21,10 @@ def smoke_run(tmp_path_factory):
     import importlib.util
 
     tensorboard = importlib.util.find_spec("tensorboard") is not None
-    assert main(["ppo", "--config", "configs/smoke.yaml", "--run-dir", str(run), f"logging.tensorboard={tensorboard}"]) == 0
+    assert (
+        main(["ppo", "--config", "configs/smoke.yaml", "--run-dir", str(run), f"logging.tensorboard={tensorboard}"])
+        == 0
+    )
     return run
 
 

@@ -10,8 +10,8 @@ import stat
 import pytest
 import torch
 
-from rlhf_ray.checkpoint import latest_checkpoint
 from rlhf_ray.cli import main
+from rlhf_ray.store.checkpoint import latest_checkpoint
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 

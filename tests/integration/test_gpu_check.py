@@ -24,9 +24,25 @@ def _python_without(tmp_path: Path, blocked: str) -> str:
 
 def test_gpu_check_runs_both_precisions_on_cpu_without_ray(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "PYTHON": _python_without(tmp_path, "ray"), "HOME": str(Path.home())}
-    out = subprocess.run(["bash", "jobs/gpu_check.sh", "--model", "tiny-neox-shape", "--device", "cpu",
-                          "--new-tokens", "4", "--run-dir", str(tmp_path)], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            "bash",
+            "jobs/gpu_check.sh",
+            "--model",
+            "tiny-neox-shape",
+            "--device",
+            "cpu",
+            "--new-tokens",
+            "4",
+            "--run-dir",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "gpu_check.jsonl").read_text().splitlines()]
     assert [r["quant"] for r in rows] == ["8bit", "4bit"]
@@ -37,7 +53,12 @@ def test_gpu_check_runs_both_precisions_on_cpu_without_ray(tmp_path):
 
 
 def test_gpu_check_names_what_is_missing(tmp_path):
-    out = subprocess.run([_python_without(tmp_path, "bitsandbytes ray"), "jobs/gpu_check.py", "--model", "tiny-neox-shape"],
-                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [_python_without(tmp_path, "bitsandbytes ray"), "jobs/gpu_check.py", "--model", "tiny-neox-shape"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2
     assert "missing Python packages: bitsandbytes" in out.stderr and "Ray is NOT needed" in out.stderr

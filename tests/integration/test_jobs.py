@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_ray.metrics import read_metrics
+from rlhf_ray.runtime.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-
 
 
 def _free_port() -> int:
@@ -34,21 +33,47 @@ def ray_head():
     # The head (and so every job entrypoint) runs with the project venv first on PATH, as a user
     # who activated it would. Ray 2.59+ heads use token auth; a fresh machine has no token yet, so
     # head, job drivers and the `ray job submit` client share one made for this test.
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
-           "PATH": f"{BIN}:{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+    }
     head = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dash}",
-         "--dashboard-host=127.0.0.1", "--num-cpus=2", "--include-dashboard=true", "--disable-usage-stats",
-         # The session's local Ray (other tests) holds the default agent ports: without its own, this
-         # head's job agent cannot start and every submission answers "No available agent".
-         *[f"--{flag}={_free_port()}" for flag in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-                                                    "metrics-export-port", "runtime-env-agent-port")]],
-        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            f"--dashboard-port={dash}",
+            "--dashboard-host=127.0.0.1",
+            "--num-cpus=2",
+            "--include-dashboard=true",
+            "--disable-usage-stats",
+            # The session's local Ray (other tests) holds the default agent ports: without its own, this
+            # head's job agent cannot start and every submission answers "No available agent".
+            *[
+                f"--{flag}={_free_port()}"
+                for flag in (
+                    "dashboard-agent-listen-port",
+                    "dashboard-agent-grpc-port",
+                    "metrics-export-port",
+                    "runtime-env-agent-port",
+                )
+            ],
+        ],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     address = f"http://127.0.0.1:{dash}"
     deadline = time.time() + 120
-    while subprocess.run([str(BIN / "ray"), "job", "list", "--address", address], env=env,
-                         capture_output=True).returncode != 0:
+    while (
+        subprocess.run([str(BIN / "ray"), "job", "list", "--address", address], env=env, capture_output=True).returncode
+        != 0
+    ):
         assert head.poll() is None and time.time() < deadline, "ray head did not come up"
         time.sleep(2)
     yield address, env
@@ -61,8 +86,18 @@ def ray_head():
 
 def _submit(ray_head, *entrypoint: str) -> subprocess.CompletedProcess:
     address, env = ray_head
-    cmd = [str(BIN / "ray"), "job", "submit", "--address", address, "--runtime-env", "jobs/runtime_env.yaml",
-           "--", "python", *entrypoint]
+    cmd = [
+        str(BIN / "ray"),
+        "job",
+        "submit",
+        "--address",
+        address,
+        "--runtime-env",
+        "jobs/runtime_env.yaml",
+        "--",
+        "python",
+        *entrypoint,
+    ]
     deadline = time.time() + 120
     while True:
         out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
@@ -89,11 +124,34 @@ def test_two_jobs_at_once_on_one_head(ray_head, tmp_path):
     """Per-run actor and placement-group names: two runs on one cluster do not collide."""
     address, env = ray_head
     runs = [tmp_path / "job-a", tmp_path / "job-b"]
-    jobs = [subprocess.Popen([str(BIN / "ray"), "job", "submit", "--address", address, "--runtime-env",
-                              "jobs/runtime_env.yaml", "--", "python", "-m", "rlhf_ray", "ppo", "--config",
-                              "configs/smoke.yaml", "--run-dir", str(run)],
-                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            for run in runs]
+    jobs = [
+        subprocess.Popen(
+            [
+                str(BIN / "ray"),
+                "job",
+                "submit",
+                "--address",
+                address,
+                "--runtime-env",
+                "jobs/runtime_env.yaml",
+                "--",
+                "python",
+                "-m",
+                "rlhf_ray",
+                "ppo",
+                "--config",
+                "configs/smoke.yaml",
+                "--run-dir",
+                str(run),
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for run in runs
+    ]
     outs = [job.communicate(timeout=600)[0] for job in jobs]
     assert all(job.returncode == 0 for job in jobs), "\n".join(o[-3000:] for o in outs)
     names = [[p["name"] for p in json.loads((run / "placement.json").read_text())] for run in runs]
@@ -104,7 +162,9 @@ def test_two_jobs_at_once_on_one_head(ray_head, tmp_path):
 
 @pytest.mark.slow
 def test_bad_config_fails_the_job_with_one_clear_line(ray_head, tmp_path):
-    out = _submit(ray_head, "jobs/ppo.py", "--config", "configs/smoke.yaml", "--run-dir", str(tmp_path / "x"), "ppo.lr=-1")
+    out = _submit(
+        ray_head, "jobs/ppo.py", "--config", "configs/smoke.yaml", "--run-dir", str(tmp_path / "x"), "ppo.lr=-1"
+    )
     assert out.returncode != 0
     assert "config key 'ppo.lr': must be > 0" in out.stdout + out.stderr
 
@@ -115,6 +175,11 @@ def test_every_job_entrypoint_is_wired_to_its_stage(script, tmp_path):
     stage = script.removesuffix(".py")
     key = {"sft": "sft.lr", "merge": "merge.dtype", "reward": "reward.lr"}.get(stage, "ppo.lr")
     value = "float8" if key == "merge.dtype" else "-1"
-    out = subprocess.run([sys.executable, f"jobs/{script}", "--run-dir", str(tmp_path / "r"), f"{key}={value}"],
-                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, f"jobs/{script}", "--run-dir", str(tmp_path / "r"), f"{key}={value}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2 and f"config key '{key}'" in out.stderr

@@ -8,8 +8,8 @@ import ray
 import torch
 
 from rlhf_ray.batch import Rollout
-from rlhf_ray.config import load_config
-from rlhf_ray.learner_group import LearnerGroup
+from rlhf_ray.config.schema import load_config
+from rlhf_ray.runtime.learner_group import LearnerGroup
 
 OVERRIDES = ["ppo.batch_size=4", "ppo.mini_batch_size=2", "ppo.epochs=1"]
 
@@ -17,9 +17,17 @@ OVERRIDES = ["ppo.batch_size=4", "ppo.mini_batch_size=2", "ppo.epochs=1"]
 def synthetic_rollout() -> tuple[Rollout, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     response_mask = (torch.arange(5)[None, :] < torch.tensor([5, 2, 4, 3])[:, None]).long()
-    rollout = Rollout(torch.randint(5, 500, (4, 3), generator=g), torch.ones(4, 3, dtype=torch.long),
-                      torch.randint(5, 500, (4, 5), generator=g), response_mask, ["p"] * 4, ["r"] * 4, policy_version=0)
+    rollout = Rollout(
+        torch.randint(5, 500, (4, 3), generator=g),
+        torch.ones(4, 3, dtype=torch.long),
+        torch.randint(5, 500, (4, 5), generator=g),
+        response_mask,
+        ["p"] * 4,
+        ["r"] * 4,
+        policy_version=0,
+    )
     return rollout, torch.randn(4, generator=g)
+
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_ray.metrics import read_metrics
+from rlhf_ray.runtime.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -19,8 +19,14 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 def test_two_nodes_two_learners_no_shared_disk(tmp_path):
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    out = subprocess.run([sys.executable, str(REPO / "tests/integration/multinode_run.py"), str(tmp_path)],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, str(REPO / "tests/integration/multinode_run.py"), str(tmp_path)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["code"] == 0, out.stderr[-3000:]

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from rlhf_ray.cli import main
-from rlhf_ray.config import load_config
-from rlhf_ray.plan import make_plan
+from rlhf_ray.config.schema import load_config
+from rlhf_ray.runtime.plan import make_plan
 
 pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.slow]
 

@@ -8,16 +8,32 @@ import pytest
 import torch
 from safetensors.torch import load as st_load
 
-from rlhf_ray.checkpoint import latest_checkpoint
 from rlhf_ray.cli import main
-from rlhf_ray.metrics import read_metrics
+from rlhf_ray.runtime.metrics import read_metrics
+from rlhf_ray.store.checkpoint import latest_checkpoint
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
 SMOKE = "configs/smoke.yaml"
-REQUIRED = ["iteration", "reward/mean", "reward/std", "kl/mean", "kl/coef", "policy/loss", "policy/clipfrac",
-            "policy/approx_kl", "entropy/mean", "response/length_mean", "policy/version", "time/generate_s",
-            "time/score_s", "time/learn_s", "time/sync_s", "time/iteration_s", "sync/bytes"]
+REQUIRED = [
+    "iteration",
+    "reward/mean",
+    "reward/std",
+    "kl/mean",
+    "kl/coef",
+    "policy/loss",
+    "policy/clipfrac",
+    "policy/approx_kl",
+    "entropy/mean",
+    "response/length_mean",
+    "policy/version",
+    "time/generate_s",
+    "time/score_s",
+    "time/learn_s",
+    "time/sync_s",
+    "time/iteration_s",
+    "sync/bytes",
+]
 
 
 def _lora_b(checkpoint_dir) -> dict[str, torch.Tensor]:
@@ -61,8 +77,13 @@ def test_gae_smoke_end_to_end_and_resume(tmp_path, capsys):
 
 def test_grpo_with_two_generators_and_scorers(tmp_path):
     run = tmp_path / "grpo"
-    overrides = ["algo.advantage=grpo", "algo.group_size=2", "cluster.num_generators=2", "cluster.num_scorers=2",
-                 "algo.kl_controller=adaptive"]
+    overrides = [
+        "algo.advantage=grpo",
+        "algo.group_size=2",
+        "cluster.num_generators=2",
+        "cluster.num_scorers=2",
+        "algo.kl_controller=adaptive",
+    ]
     assert main(["ppo", "--config", SMOKE, "--run-dir", str(run), *overrides]) == 0
     rows = read_metrics(run / "metrics.jsonl")
     for key in REQUIRED:

@@ -21,10 +21,10 @@ import torch
 from ray.exceptions import RayActorError
 from safetensors.torch import load as st_load
 
-from rlhf_ray.checkpoint import latest_checkpoint
 from rlhf_ray.cli import main
-from rlhf_ray.metrics import read_metrics
-from rlhf_ray.recovery import read_events
+from rlhf_ray.runtime.metrics import read_metrics
+from rlhf_ray.runtime.recovery import read_events
+from rlhf_ray.store.checkpoint import latest_checkpoint
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -77,8 +77,11 @@ def _alive(pid: int) -> bool:
 
 def actor(role: str):
     """The running actor of `role` (names are per run: `<run>/<role>`)."""
-    (name,) = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-               if a["namespace"] == "rlhf_ray" and a["name"].endswith("/" + role)]
+    (name,) = [
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["namespace"] == "rlhf_ray" and a["name"].endswith("/" + role)
+    ]
     return ray.get_actor(name, namespace="rlhf_ray")
 
 
@@ -100,8 +103,13 @@ class Faults(threading.Thread):
 
 def test_killed_generator_scorer_and_learner_are_restarted(tmp_path, reference):
     run = tmp_path / "run"
-    faults = Faults(run, [(1, lambda: (ray.kill(actor("generator-0")), ray.kill(actor("reward-0")))),
-                          (2, lambda: ray.kill(actor("learner-0")))])
+    faults = Faults(
+        run,
+        [
+            (1, lambda: (ray.kill(actor("generator-0")), ray.kill(actor("reward-0")))),
+            (2, lambda: ray.kill(actor("learner-0"))),
+        ],
+    )
     faults.start()
     assert main(ppo(run)) == 0
     faults.join()
@@ -149,8 +157,14 @@ def test_resume_after_sigkill_of_the_driver_reproduces_the_metrics(tmp_path, ref
     run = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local Ray, as a user's run
     env["PYTHONPATH"] = str(REPO)
-    driver = subprocess.Popen([sys.executable, "-m", "rlhf_ray.cli", *ppo(run)], cwd=REPO,
-                              env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "rlhf_ray.cli", *ppo(run)],
+        cwd=REPO,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for_iteration(run, 2)
         driver.send_signal(signal.SIGKILL)  # mid-run: iteration 2 logged, its checkpoint maybe not yet
@@ -161,7 +175,6 @@ def test_resume_after_sigkill_of_the_driver_reproduces_the_metrics(tmp_path, ref
     assert _logged(run / "metrics.jsonl") == {1, 2}
     assert main(["ppo", "--resume", str(run)]) == 0
     assert comparable(read_metrics(run / "metrics.jsonl")) == reference
-
 
 
 def our_actors() -> list:

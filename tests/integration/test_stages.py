@@ -12,8 +12,11 @@ import torch
 from rlhf_ray.cli import main
 
 # Repetitive phrases: a tiny random LM can lower its held-out loss on them within a few dozen steps.
-PHRASES = ["the film was good and the actors were good .", "a fine movie with a fine story .",
-           "great acting and a great plot ."]
+PHRASES = [
+    "the film was good and the actors were good .",
+    "a fine movie with a fine story .",
+    "great acting and a great plot .",
+]
 POSITIVE = ["great wonderful film", "i loved this movie , wonderful", "a great and moving story"]
 NEGATIVE = ["awful boring film", "i hated this movie , boring", "an awful and dull story"]
 
@@ -24,8 +27,12 @@ def data_dir(tmp_path_factory) -> Path:
     with (root / "phrases.jsonl").open("w") as f:
         for i in range(300):
             f.write(json.dumps({"text": f"review {i} : " + " ".join(PHRASES[(i + j) % 3] for j in range(4))}) + "\n")
-    rows = [f'"{t} {i}",{label}' for i in range(100) for label, group in ((1, POSITIVE), (0, NEGATIVE))
-            for t in [group[i % 3]]]
+    rows = [
+        f'"{t} {i}",{label}'
+        for i in range(100)
+        for label, group in ((1, POSITIVE), (0, NEGATIVE))
+        for t in [group[i % 3]]
+    ]
     (root / "sentiment.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
     return root
 
@@ -37,9 +44,23 @@ def read_json(path: Path) -> dict:
 @pytest.fixture(scope="module")
 def sft_run(ray_session, data_dir, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("sft")
-    code = main(["sft", "--run-dir", str(run_dir), "model.policy=tiny-random-llama", "model.quant=8bit",
-                 f"sft.dataset={data_dir / 'phrases.jsonl'}", "sft.train_docs=200", "sft.max_length=64",
-                 "sft.batch_size=8", "sft.grad_accum=2", "sft.max_steps=30", "sft.lr=1e-2", "sft.eval_blocks=8"])
+    code = main(
+        [
+            "sft",
+            "--run-dir",
+            str(run_dir),
+            "model.policy=tiny-random-llama",
+            "model.quant=8bit",
+            f"sft.dataset={data_dir / 'phrases.jsonl'}",
+            "sft.train_docs=200",
+            "sft.max_length=64",
+            "sft.batch_size=8",
+            "sft.grad_accum=2",
+            "sft.max_steps=30",
+            "sft.lr=1e-2",
+            "sft.eval_blocks=8",
+        ]
+    )
     assert code == 0
     return run_dir
 
@@ -83,8 +104,18 @@ def test_merged_model_equals_base_plus_adapter(ray_session, tiny_lm, tmp_path):
     assert (expected - base).abs().max() > 1e-2
 
     run_dir = tmp_path / "merge"
-    assert main(["merge", "--run-dir", str(run_dir), "model.policy=tiny-random-llama",
-                 f"merge.adapter={tmp_path / 'adapter'}"]) == 0
+    assert (
+        main(
+            [
+                "merge",
+                "--run-dir",
+                str(run_dir),
+                "model.policy=tiny-random-llama",
+                f"merge.adapter={tmp_path / 'adapter'}",
+            ]
+        )
+        == 0
+    )
     assert read_json(run_dir / "DONE.json")["model"] == str(run_dir / "model")
     assert (run_dir / "model" / "tokenizer_config.json").exists()
     merged = AutoModelForCausalLM.from_pretrained(str(run_dir / "model"), dtype=torch.float32)
@@ -102,12 +133,26 @@ def test_merge_without_adapter_is_a_one_line_error(tmp_path, capsys):
 
 @pytest.mark.parametrize("method, quant, lr", [("full", "none", 2e-3), ("lora", "8bit", 2e-2)])
 def test_reward_stage_trains_a_classifier_reward_model_loads(ray_session, data_dir, tmp_path, method, quant, lr):
-    from rlhf_ray.models.reward import RewardModel
+    from rlhf_ray.rewards.classifier import RewardModel
 
-    code = main(["reward", "--run-dir", str(tmp_path), "reward.backbone=tiny-random-bert",
-                 f"reward.dataset={data_dir / 'sentiment.csv'}", f"reward.method={method}", f"reward.quant={quant}",
-                 "reward.train_size=160", "reward.eval_size=40", "reward.epochs=3", f"reward.lr={lr}",
-                 "reward.train_batch_size=16", "reward.train_max_length=32", "model.lora_r=8"])
+    code = main(
+        [
+            "reward",
+            "--run-dir",
+            str(tmp_path),
+            "reward.backbone=tiny-random-bert",
+            f"reward.dataset={data_dir / 'sentiment.csv'}",
+            f"reward.method={method}",
+            f"reward.quant={quant}",
+            "reward.train_size=160",
+            "reward.eval_size=40",
+            "reward.epochs=3",
+            f"reward.lr={lr}",
+            "reward.train_batch_size=16",
+            "reward.train_max_length=32",
+            "model.lora_r=8",
+        ]
+    )
     assert code == 0
     done = read_json(tmp_path / "DONE.json")
     assert done == read_json(tmp_path / "metrics.json") and done["method"] == method

@@ -14,11 +14,11 @@ from ray.exceptions import RayActorError
 from ray.util.placement_group import placement_group
 
 from rlhf_ray.batch import AdapterPayload
-from rlhf_ray.config import load_config
-from rlhf_ray.learner_group import LearnerGroup
-from rlhf_ray.placement import RoleSpec, actor_options
-from rlhf_ray.recovery import RunStopped, Supervisor, read_events, timed_get
-from rlhf_ray.roles import LEARNER, Roles, make_actor
+from rlhf_ray.config.schema import load_config
+from rlhf_ray.runtime.learner_group import LearnerGroup
+from rlhf_ray.runtime.placement import RoleSpec, actor_options
+from rlhf_ray.runtime.recovery import RunStopped, Supervisor, read_events, timed_get
+from rlhf_ray.runtime.roles import LEARNER, Roles, make_actor
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 

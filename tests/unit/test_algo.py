@@ -27,9 +27,9 @@ NAN, INF = float("nan"), float("inf")
 
 
 def close(a, b, atol=1e-6):
-    torch.testing.assert_close(torch.as_tensor(a, dtype=torch.float64),
-                               torch.as_tensor(b, dtype=torch.float64),
-                               atol=atol, rtol=1e-6)
+    torch.testing.assert_close(
+        torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64), atol=atol, rtol=1e-6
+    )
 
 
 def t(x):
@@ -62,12 +62,12 @@ def test_masked_whiten_hand():
     std = math.sqrt(var + 1e-8)
     expected = t([[(1 - mean) / std, (2 - mean) / std, 0.0], [(4 - mean) / std, 0.0, 0.0]])
     close(masked_whiten(X, M), expected)
-    shifted = t([[(1 - mean) / std + mean, (2 - mean) / std + mean, 0.0],
-                 [(4 - mean) / std + mean, 0.0, 0.0]])
+    shifted = t([[(1 - mean) / std + mean, (2 - mean) / std + mean, 0.0], [(4 - mean) / std + mean, 0.0, 0.0]])
     close(masked_whiten(X, M, shift_mean=False), shifted)
 
 
 # ---------------------------------------------------------------- GAE
+
 
 def test_gae_hand():
     g, lam = 0.9, 0.8
@@ -75,17 +75,17 @@ def test_gae_hand():
     values = t([[0.5, 1.0, 1.5], [0.5, 1.0, 99.0]])
     mask = t([[1, 1, 1], [1, 1, 0]])
     # row 0: delta_t = r_t + g*V_{t+1} - V_t, with V_3 = 0
-    d02 = 2 + g * 0 - 1.5          # 0.5
-    d01 = 0 + g * 1.5 - 1.0        # 0.35
-    d00 = 1 + g * 1.0 - 0.5        # 1.4
-    a02 = d02                      # 0.5
-    a01 = d01 + g * lam * a02      # 0.35 + 0.72*0.5 = 0.71
-    a00 = d00 + g * lam * a01      # 1.4 + 0.72*0.71 = 1.9112
+    d02 = 2 + g * 0 - 1.5  # 0.5
+    d01 = 0 + g * 1.5 - 1.0  # 0.35
+    d00 = 1 + g * 1.0 - 0.5  # 1.4
+    a02 = d02  # 0.5
+    a01 = d01 + g * lam * a02  # 0.35 + 0.72*0.5 = 0.71
+    a00 = d00 + g * lam * a01  # 1.4 + 0.72*0.71 = 1.9112
     # row 1: last real token is t=1, so V_2 := 0
-    d11 = 2 + g * 0 - 1.0          # 1.0
-    d10 = 1 + g * 1.0 - 0.5        # 1.4
+    d11 = 2 + g * 0 - 1.0  # 1.0
+    d10 = 1 + g * 1.0 - 0.5  # 1.4
     a11 = d11
-    a10 = d10 + g * lam * a11      # 2.12
+    a10 = d10 + g * lam * a11  # 2.12
     adv, ret = compute_gae(rewards, values, mask, g, lam)
     close(adv, [[a00, a01, a02], [a10, a11, 0.0]])
     close(adv[0, 0], 1.9112)
@@ -140,6 +140,7 @@ def test_gae_empty_row_and_bool_mask():
 
 # ---------------------------------------------------------------- KL
 
+
 def test_kl_kinds_hand():
     lp, ref = t([[-1.0, -2.0]]), t([[-1.5, -1.0]])  # lp - ref = [0.5, -1.0]
     close(kl_penalty(lp, ref, "k1"), [[0.5, -1.0]])
@@ -163,11 +164,11 @@ def test_shape_rewards_hand():
     for coef in (0.1, torch.tensor(0.1, dtype=torch.float64)):
         rewards, kl = shape_rewards(scores, lp, ref, mask, coef, "k1")
         close(kl, [[0.5, 0.0, -1.0], [-0.5, 0.0, 0.0]])
-        close(rewards, [[-0.1 * 0.5, 0.0, -0.1 * -1.0 + 2.0],
-                        [-0.1 * -0.5, 0.0 + -1.0, 0.0]])
+        close(rewards, [[-0.1 * 0.5, 0.0, -0.1 * -1.0 + 2.0], [-0.1 * -0.5, 0.0 + -1.0, 0.0]])
 
 
 # ---------------------------------------------------------------- losses
+
 
 def test_policy_loss_hand_with_clipping():
     eps = 0.2
@@ -251,6 +252,7 @@ def test_entropy_hand():
 
 # ---------------------------------------------------------------- controllers
 
+
 def test_fixed_kl_controller():
     ctl = FixedKLController(0.1)
     ctl.update(100.0, 1000)
@@ -262,11 +264,11 @@ def test_fixed_kl_controller():
 
 def test_adaptive_kl_controller_hand():
     ctl = AdaptiveKLController(0.2, target=6.0, horizon=10000)
-    ctl.update(9.0, 1000)   # 9/6 - 1 = 0.5 -> clip 0.2; mult 1 + 0.2*1000/1e4 = 1.02
+    ctl.update(9.0, 1000)  # 9/6 - 1 = 0.5 -> clip 0.2; mult 1 + 0.2*1000/1e4 = 1.02
     close(ctl.value, 0.2 * 1.02)
-    ctl.update(5.7, 1000)   # 5.7/6 - 1 = -0.05; mult 1 - 0.05*0.1 = 0.995
+    ctl.update(5.7, 1000)  # 5.7/6 - 1 = -0.05; mult 1 - 0.05*0.1 = 0.995
     close(ctl.value, 0.2 * 1.02 * 0.995)
-    ctl.update(0.0, 500)    # -1 -> clip -0.2; mult 1 - 0.2*0.05 = 0.99
+    ctl.update(0.0, 500)  # -1 -> clip -0.2; mult 1 - 0.2*0.05 = 0.99
     expected = 0.2 * 1.02 * 0.995 * 0.99
     close(ctl.value, expected)
     assert isinstance(ctl.value, float)
@@ -278,6 +280,7 @@ def test_adaptive_kl_controller_hand():
 
 
 # ---------------------------------------------------------------- group advantages
+
 
 def test_grpo_hand():
     scores = t([1.0, 2.0, 3.0, 4.0, 4.0, 4.0])
@@ -291,8 +294,7 @@ def test_grpo_hand():
 def test_rloo_hand():
     scores = t([1.0, 2.0, 6.0, 0.0, 3.0, 3.0])
     # each minus mean of the other two
-    expected = [1 - (2 + 6) / 2, 2 - (1 + 6) / 2, 6 - (1 + 2) / 2,
-                0 - (3 + 3) / 2, 3 - (0 + 3) / 2, 3 - (0 + 3) / 2]
+    expected = [1 - (2 + 6) / 2, 2 - (1 + 6) / 2, 6 - (1 + 2) / 2, 0 - (3 + 3) / 2, 3 - (0 + 3) / 2, 3 - (0 + 3) / 2]
     close(group_advantages(scores, 3, "rloo"), expected)
 
 
@@ -313,6 +315,7 @@ def test_masked_var_too_few_entries():
 
 # ---------------------------------------------------------------- masking invariance
 
+
 def test_masked_positions_change_nothing():
     b, tt, v = 4, 6, 5
     rewards, values, mask, _ = _random_padded(b, tt, seed=7)
@@ -332,15 +335,22 @@ def test_masked_positions_change_nothing():
         out += [loss, *st.values()]
         loss, st = value_loss(val, old_, r, mask, 0.2)
         out += [loss, *st.values()]
-        out += [entropy_from_logits(lg, mask), masked_mean(r, mask),
-                masked_mean(r, mask, dim=1), masked_var(r, mask), masked_whiten(r, mask),
-                masked_whiten(r, mask, shift_mean=False)]
+        out += [
+            entropy_from_logits(lg, mask),
+            masked_mean(r, mask),
+            masked_mean(r, mask, dim=1),
+            masked_var(r, mask),
+            masked_whiten(r, mask),
+            masked_whiten(r, mask, shift_mean=False),
+        ]
         return out
 
     clean = run_all(rewards, values, lp, old, ref, logits)
     for junk in (NAN, INF, -INF, 1e6):
+
         def dirty(x):
             return x.masked_fill(pad, junk)
+
         lg = logits.masked_fill(pad[..., None], junk)
         got = run_all(dirty(rewards), dirty(values), dirty(lp), dirty(old), dirty(ref), lg)
         for a, bb in zip(clean, got):
@@ -377,8 +387,7 @@ def test_algo_import_rules():
                 top = name.split(".")[0]
                 assert top not in FORBIDDEN, f"{path.name} imports {name}"
                 if top == "rlhf_ray":
-                    assert name == "rlhf_ray.algo" or name.startswith("rlhf_ray.algo."), \
-                        f"{path.name} imports {name}"
+                    assert name == "rlhf_ray.algo" or name.startswith("rlhf_ray.algo."), f"{path.name} imports {name}"
 
 
 def test_public_api_documented():

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from rlhf_ray.assets import resolve_model
-from rlhf_ray.data import PromptStream, load_text_dataset
+from rlhf_ray.data.prompts import PromptStream, load_text_dataset
 from rlhf_ray.errors import UserError
+from rlhf_ray.models.assets import resolve_model
 
 
 def test_imdb_has_25000_labelled_reviews_and_stable_splits():
@@ -52,7 +52,7 @@ def test_smollm2_asset_continues_english(smollm2):
     assert model.config.model_type == "llama" and model.num_parameters() > 100e6
     inputs = tokenizer("The capital of France is", return_tensors="pt")
     out = model.generate(**inputs, max_new_tokens=8, do_sample=False)
-    text = tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    text = tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "Paris" in text
 
 

@@ -11,10 +11,10 @@ import torch
 import yaml
 from safetensors.torch import save as st_save
 
-from rlhf_ray.checkpoint import write_checkpoint
 from rlhf_ray.cli import main
-from rlhf_ray.config import load_config, save_config
+from rlhf_ray.config.schema import load_config, save_config
 from rlhf_ray.stages import ppo as ppo_stage
+from rlhf_ray.store.checkpoint import write_checkpoint
 
 SMOKE = "configs/smoke.yaml"
 
@@ -130,9 +130,12 @@ def fake_run(run_dir, *, value_head: bool = True, corrupt: bool = False, overrid
     tensors = {"base_model.model.lora_A.weight": torch.zeros(4, 8)}
     if value_head:
         tensors["value_head.summary.weight"] = torch.zeros(1, 8)
-    files = {"policy.safetensors": st_save(tensors), "optimizer.pt": b"opt",
-             "learner_state.json": json.dumps({"version": 1}).encode(),
-             "driver_state.json": json.dumps({"iteration": 1}).encode()}
+    files = {
+        "policy.safetensors": st_save(tensors),
+        "optimizer.pt": b"opt",
+        "learner_state.json": json.dumps({"version": 1}).encode(),
+        "driver_state.json": json.dumps({"iteration": 1}).encode(),
+    }
     path = write_checkpoint(run_dir, 1, files)
     if corrupt:
         data = (path / "policy.safetensors").read_bytes()
@@ -147,7 +150,9 @@ def test_fresh_run_into_a_directory_holding_a_run(tmp_path, capsys):
 
 def test_resume_of_a_directory_without_checkpoint(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    assert "no checkpoint to resume from" in one_line_error(capsys, ["ppo", "--resume", str(tmp_path / "empty"), "--config", SMOKE])
+    assert "no checkpoint to resume from" in one_line_error(
+        capsys, ["ppo", "--resume", str(tmp_path / "empty"), "--config", SMOKE]
+    )
 
 
 def test_resume_of_a_missing_directory(tmp_path, capsys):

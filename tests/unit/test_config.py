@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from rlhf_ray.cli import main
-from rlhf_ray.config import Config, load_config, parse_overrides
+from rlhf_ray.config.schema import Config, load_config, parse_overrides
 from rlhf_ray.errors import ConfigError
 
 

@@ -9,15 +9,15 @@ from dataclasses import dataclass, field
 import pytest
 
 from rlhf_ray.cli import STAGE_SECTIONS, main
-from rlhf_ray.config import Config, load_config
-from rlhf_ray.config_help import explain, field_comments, key_docs, sections, suggest
+from rlhf_ray.config.help import explain, field_comments, key_docs, sections, suggest
+from rlhf_ray.config.schema import Config, load_config
 from rlhf_ray.errors import ConfigError
 
 
 def test_every_section_and_every_key_has_a_help_line():
     missing = [name for name, (_, help_text) in sections(Config).items() if not help_text]
     missing += [doc.key for name in sections(Config) for doc in key_docs(Config, name) if not doc.help.strip()]
-    assert not missing, f"add a `# help` comment above these fields in rlhf_ray/config.py: {missing}"
+    assert not missing, f"add a `# help` comment above these fields in rlhf_ray/config/schema.py: {missing}"
 
 
 @dataclass
@@ -82,8 +82,15 @@ HINTS = [
     (["ppo", "ppo.num_generations=4"], ["did you mean algo.group_size?"]),
     (["ppo", "ppo.kl_coef=0.1"], ["did you mean algo.kl_coef?"]),
     (["ppo", "ppo.lrr=0.1"], ["did you mean ppo.lr?"]),
-    (["ppo", "ppo.batch_size=15"], ["config key 'ppo.batch_size'", "ppo.batch_size (15) must be divisible by "
-                                    "ppo.mini_batch_size (8)", "a multiple of 8 (8 or 16)", "divisor of 15 (1, 3, 5, 15)"]),
+    (
+        ["ppo", "ppo.batch_size=15"],
+        [
+            "config key 'ppo.batch_size'",
+            "ppo.batch_size (15) must be divisible by ppo.mini_batch_size (8)",
+            "a multiple of 8 (8 or 16)",
+            "divisor of 15 (1, 3, 5, 15)",
+        ],
+    ),
     (["ppo", "ppo.mini_batch_size=5"], ["config key 'ppo.mini_batch_size'"]),
     (["ppo", "cluster.num_generators=3"], ["config key 'cluster.num_generators'", "equal shard"]),
 ]

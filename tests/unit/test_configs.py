@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_ray.config import load_config
+from rlhf_ray.config.schema import load_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 

@@ -6,10 +6,10 @@ import importlib.util
 
 import pytest
 
-from rlhf_ray.config import load_config
+from rlhf_ray.config.schema import load_config
 from rlhf_ray.errors import ConfigError, UserError
-from rlhf_ray.metrics import LineProgress
-from rlhf_ray.stages.evaluate import distinct_n, summarize
+from rlhf_ray.runtime.metrics import LineProgress
+from rlhf_ray.tools.evaluate import distinct_n, summarize
 
 
 def test_distinct_n_counts_unique_word_ngrams():
@@ -21,8 +21,12 @@ def test_distinct_n_counts_unique_word_ngrams():
 
 
 def test_summary_positive_rate_uses_the_score_kind_threshold():
-    rows = {"score": [0.4, 0.6, -1.0, 2.0], "kl": [1.0, 3.0, 0.0, 0.0], "length": [2, 4, 6, 8],
-            "response": ["x", "y", "z", "w"]}
+    rows = {
+        "score": [0.4, 0.6, -1.0, 2.0],
+        "kl": [1.0, 3.0, 0.0, 0.0],
+        "length": [2, 4, 6, 8],
+        "response": ["x", "y", "z", "w"],
+    }
     margin = summarize(rows, "logit_margin")
     assert margin["reward/positive_rate"] == 0.75 and margin["reward/mean"] == pytest.approx(0.5)
     assert margin["kl/to_reference"] == 1.0 and margin["response/length_mean"] == 5.0
@@ -50,7 +54,7 @@ def test_truncated_sampling_is_refused_and_sinks_need_their_package():
 
 
 def test_missing_run_or_adapter_is_a_user_error(tmp_path):
-    from rlhf_ray.runs import find_adapter
+    from rlhf_ray.tools.runs import find_adapter
 
     with pytest.raises(UserError, match="no such run"):
         find_adapter(tmp_path / "nope")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from memtrack import LiveBytes
+
 from rlhf_ray.algo import entropy_from_logits
 from rlhf_ray.models import forward
 from rlhf_ray.models.forward import response_stats
@@ -16,8 +16,14 @@ VOCAB = 512  # the tiny models' tokenizer
 
 def _policy(path, quant, gradient_checkpointing=False):
     torch.manual_seed(0)
-    model = attach_lora(load_causal_lm(path, quant, "cpu"), r=4, alpha=8, dropout=0.0, targets=None,
-                        gradient_checkpointing=gradient_checkpointing)
+    model = attach_lora(
+        load_causal_lm(path, quant, "cpu"),
+        r=4,
+        alpha=8,
+        dropout=0.0,
+        targets=None,
+        gradient_checkpointing=gradient_checkpointing,
+    )
     with torch.no_grad():  # non-zero LoRA B so every LoRA parameter gets a gradient
         for name, p in model.named_parameters():
             if "lora_B" in name:

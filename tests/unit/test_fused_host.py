@@ -6,14 +6,18 @@ import pytest
 
 from rlhf_ray.actors.fused import FusedPolicyHost
 from rlhf_ray.actors.scorer import RewardScorer
-from rlhf_ray.config import load_config
+from rlhf_ray.config.schema import load_config
 from rlhf_ray.models.adapter import AdapterIntegrityError
 
 
 def _quantized_storages(host) -> set[int]:
     import bitsandbytes as bnb
 
-    return {m.weight.untyped_storage().data_ptr() for m in host.learner.model.modules() if isinstance(m, bnb.nn.Linear8bitLt)}
+    return {
+        m.weight.untyped_storage().data_ptr()
+        for m in host.learner.model.modules()
+        if isinstance(m, bnb.nn.Linear8bitLt)
+    }
 
 
 @pytest.fixture(scope="module")

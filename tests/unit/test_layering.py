@@ -1,28 +1,76 @@
-"""Reference resolution is layered one way: refs <- data <- models.tiny <- assets (no import circle)."""
+"""The package's layers import downwards only: no import (at the top of a file or inside a
+function) runs back up a layer, and the package root stays a handful of modules."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).resolve().parents[2] / "rlhf_ray"
 
+# Bottom to top. A module may import its own layer and any layer below; the `__init__.py`
+# docstring of each folder says the same in words (docs/architecture.md draws it).
+LAYERS = [
+    {"errors", "batch", "process", "algo"},
+    {"store"},
+    {"config"},
+    {"data"},
+    {"models"},
+    {"rewards"},
+    {"actors"},
+    {"runtime"},
+    {"stages"},
+    {"tools", "bench"},
+    {"cli", "__main__", "__init__"},
+]
+LEVEL = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 
-def _imports(module: str) -> set[str]:
-    """rlhf_ray modules a file imports, at the top or inside functions."""
-    tree = ast.parse((PACKAGE / module).read_text())
+
+def _unit(module: str) -> str:
+    """rlhf_ray.runtime.driver -> runtime; rlhf_ray.errors -> errors."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def _imports(path: Path) -> set[str]:
     out = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("rlhf_ray"):
-            out |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and node.module.startswith("rlhf_ray"):
+            out |= {node.module} if node.module != "rlhf_ray" else {f"rlhf_ray.{a.name}" for a in node.names}
         elif isinstance(node, ast.Import):
             out |= {a.name for a in node.names if a.name.startswith("rlhf_ray")}
     return out
 
 
-def test_asset_resolution_has_no_import_circle():
-    below_assets = {"refs.py": "rlhf_ray.refs", "data.py": "rlhf_ray.data", "models/tiny.py": "rlhf_ray.models.tiny",
-                    "checkpoint.py": "rlhf_ray.checkpoint"}
-    for path in below_assets:
-        assert "rlhf_ray.assets" not in _imports(path), f"{path} must not import rlhf_ray.assets"
-    assert "rlhf_ray.data" not in _imports("refs.py") and "rlhf_ray.models.tiny" not in _imports("data.py")
+SOURCES = sorted(PACKAGE.rglob("*.py"))
+
+
+def test_every_module_belongs_to_a_layer():
+    units = {_unit("rlhf_ray." + ".".join(p.relative_to(PACKAGE).with_suffix("").parts)) for p in SOURCES}
+    assert units <= set(LEVEL), f"add {sorted(units - set(LEVEL))} to LAYERS (and to docs/architecture.md)"
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_imports_run_downwards(path):
+    me = _unit("rlhf_ray." + ".".join(path.relative_to(PACKAGE).with_suffix("").parts))
+    upward = sorted(m for m in _imports(path) if LEVEL[_unit(m)] > LEVEL[me])
+    assert not upward, f"{path.relative_to(PACKAGE)} ({me}) imports a higher layer: {upward}"
+
+
+def test_algo_imports_torch_only():
+    for path in (PACKAGE / "algo").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        roots = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        roots |= {
+            n.module.split(".")[0]
+            for n in ast.walk(tree)
+            if isinstance(n, ast.ImportFrom) and n.module and n.level == 0
+        }
+        assert roots <= {"torch", "__future__", "dataclasses", "math", "typing", "collections"}, (path.name, roots)
+
+
+def test_package_root_is_small():
+    root = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert len(root) <= 8, root

@@ -8,7 +8,7 @@ import torch
 from rlhf_ray.actors.generator import Generator
 from rlhf_ray.actors.learner import Learner
 from rlhf_ray.batch import Rollout
-from rlhf_ray.config import load_config
+from rlhf_ray.config.schema import load_config
 from rlhf_ray.models.forward import response_stats
 from rlhf_ray.models.policy import reference_mode
 
@@ -50,7 +50,9 @@ def _per_shard_kl(learner, shards, temperature):
 
 
 def test_gae_experience_has_old_and_ref_in_place_and_each_score_on_its_row(tiny_lm):
-    cfg, learner, gens, captured = _roles(tiny_lm, ["cluster.num_generators=2", "algo.gamma=1.0", "algo.gae_lambda=1.0"])
+    cfg, learner, gens, captured = _roles(
+        tiny_lm, ["cluster.num_generators=2", "algo.gamma=1.0", "algo.gae_lambda=1.0"]
+    )
     shards = _shards(gens)
     scores = [torch.tensor([1.0, -2.0]), torch.tensor([3.5, 0.25])]  # distinct: a misplaced score shows
     learner.learn(shards, scores, iteration=1)
@@ -72,8 +74,16 @@ def test_gae_experience_has_old_and_ref_in_place_and_each_score_on_its_row(tiny_
 
 
 def test_groups_stay_contiguous_and_aligned_across_generator_shards(tiny_lm):
-    cfg, learner, gens, captured = _roles(tiny_lm, ["cluster.num_generators=2", "algo.advantage=grpo",
-                                                    "algo.group_size=2", "ppo.batch_size=4", "ppo.mini_batch_size=4"])
+    cfg, learner, gens, captured = _roles(
+        tiny_lm,
+        [
+            "cluster.num_generators=2",
+            "algo.advantage=grpo",
+            "algo.group_size=2",
+            "ppo.batch_size=4",
+            "ppo.mini_batch_size=4",
+        ],
+    )
     shards = _shards(gens)
     batch = Rollout.concat(shards, learner.tokenizer.pad_token_id)
     # each prompt's group_size samples sit next to each other, shard after shard

@@ -14,8 +14,14 @@ from rlhf_ray.batch import AdapterPayload
 from rlhf_ray.models.adapter import AdapterIntegrityError, export_adapter, import_adapter, save_adapter
 from rlhf_ray.models.forward import response_stats
 from rlhf_ray.models.generate import response_mask_from, sample
-from rlhf_ray.models.policy import (ValueHead, attach_lora, load_causal_lm, load_tokenizer, memory_footprint_bytes,
-                                    reference_mode)
+from rlhf_ray.models.policy import (
+    ValueHead,
+    attach_lora,
+    load_causal_lm,
+    load_tokenizer,
+    memory_footprint_bytes,
+    reference_mode,
+)
 
 
 def _policy(path, quant="8bit", seed=0):
@@ -40,7 +46,9 @@ def batch(tiny_lm):
 
 
 def _lp(model, rollout, chunk=64):
-    return response_stats(model, rollout.input_ids, rollout.attention_mask, rollout.prompt_ids.shape[1], chunk=chunk).logprobs
+    return response_stats(
+        model, rollout.input_ids, rollout.attention_mask, rollout.prompt_ids.shape[1], chunk=chunk
+    ).logprobs
 
 
 def test_response_mask_stops_after_first_eos():
@@ -115,7 +123,7 @@ def test_saved_adapter_loads_with_plain_peft_and_neox_defaults(tiny_lm, cache_di
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from rlhf_ray.assets import resolve_model
+    from rlhf_ray.models.assets import resolve_model
 
     policy = _policy(tiny_lm)
     _perturb(policy)
@@ -135,7 +143,7 @@ def test_quantized_footprints_on_smollm2(smollm2):
 
 def test_reward_model_scores_and_rejects_nan(tiny_classifier):
     from rlhf_ray.errors import UserError
-    from rlhf_ray.models.reward import RewardModel
+    from rlhf_ray.rewards.classifier import RewardModel
 
     rm = RewardModel(tiny_classifier, score="prob", batch_size=2)
     scores = rm.score(["great film", "awful film", "fine"])

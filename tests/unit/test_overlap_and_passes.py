@@ -10,8 +10,8 @@ import torch
 from rlhf_ray.actors.generator import Generator
 from rlhf_ray.actors.learner import Learner
 from rlhf_ray.actors.scorer import RewardScorer
-from rlhf_ray.config import load_config
-from rlhf_ray.overlap import StaleRolloutError
+from rlhf_ray.config.schema import load_config
+from rlhf_ray.errors import StaleRolloutError
 
 WHOLE_BATCH = ["ppo.epochs=2", "ppo.batch_size=4", "ppo.mini_batch_size=4"]
 
@@ -37,11 +37,14 @@ def batch(tiny_lm, tiny_classifier):
     return rollout, scorer.score(rollout)
 
 
-@pytest.mark.parametrize("overrides,forwards", [
-    (WHOLE_BATCH, (4, 3)),  # old + ref + 2 epochs x 1 step; the first step's forward is the old pass now
-    # old, ref in 2 chunks + 4 steps; now: first step rows (with grad) + 1 old chunk + 2 ref + 3 more steps
-    (WHOLE_BATCH + ["ppo.mini_batch_size=2"], (2 + 2 + 4, 1 + 1 + 2 + 3)),
-])
+@pytest.mark.parametrize(
+    "overrides,forwards",
+    [
+        (WHOLE_BATCH, (4, 3)),  # old + ref + 2 epochs x 1 step; the first step's forward is the old pass now
+        # old, ref in 2 chunks + 4 steps; now: first step rows (with grad) + 1 old chunk + 2 ref + 3 more steps
+        (WHOLE_BATCH + ["ppo.mini_batch_size=2"], (2 + 2 + 4, 1 + 1 + 2 + 3)),
+    ],
+)
 def test_first_micro_step_reuses_its_forward_and_updates_the_same(tiny_lm, batch, overrides, forwards):
     rollout, scores = batch
     cfg = load_config("configs/smoke.yaml", overrides)
@@ -91,8 +94,10 @@ def test_reference_logprobs_from_the_generator_skip_the_learners_reference_pass(
     prompts = ["This movie was", "The plot", "I loved", "Awful"]
     out = {}
     for on in (False, True):
-        cfg = load_config("configs/smoke.yaml", WHOLE_BATCH + [f"generate.reference_logprobs={str(on).lower()}",
-                                                               "generate.temperature=0.7"])
+        cfg = load_config(
+            "configs/smoke.yaml",
+            WHOLE_BATCH + [f"generate.reference_logprobs={str(on).lower()}", "generate.temperature=0.7"],
+        )
         learner, gen = Learner(cfg, tiny_lm), Generator(cfg, tiny_lm)
         gen.load_adapter(learner.adapter())
         rollout, _ = gen.generate(prompts, iteration=1)

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from rlhf_ray.cli import main
-from rlhf_ray.config import load_config
+from rlhf_ray.config.schema import load_config
 from rlhf_ray.errors import UserError
-from rlhf_ray.plan import HEAD_CHUNK_BUFFERS, HOST_RUNTIME, make_plan
+from rlhf_ray.runtime.plan import HEAD_CHUNK_BUFFERS, HOST_RUNTIME, make_plan
 
 # tiny-neox-shape: 2 layers, hidden 64, 4 heads, intermediate 256, vocab 512; non-Linear tensors and
 # activations in the dense dtype: fp32 in a host (CPU) plan, bf16 in a GPU plan.
@@ -24,10 +24,22 @@ LORA = 2 * 4 * (64 + 192)  # r=4 on query_key_value, both layers
 
 
 def _cfg(*extra):
-    return load_config(None, ["model.policy=tiny-neox-shape", "model.lora_r=4", "model.quant=8bit", "algo.advantage=gae",
-                              "ppo.batch_size=4", "ppo.mini_batch_size=2", "generate.max_new_tokens=8",
-                              "data.prompt_max_tokens=8", "model.logprob_chunk=4", "reward.model=tiny-random-bert",
-                              *extra])
+    return load_config(
+        None,
+        [
+            "model.policy=tiny-neox-shape",
+            "model.lora_r=4",
+            "model.quant=8bit",
+            "algo.advantage=gae",
+            "ppo.batch_size=4",
+            "ppo.mini_batch_size=2",
+            "generate.max_new_tokens=8",
+            "data.prompt_max_tokens=8",
+            "model.logprob_chunk=4",
+            "reward.model=tiny-random-bert",
+            *extra,
+        ],
+    )
 
 
 def test_bytes_per_role_match_hand_arithmetic():
@@ -45,8 +57,9 @@ def test_bytes_per_role_match_hand_arithmetic():
     assert learner.activations == 2 * per_layer
     assert gen.overhead == HOST_RUNTIME
     assert gen.dequant == learner.dequant == 64 * 256 * DENSE  # the largest Linear (fc1) dequantized
-    assert learner.total == (INT8_BASE + 16 * LORA + 16 * 65 + 64 * 256 * DENSE + HOST_RUNTIME
-                             + 2 * per_layer + learner.lm_head_chunk)
+    assert learner.total == (
+        INT8_BASE + 16 * LORA + 16 * 65 + 64 * 256 * DENSE + HOST_RUNTIME + 2 * per_layer + learner.lm_head_chunk
+    )
     assert make_plan(_cfg("model.quant=4bit")).layouts["fused"].roles["policy"].base == NF4_BASE == 320032
     # on a GPU the shape's dense tensors are bf16
     assert make_plan(_cfg(), gpu_memory_gb=24).layouts["fused"].roles["policy"].base == INT8_BASE - 2 * OTHER
@@ -87,7 +100,7 @@ def test_plan_command_prints_both_layouts_and_writes_json(tmp_path, capsys):
 
 
 def test_ppo_refuses_a_plan_that_cannot_fit_before_any_actor(tmp_path, capsys, monkeypatch):
-    import rlhf_ray.plan as plan
+    import rlhf_ray.runtime.plan as plan
 
     monkeypatch.setattr(plan, "device_budget", lambda cfg, gb: (False, 2**30))  # a 1 GiB host
     run = tmp_path / "run"
@@ -106,10 +119,11 @@ def test_nf4_20b_separate_would_leave_no_headroom_so_auto_fuses():
 
 def test_fused_layout_places_one_policy_process_and_refuses_two_generators():
     from rlhf_ray.errors import ConfigError
-    from rlhf_ray.layout import layout_specs
+    from rlhf_ray.runtime.layout import layout_specs
 
-    cfg = load_config("configs/smoke.yaml", ["cluster.layout=fused", "cluster.generator_gpus=0.3",
-                                             "cluster.learner_gpus=0.4"])
+    cfg = load_config(
+        "configs/smoke.yaml", ["cluster.layout=fused", "cluster.generator_gpus=0.3", "cluster.learner_gpus=0.4"]
+    )
     specs = layout_specs(cfg)
     assert [s.name for s in specs] == ["policy-0", "reward-0"] and specs[0].num_gpus == pytest.approx(0.7)
     assert [s.name for s in layout_specs(cfg, "separate")] == ["generator-0", "reward-0", "learner-0"]

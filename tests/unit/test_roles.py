@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from rlhf_ray.actors.generator import Generator, StaleAdapterError
-from rlhf_ray.actors.learner import Learner, StaleRolloutError
+from rlhf_ray.actors.learner import Learner
 from rlhf_ray.actors.scorer import RewardScorer
-from rlhf_ray.config import load_config
+from rlhf_ray.config.schema import load_config
+from rlhf_ray.errors import StaleRolloutError
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +21,7 @@ def roles(tiny_lm, tiny_classifier):
 
 def test_generator_refuses_to_sample_without_an_adapter(roles):
     cfg = roles[0]
-    from rlhf_ray.assets import resolve_model
+    from rlhf_ray.models.assets import resolve_model
 
     fresh = Generator(cfg, resolve_model("tiny-random-llama", cfg.cache_dir()))
     with pytest.raises(StaleAdapterError):
@@ -47,7 +48,9 @@ def test_checkpoint_restores_adapter_optimizer_and_kl_state(roles, tiny_lm):
     cfg, _, _, learner = roles
     files = learner.checkpoint()
     assert {"policy.safetensors", "optimizer.pt", "learner_state.json", "adapter/adapter_config.json"} <= set(files)
-    other = Learner(load_config("configs/smoke.yaml", ["run.seed=5", "ppo.batch_size=4", "ppo.mini_batch_size=4"]), tiny_lm)
+    other = Learner(
+        load_config("configs/smoke.yaml", ["run.seed=5", "ppo.batch_size=4", "ppo.mini_batch_size=4"]), tiny_lm
+    )
     assert other.adapter().sha256 != learner.adapter().sha256
     assert other.restore(files) == learner.version
     assert other.adapter().sha256 == learner.adapter().sha256
@@ -57,8 +60,16 @@ def test_checkpoint_restores_adapter_optimizer_and_kl_state(roles, tiny_lm):
 
 
 def test_rloo_learner_has_no_critic_and_learns(tiny_lm, tiny_classifier):
-    cfg = load_config("configs/smoke.yaml", ["algo.advantage=rloo", "algo.group_size=2", "ppo.batch_size=2",
-                                             "ppo.mini_batch_size=2", "algo.kl_controller=adaptive"])
+    cfg = load_config(
+        "configs/smoke.yaml",
+        [
+            "algo.advantage=rloo",
+            "algo.group_size=2",
+            "ppo.batch_size=2",
+            "ppo.mini_batch_size=2",
+            "algo.kl_controller=adaptive",
+        ],
+    )
     gen, scorer, learner = Generator(cfg, tiny_lm), RewardScorer(cfg, tiny_classifier), Learner(cfg, tiny_lm)
     assert learner.value_head is None
     gen.load_adapter(learner.adapter())

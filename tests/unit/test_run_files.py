@@ -12,9 +12,10 @@ import sys
 
 import pytest
 
-from rlhf_ray import cli, noise
-from rlhf_ray.checkpoint import atomic_write, write_checkpoint, write_dir
-from rlhf_ray.provenance import ConsoleLog, collect, model_reference, write_run_info
+from rlhf_ray import cli
+from rlhf_ray import process as noise
+from rlhf_ray.store.checkpoint import atomic_write, write_checkpoint, write_dir
+from rlhf_ray.store.provenance import ConsoleLog, collect, model_reference, write_run_info
 
 
 @pytest.fixture
@@ -36,8 +37,13 @@ def test_published_files_and_dirs_follow_the_umask(tmp_path, umask, mask):
     atomic_write(tmp_path / "DONE.json", b"{}")
     write_dir({"a.bin": b"1", "sub/b.bin": b"2"}, tmp_path / "model")
     ckpt = write_checkpoint(tmp_path / "run", 3, {"policy.safetensors": b"x", "adapter/adapter_config.json": b"{}"})
-    files = [tmp_path / "DONE.json", tmp_path / "model" / "a.bin", tmp_path / "model" / "sub" / "b.bin",
-             ckpt / "policy.safetensors", ckpt.parent / "LATEST"]
+    files = [
+        tmp_path / "DONE.json",
+        tmp_path / "model" / "a.bin",
+        tmp_path / "model" / "sub" / "b.bin",
+        ckpt / "policy.safetensors",
+        ckpt.parent / "LATEST",
+    ]
     dirs = [tmp_path / "model", tmp_path / "model" / "sub", ckpt, ckpt / "adapter"]
     assert {f.name: oct(_mode(f)) for f in files} == {f.name: oct(0o666 & ~mask) for f in files}
     assert {d.name: oct(_mode(d)) for d in dirs} == {d.name: oct(0o777 & ~mask) for d in dirs}
@@ -58,7 +64,7 @@ def test_run_info_names_versions_machine_commit_and_command(tmp_path):
 
 
 def test_git_commit_is_unknown_outside_a_checkout(tmp_path, monkeypatch):
-    from rlhf_ray import provenance
+    from rlhf_ray.store import provenance
 
     monkeypatch.setattr(provenance, "__file__", str(tmp_path / "rlhf_ray" / "provenance.py"))
     assert provenance.git_commit() == "unknown"
@@ -92,15 +98,21 @@ def test_console_log_keeps_what_the_terminal_shows(tmp_path, capsys):
         logger.removeHandler(handler)
     assert (tmp_path / "console.log").read_text() == "hello\nbar 2/2\na log line\nunterminated\n"
     seen = capsys.readouterr()
-    assert seen.out == "hello\nunterminatedafter the log closed\n" and "bar 2/2" in seen.err and "a log line" in seen.err
+    assert (
+        seen.out == "hello\nunterminatedafter the log closed\n" and "bar 2/2" in seen.err and "a log line" in seen.err
+    )
 
 
 def _finished_run(run, iterations=2):
-    from safetensors.torch import save
     import torch
+    from safetensors.torch import save
 
-    files = {"driver_state.json": json.dumps({"iteration": iterations}).encode(), "optimizer.pt": b"",
-             "learner_state.json": b"{}", "policy.safetensors": save({"value_head.summary.bias": torch.zeros(1)})}
+    files = {
+        "driver_state.json": json.dumps({"iteration": iterations}).encode(),
+        "optimizer.pt": b"",
+        "learner_state.json": b"{}",
+        "policy.safetensors": save({"value_head.summary.bias": torch.zeros(1)}),
+    }
     write_checkpoint(run, iterations, files)
     (run / "config.yaml").write_text(f"ppo:\n  iterations: {iterations}\n")
     atomic_write(run / "DONE.json", json.dumps({"iterations": iterations, "final": {"reward/mean": 1.5}}).encode())
@@ -110,7 +122,7 @@ def test_resume_of_a_finished_run_exits_at_once(tmp_path, monkeypatch, capsys):
     def no_stage(*args, **kwargs):
         raise AssertionError("a finished run must not start Ray or any stage")
 
-    monkeypatch.setattr("rlhf_ray.placement.connect", no_stage)
+    monkeypatch.setattr("rlhf_ray.runtime.placement.connect", no_stage)
     monkeypatch.setattr("rlhf_ray.stages.ppo.run", no_stage)
     run = tmp_path / "run"
     _finished_run(run)
@@ -143,8 +155,8 @@ def test_noise_filters_drop_only_the_two_messages():
         def emit(self, record):
             records.append(record.getMessage())
 
-    noise.install()
-    noise.install()  # idempotent
+    noise.install_log_filters()
+    noise.install_log_filters()  # idempotent
     loggers = [logging.getLogger(noise.RAY_TOKEN_LOGGER), logging.getLogger(noise.BNB_LOGGER)]
     levels = [lg.level for lg in loggers]
     for lg in loggers:

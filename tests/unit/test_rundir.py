@@ -7,11 +7,11 @@ import logging
 
 import pytest
 
-from rlhf_ray.checkpoint import MANIFEST, checkpoint_problem, latest_checkpoint, write_checkpoint
-from rlhf_ray.config import load_config, save_config
+from rlhf_ray.config.schema import load_config, save_config
 from rlhf_ray.errors import UserError
-from rlhf_ray.metrics import MetricsLog, read_metrics
-from rlhf_ray.rundir import MUTABLE_KEYS, config_changes, prepare
+from rlhf_ray.runtime.metrics import MetricsLog, read_metrics
+from rlhf_ray.runtime.rundir import MUTABLE_KEYS, config_changes, prepare
+from rlhf_ray.store.checkpoint import MANIFEST, checkpoint_problem, latest_checkpoint, write_checkpoint
 
 
 def ckpt(run_dir, iteration: int, keep: int = 0):

@@ -35,8 +35,14 @@ def policy(tiny_lm):
 
 def _learner_logprobs(model, rollout, temperature, chunk=64):
     with torch.no_grad():
-        return response_stats(model, rollout.input_ids, rollout.attention_mask, rollout.prompt_ids.shape[1],
-                              chunk=chunk, temperature=temperature).logprobs
+        return response_stats(
+            model,
+            rollout.input_ids,
+            rollout.attention_mask,
+            rollout.prompt_ids.shape[1],
+            chunk=chunk,
+            temperature=temperature,
+        ).logprobs
 
 
 def test_logprobs_match_plain_forward_of_each_unpadded_row(policy):
@@ -67,8 +73,9 @@ def test_learner_logprobs_are_the_generators_sampling_distribution(policy):
     saved = lm.generation_config
     lm.generation_config = GenerationConfig(repetition_penalty=3.0, top_k=5, no_repeat_ngram_size=2, min_p=0.3)
     try:
-        rollout, scores = sample(model, tokenizer, PROMPTS, max_new_tokens=6, temperature=TEMPERATURE, seed=4,
-                                 return_logits=True)
+        rollout, scores = sample(
+            model, tokenizer, PROMPTS, max_new_tokens=6, temperature=TEMPERATURE, seed=4, return_logits=True
+        )
     finally:
         lm.generation_config = saved
     sampler = torch.log_softmax(scores, -1)  # (B, R, V): the distribution each token was drawn from
@@ -117,6 +124,7 @@ def test_reference_rows_give_the_reference_logprobs_and_the_same_samples(policy)
     assert (expected - _learner_logprobs(model, with_ref, TEMPERATURE)).abs().max() > 1e-2
     assert bool((with_ref.ref_logprobs[with_ref.response_mask == 0] == 0).all())
     # the rows survive select / concat (the learner's minibatching and generator shards)
-    both = type(with_ref).concat([with_ref.select(torch.tensor([1, 0])), with_ref.select(torch.tensor([2]))],
-                                 tokenizer.pad_token_id)
+    both = type(with_ref).concat(
+        [with_ref.select(torch.tensor([1, 0])), with_ref.select(torch.tensor([2]))], tokenizer.pad_token_id
+    )
     torch.testing.assert_close(both.ref_logprobs, with_ref.ref_logprobs[[1, 0, 2]])

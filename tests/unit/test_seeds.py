@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 
-from rlhf_ray import seeds
+from rlhf_ray.store import seeds
 
 
 def test_seed_mixes_are_the_recorded_ones():

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import pytest
 import torch
+from memtrack import LiveBytes
 from torch import nn
 
-from memtrack import LiveBytes
-from rlhf_ray.assets import resolve_model
-from rlhf_ray.refs import is_asset_name
-from rlhf_ray.config import load_config
-from rlhf_ray.models.shapes import build_quantized, parse_shape_name
-from rlhf_ray.plan import make_plan
+from rlhf_ray.config.schema import load_config
+from rlhf_ray.models.assets import resolve_model
+from rlhf_ray.models.shapes import SHAPES, build_quantized
+from rlhf_ray.runtime.plan import make_plan
+from rlhf_ray.store.refs import SHAPE_LAYERS, is_asset_name, parse_shape_name
 
 
 def test_names_and_depth_suffix():
     assert parse_shape_name("gpt-neox-20b-shape") == ("gpt-neox-20b-shape", 44)
     assert parse_shape_name("gpt-neox-20b-shape-3l") == ("gpt-neox-20b-shape", 3)
     assert parse_shape_name("gpt-neox-20b-shape-0l") is None and parse_shape_name("llama-shape") is None
+    assert SHAPE_LAYERS == {name: shape["num_hidden_layers"] for name, shape in SHAPES.items()}  # names agree
     assert is_asset_name("gpt-neox-20b-shape-2l")
 
 
@@ -25,8 +26,13 @@ def test_20b_shape_config_is_gpt_neox_20b(tmp_path):
     from transformers import AutoConfig
 
     c = AutoConfig.from_pretrained(resolve_model("gpt-neox-20b-shape", tmp_path))
-    assert (c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.intermediate_size, c.vocab_size) == \
-        (44, 6144, 64, 24576, 50432)
+    assert (c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.intermediate_size, c.vocab_size) == (
+        44,
+        6144,
+        64,
+        24576,
+        50432,
+    )
 
 
 @pytest.mark.parametrize("quant", ["8bit", "4bit"])

@@ -1,0 +1,70 @@
+"""The learner's last few adapter states (`ppo.overlap`): a rollout sampled one version behind gets
+its old log-probs from the very policy that sampled it (the PPO ratio is taken against the sampler,
+with the learner's numerics), and a rollout lagging more than `ppo.max_policy_lag` is refused.
+Without overlap the history is empty (lag 0 only)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+from rlhf_ray.errors import StaleRolloutError
+
+
+def _snapshot(model, value_head) -> dict[str, torch.Tensor]:
+    # clone: on CPU, .cpu()/.detach() alias the live parameters that the optimizer is about to change
+    state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+    if value_head is not None:
+        state.update({f"value_head.{k}": v.detach().clone() for k, v in value_head.state_dict().items()})
+    return state
+
+
+def _load(model, value_head, state: dict[str, torch.Tensor]) -> None:
+    set_peft_model_state_dict(model, {k: v for k, v in state.items() if not k.startswith("value_head.")})
+    if value_head is not None:
+        value_head.load_state_dict(
+            {k[len("value_head.") :]: v for k, v in state.items() if k.startswith("value_head.")}
+        )
+
+
+class AdapterHistory:
+    """The trainable state of the last `depth` adapter versions (LoRA + value head: megabytes)."""
+
+    def __init__(self, depth: int):
+        self.depth = depth
+        self.states: dict[int, dict[str, torch.Tensor]] = {}
+
+    def check(self, sampled: int, current: int) -> int:
+        """The lag of a rollout sampled with adapter `sampled`; refuses one outside [0, depth]."""
+        lag = current - sampled
+        if not 0 <= lag <= self.depth:
+            raise StaleRolloutError(
+                f"rollouts sampled with adapter v{sampled}, learner is at v{current}: "
+                f"lag {lag} is outside [0, ppo.max_policy_lag={self.depth}]"
+            )
+        return lag
+
+    def record(self, version: int, model, value_head=None) -> None:
+        """Keep adapter `version` (call before the update that replaces it)."""
+        if self.depth == 0:
+            return
+        self.states[version] = _snapshot(model, value_head)
+        for old in [v for v in self.states if v <= version - self.depth]:
+            del self.states[old]
+
+    @contextlib.contextmanager
+    def policy_at(self, model, value_head, version: int, current: int):
+        """Inside: the model computes with adapter `version`; the current one is restored after."""
+        if version == current:
+            yield
+            return
+        if version not in self.states:  # e.g. the first iteration after a resume
+            raise StaleRolloutError(f"adapter v{version} is no longer kept by the learner (at v{current})")
+        now = _snapshot(model, value_head)
+        _load(model, value_head, self.states[version])
+        try:
+            yield
+        finally:
+            _load(model, value_head, now)

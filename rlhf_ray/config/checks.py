@@ -1,0 +1,244 @@
+"""The config's range and cross-field checks: cheap (no model or Ray is touched), and each failure
+is one ConfigError naming the key to change."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rlhf_ray.config.help import one_of
+from rlhf_ray.errors import ConfigError
+
+if TYPE_CHECKING:
+    from rlhf_ray.config.schema import Config
+
+POSITIVE = (
+    "model.lora_r",
+    "model.lora_alpha",
+    "model.logprob_chunk",
+    "generate.max_new_tokens",
+    "generate.temperature",
+    "reward.batch_size",
+    "reward.max_length",
+    "reward.train_size",
+    "reward.eval_size",
+    "reward.epochs",
+    "reward.lr",
+    "reward.train_batch_size",
+    "reward.train_max_length",
+    "algo.group_size",
+    "algo.kl_target",
+    "algo.kl_horizon",
+    "ppo.iterations",
+    "ppo.batch_size",
+    "ppo.mini_batch_size",
+    "ppo.grad_accum",
+    "ppo.epochs",
+    "ppo.lr",
+    "ppo.clip_range",
+    "ppo.clip_range_value",
+    "ppo.max_grad_norm",
+    "ppo.checkpoint_every",
+    "ppo.samples_every",
+    "cluster.num_generators",
+    "cluster.num_scorers",
+    "cluster.num_learners",
+    "cluster.call_timeout_s",
+    "cluster.placement_timeout_s",
+    "sft.max_length",
+    "sft.batch_size",
+    "sft.grad_accum",
+    "sft.lr",
+    "sft.max_steps",
+    "sft.train_docs",
+    "sft.eval_blocks",
+    "eval.num_prompts",
+    "eval.batch_size",
+    "bench.repeats",
+)
+NON_NEGATIVE = (
+    "model.lora_dropout",
+    "generate.top_k",
+    "algo.kl_coef",
+    "ppo.vf_coef",
+    "ppo.ent_coef",
+    "ppo.max_policy_lag",
+    "ppo.keep_checkpoints",
+    "cluster.torch_threads",
+    "cluster.actor_cpus",
+    "cluster.max_role_restarts",
+)
+UNIT_INTERVAL = ("algo.gamma", "algo.gae_lambda", "generate.top_p")
+GPU_FRACTIONS = ("cluster.generator_gpus", "cluster.scorer_gpus", "cluster.learner_gpus", "sft.gpus")
+MODEL_REFS = ("model.policy", "reward.backbone", "reward.model", "merge.adapter", "data.dataset", "sft.dataset")
+
+
+def validate(cfg: Config, given: tuple[set[str], ...] = ()) -> None:
+    """`given`: the dotted keys the user set, most recent source first (to blame the right key)."""
+    _check_ranges(cfg)
+    _check_cross_fields(cfg, given)
+    _validate_batches(cfg, given)
+    _validate_layout(cfg)
+    _validate_sampling_and_logging(cfg)
+    for key in MODEL_REFS:
+        if value_of(cfg, key) is not None:
+            check_model_ref(key, value_of(cfg, key))
+
+
+def value_of(cfg: Config, dotted: str):
+    section, key = dotted.split(".")
+    return getattr(getattr(cfg, section), key)
+
+
+def _check(ok: bool, key: str, problem: str) -> None:
+    if not ok:
+        raise ConfigError(key, problem)
+
+
+def check_model_ref(key: str, ref: str) -> None:
+    """A model/dataset reference that looks like a local path must exist."""
+    from rlhf_ray.store.refs import is_asset_name, looks_like_path
+
+    if is_asset_name(ref) or Path(ref).expanduser().exists():
+        return
+    _check(not looks_like_path(ref), key, f"path {ref} does not exist")
+
+
+def _check_ranges(cfg: Config) -> None:
+    for key in POSITIVE:
+        _check(value_of(cfg, key) > 0, key, f"must be > 0; got {value_of(cfg, key)}")
+    for key in NON_NEGATIVE:
+        _check(value_of(cfg, key) >= 0, key, f"must be >= 0; got {value_of(cfg, key)}")
+    for key in UNIT_INTERVAL:
+        _check(0 <= value_of(cfg, key) <= 1, key, f"must be in [0, 1]; got {value_of(cfg, key)}")
+    for key in GPU_FRACTIONS:  # 0 means CPU; otherwise a share of one GPU
+        _check(
+            0 <= value_of(cfg, key) <= 1,
+            key,
+            f"GPU fraction must be in (0, 1] (or 0 for CPU); got {value_of(cfg, key)}",
+        )
+    _check(cfg.model.lora_dropout < 1, "model.lora_dropout", "must be < 1")
+    _check(
+        1 <= cfg.data.prompt_min_tokens <= cfg.data.prompt_max_tokens,
+        "data.prompt_min_tokens",
+        f"must be >= 1 and <= data.prompt_max_tokens ({cfg.data.prompt_max_tokens})",
+    )
+    valid_stages = ("sft", "merge", "reward", "ppo")
+    for i, stage in enumerate(cfg.pipeline.stages):
+        _check(
+            stage in valid_stages, f"pipeline.stages[{i}]", f"must be one of {', '.join(valid_stages)}; got {stage!r}"
+        )
+    for i, mode in enumerate(cfg.bench.quant_modes):
+        _check(
+            mode in ("none", "8bit", "4bit"),
+            f"bench.quant_modes[{i}]",
+            f"must be one of none, 8bit, 4bit; got {mode!r}",
+        )
+
+
+def _check_cross_fields(cfg: Config, given: tuple[set[str], ...]) -> None:
+    p = cfg.ppo
+    _check_divisible(("ppo.mini_batch_size", p.mini_batch_size), ("ppo.grad_accum", p.grad_accum), given)
+    if cfg.algo.advantage in ("grpo", "rloo"):
+        _check(
+            cfg.algo.group_size >= 2,
+            "algo.group_size",
+            f"{cfg.algo.advantage} needs at least 2 samples per prompt; got {cfg.algo.group_size}",
+        )
+    _check_divisible(
+        ("ppo.batch_size", p.batch_size),
+        ("cluster.num_generators", cfg.cluster.num_generators),
+        given,
+        ": each generator samples an equal shard",
+    )
+    _check_data_parallel(cfg)
+
+
+def _check_data_parallel(cfg: Config) -> None:
+    """Data-parallel learners split every micro-batch into equal shards."""
+    micro, n = cfg.ppo.mini_batch_size // cfg.ppo.grad_accum, cfg.cluster.num_learners
+    _check(
+        micro % n == 0,
+        "cluster.num_learners",
+        f"each learner takes an equal share of every micro-batch: ppo.mini_batch_size / ppo.grad_accum ({micro}) "
+        f"must be divisible by cluster.num_learners ({n})",
+    )
+
+
+def _check_divisible(whole: tuple[str, int], part: tuple[str, int], given: tuple[set[str], ...], why: str = "") -> None:
+    """`whole` must be a multiple of `part`. The error names the key the user set (command line
+    first, then the YAML file; the divisor when both or neither) and the values that would fit."""
+    (whole_key, w), (part_key, p) = whole, part
+    if w % p == 0:
+        return
+    blamed = part_key
+    for layer in given:
+        hits = [k for k in (part_key, whole_key) if k in layer]
+        if len(hits) == 1:
+            blamed = hits[0]
+            break
+    multiples = [m for m in (w - w % p, w - w % p + p) if m > 0]
+    divisors = [d for d in range(1, w + 1) if w % d == 0]
+    raise ConfigError(
+        blamed,
+        f"{whole_key} ({w}) must be divisible by {part_key} ({p}){why}",
+        f"set {whole_key} to a multiple of {p} ({one_of(list(map(str, multiples)))}) "
+        f"or {part_key} to a divisor of {w} ({', '.join(map(str, divisors[:8]))})",
+    )
+
+
+def _validate_batches(cfg: Config, given: tuple[set[str], ...] = ()) -> None:
+    """ppo.mini_batch_size counts samples (rollout rows), the unit the learner splits and steps on."""
+    p = cfg.ppo
+    samples = p.batch_size * cfg.samples_per_prompt()
+    if samples == p.batch_size:  # gae: one sample per prompt; blame the key the user set
+        _check_divisible(("ppo.batch_size", p.batch_size), ("ppo.mini_batch_size", p.mini_batch_size), given)
+    _check(
+        samples % p.mini_batch_size == 0,
+        "ppo.mini_batch_size",
+        f"the samples per iteration (ppo.batch_size x samples per prompt = {samples}) must be divisible by "
+        f"ppo.mini_batch_size ({p.mini_batch_size})",
+    )
+    _check(
+        not p.overlap or p.max_policy_lag >= 1,
+        "ppo.max_policy_lag",
+        "ppo.overlap samples one adapter version behind the learner: needs ppo.max_policy_lag >= 1",
+    )
+
+
+def _validate_layout(cfg: Config) -> None:
+    c = cfg.cluster
+    _check(
+        c.layout != "fused" or (c.num_generators == 1 and c.num_learners == 1),
+        "cluster.layout",
+        "fused hosts one generator and one learner in one process: set cluster.num_generators=1 (or layout=separate)",
+    )
+    # A placement bundle needs some resource: a role with neither CPUs nor a GPU share cannot be placed.
+    for key in ("generator_gpus", "scorer_gpus", "learner_gpus"):
+        _check(
+            c.actor_cpus > 0 or getattr(c, key) > 0,
+            "cluster.actor_cpus",
+            f"must be > 0 when cluster.{key} is 0 (a CPU-only actor needs some CPU); got {c.actor_cpus}",
+        )
+
+
+def _validate_sampling_and_logging(cfg: Config) -> None:
+    # PPO's log-probs (ratios, KL) are those of softmax(logits / temperature). top-k/top-p truncate
+    # the sampler to a set that moves with every update, so a token sampled from it can have
+    # probability 0 under the next policy (ratio 0, KL inf): refused rather than silently wrong.
+    for key, value, neutral in (("generate.top_k", cfg.generate.top_k, 0), ("generate.top_p", cfg.generate.top_p, 1.0)):
+        _check(
+            value == neutral,
+            key,
+            f"truncated sampling is not supported (PPO log-probs use temperature only); "
+            f"use {neutral} and tune generate.temperature",
+        )
+    # Metric sinks are optional extras: configured but not installed is an error up front, never a crash mid-run.
+    for key, package in (("tensorboard", "tensorboard"), ("wandb_project", "wandb"), ("mlflow_experiment", "mlflow")):
+        if getattr(cfg.logging, key):
+            _check(
+                importlib.util.find_spec(package) is not None,
+                f"logging.{key}",
+                f"needs the '{package}' package, which is not installed (pip install {package}, or unset it)",
+            )

@@ -1,0 +1,89 @@
+"""Resolve model and dataset names to something transformers/datasets can load offline.
+
+A reference is one of: an embedded asset name (see rlhf_ray.store.refs), a local path, or a hub id
+(passed through untouched for users who have a hub)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+from pathlib import Path
+
+from rlhf_ray.errors import UserError
+from rlhf_ray.store.artifacts import Artifact, ModelRef, fetch
+from rlhf_ray.store.checkpoint import publish_once, temp_dir
+from rlhf_ray.store.refs import BUILT_ASSETS, BUILT_VERSION, MODEL_ASSETS, looks_like_path, package_file
+
+log = logging.getLogger(__name__)
+
+
+def convert_gguf(gguf_path: Path, target: Path) -> Path:
+    """Dequantize a GGUF checkpoint once into a normal safetensors checkpoint + tokenizer.
+
+    transformers loads GGUF (dequantized to fp32) but refuses save_pretrained on it, so we save
+    the state dict and a config without `quantization_config`. Written to a temp dir and renamed,
+    so concurrent first use (several actors, several runs) cannot corrupt the cache."""
+    if (target / "config.json").exists():
+        return target
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting embedded GGUF %s -> %s (once)", gguf_path.name, target)
+    tmp = temp_dir(target.parent, ".tmp-")
+    try:
+        kwargs = {"gguf_file": gguf_path.name}
+        model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), dtype=torch.float32, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), **kwargs)
+        state = {k: v.contiguous().clone() for k, v in model.state_dict().items()}
+        if getattr(model.config, "tie_word_embeddings", False):
+            state.pop("lm_head.weight", None)  # tied: stored once, as in the original checkpoint
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        config = model.config
+        if hasattr(config, "quantization_config"):
+            delattr(config, "quantization_config")
+        config.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        if model.generation_config is not None:
+            model.generation_config.save_pretrained(str(tmp))
+        publish_once(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model(ref: str, cache_dir: Path) -> str:
+    """Return a local directory (embedded asset or path) or the hub id unchanged."""
+    if ref in BUILT_ASSETS:
+        from rlhf_ray.models.tiny import BUILDERS
+
+        target = Path(cache_dir) / "models" / f"{ref}-{BUILT_VERSION}"
+        return str(target if (target / "config.json").exists() else BUILDERS[ref](target))
+    from rlhf_ray.models.shapes import parse_shape_name, write_shape_dir
+
+    if parse_shape_name(ref) is not None:  # config + tokenizer only; weights are built quantized at load
+        target = Path(cache_dir) / "models" / f"{ref}-{BUILT_VERSION}"
+        return str(target if (target / "config.json").exists() else write_shape_dir(ref, target))
+    if ref in MODEL_ASSETS:
+        package, relative, hint = MODEL_ASSETS[ref]
+        path = package_file(package, relative, hint)
+        if path.suffix == ".gguf":
+            digest = hashlib.sha256(f"{path}:{path.stat().st_size}".encode()).hexdigest()[:10]
+            return str(convert_gguf(path, Path(cache_dir) / "models" / f"{ref}-{digest}"))
+        return str(path)
+    local = Path(ref).expanduser()
+    if local.exists():
+        if not (local / "config.json").exists():
+            raise UserError(f"model path {local} has no config.json: point it at a transformers checkpoint directory")
+        return str(local)
+    if looks_like_path(ref):
+        raise UserError(f"model path {ref} does not exist: train/convert it first or fix the path")
+    return ref  # a hub id: transformers fetches it (needs network or a warm HF cache)
+
+
+def materialize(ref: ModelRef, cache_dir: Path) -> str:
+    """Actor side: a directory on this node (or a hub id) that transformers can load."""
+    if isinstance(ref, Artifact):
+        return str(fetch(ref, Path(cache_dir) / "artifacts"))
+    return resolve_model(ref, cache_dir)

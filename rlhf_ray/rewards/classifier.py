@@ -1,0 +1,97 @@
+"""Sequence-classification reward model: one scalar score per text, batched, truncated."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from rlhf_ray.errors import NonFiniteError, UserError
+from rlhf_ray.models.policy import load_kwargs, quiet_warnings
+
+# Classification heads stay in full precision: they are tiny and their outputs are the reward.
+HEAD_MODULES = ["classifier", "score", "pooler"]
+
+
+def positive_index(config) -> int:
+    """The label that means 'positive' (by name if the checkpoint says, else index 1)."""
+    for idx, name in (config.id2label or {}).items():
+        if str(name).lower().startswith("pos"):
+            return int(idx)
+    return 1
+
+
+def load_classifier(path: str, quant: str = "none", device: str = "cpu"):
+    """A classifier checkpoint, or a peft adapter directory on top of one (LoRA-trained)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    quiet_warnings()
+    root = Path(path)
+    adapter_cfg = root / "adapter_config.json"
+    kwargs = load_kwargs(quant, device, HEAD_MODULES)
+    if adapter_cfg.exists():
+        from peft import PeftModel
+
+        base_path = json.loads(adapter_cfg.read_text())["base_model_name_or_path"]
+        labels = json.loads((root / "labels.json").read_text()) if (root / "labels.json").exists() else {}
+        base = AutoModelForSequenceClassification.from_pretrained(
+            base_path, num_labels=len(labels) or 2, id2label=labels or None, **kwargs
+        )
+        model = PeftModel.from_pretrained(base, str(root))
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+    model.eval()
+    return model, AutoTokenizer.from_pretrained(path)
+
+
+class RewardModel:
+    """Scores texts with a classifier: `logit_margin` (positive logit minus the best other) or `prob`."""
+
+    def __init__(
+        self,
+        path: str,
+        score: str = "logit_margin",
+        quant: str = "none",
+        device: str = "cpu",
+        batch_size: int = 32,
+        max_length: int = 256,
+    ):
+        self.model, self.tokenizer = load_classifier(path, quant, device)
+        self.score_kind, self.device = score, device
+        self.batch_size, self.max_length = batch_size, max_length
+        config = self.model.config
+        self.pos = positive_index(config)
+        if config.num_labels < 2 and score == "prob":
+            raise UserError("reward.score=prob needs a classifier with >= 2 labels; use logit_margin")
+
+    @torch.no_grad()
+    def score(self, texts: list[str]) -> torch.Tensor:
+        """Shapes: B texts -> (B,) float32 scores."""
+        out = []
+        for start in range(0, len(texts), self.batch_size):
+            enc = self.tokenizer(
+                texts[start : start + self.batch_size],
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+            ).to(self.device)
+            logits = self.model(**enc).logits.float()  # (b, num_labels)
+            out.append(self._reduce(logits))
+        scores = torch.cat(out).cpu()
+        bad = (~torch.isfinite(scores)).nonzero().flatten().tolist()
+        if bad:
+            raise NonFiniteError(
+                f"reward model returned non-finite scores for {len(bad)} text(s), e.g. {texts[bad[0]][:60]!r}: "
+                "check reward.model (a broken or fp16-overflowing classifier)"
+            )
+        return scores
+
+    def _reduce(self, logits: torch.Tensor) -> torch.Tensor:
+        if logits.shape[-1] == 1:
+            return logits[:, 0]
+        if self.score_kind == "prob":
+            return logits.softmax(-1)[:, self.pos]
+        others = torch.cat([logits[:, : self.pos], logits[:, self.pos + 1 :]], dim=-1)
+        return logits[:, self.pos] - others.max(dim=-1).values

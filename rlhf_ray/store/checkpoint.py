@@ -1,0 +1,146 @@
+"""Atomic run-directory files: a checkpoint is complete or absent, never half-written.
+
+Temp files and directories are created with the user's umask (tempfile.mkstemp/mkdtemp would make
+them 0600/0700 and, once renamed into place, hide them from teammates on shared storage).
+Each checkpoint carries MANIFEST.json (sha256 of every other file), written last: a checkpoint
+whose manifest is missing or does not match its files is skipped for the previous one."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import secrets
+import shutil
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "MANIFEST.json"
+
+
+def _temp_name(parent: Path, prefix: str) -> Path:
+    return parent / f"{prefix}{secrets.token_hex(6)}"
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_name(path.parent, f".{path.name}.")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # mode & ~umask, as open() does
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def temp_dir(parent: Path, prefix: str) -> Path:
+    """A fresh sibling directory to fill and then rename into place (mode 0777 & ~umask)."""
+    parent.mkdir(parents=True, exist_ok=True)
+    path = _temp_name(parent, prefix)
+    path.mkdir()
+    return path
+
+
+def publish_once(tmp: Path, target: Path) -> None:
+    """Atomically move a fully written temp dir to `target`; a concurrent winner is kept."""
+    try:
+        os.rename(tmp, target)
+    except OSError:
+        if not target.is_dir():  # targets only ever appear by rename, so an existing one is complete
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # another process finished first: theirs is complete
+
+
+def replace_dir(tmp: Path, target: Path) -> Path:
+    """Replace `target` with the fully written `tmp` (an interrupted rerun leaves no mixed dir)."""
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    return target
+
+
+def write_dir(files: dict[str, bytes], target: Path) -> Path:
+    """Write {relative name: bytes} into a temp sibling of `target`, then swap it in."""
+    tmp = temp_dir(target.parent, f".{target.name}.tmp-")
+    for name, data in files.items():
+        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / name).write_bytes(data)
+    return replace_dir(tmp, target)
+
+
+def write_checkpoint(run_dir: Path, iteration: int, files: dict[str, bytes], keep: int = 0) -> Path:
+    """checkpoints/iter-NNNNNN written whole (manifest last), LATEST pointed at it, then all but
+    the newest `keep` complete checkpoints deleted (0 keeps all)."""
+    manifest = {name: hashlib.sha256(data).hexdigest() for name, data in files.items() if name != MANIFEST}
+    files = {**{k: v for k, v in files.items() if k != MANIFEST}, MANIFEST: json.dumps(manifest, indent=1).encode()}
+    final = write_dir(files, run_dir / "checkpoints" / f"iter-{iteration:06d}")
+    atomic_write(final.parent / "LATEST", final.name.encode())
+    _prune(final.parent, keep)
+    return final
+
+
+def _prune(root: Path, keep: int) -> None:
+    for stale in root.glob(".iter-*.tmp-*"):  # left by a writer killed mid-checkpoint
+        shutil.rmtree(stale, ignore_errors=True)
+    if keep > 0:
+        for old in sorted(root.glob("iter-*"))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why the checkpoint at `path` cannot be trusted (None when every file matches its manifest)."""
+    if not (path / MANIFEST).is_file():
+        return "no MANIFEST.json (written last: the checkpoint is incomplete)"
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except ValueError:
+        return "MANIFEST.json is not valid JSON"
+    for name, digest in manifest.items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if hashlib.sha256(file.read_bytes()).hexdigest() != digest:
+            return f"{name} does not match its sha256 in MANIFEST.json (truncated or corrupt)"
+    return None
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest checkpoint that passes its manifest check; broken newer ones are skipped with a warning."""
+    for path in sorted((run_dir / "checkpoints").glob("iter-*"), reverse=True):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        log.warning("skipping checkpoint %s: %s", path, problem)
+    return None
+
+
+def read_dir(path: Path) -> dict[str, bytes]:
+    """Every file below `path` as {relative name: bytes} (checkpoints, adapters shipped from tasks)."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in path.rglob("*") if p.is_file()}
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+LEARNER_FILES = ("learner_state.json", "policy.safetensors", "optimizer.pt", "driver_state.json")
+
+
+def check_restorable(path: Path, critic: bool) -> None:
+    """A checkpoint the learner can resume from: every file present, and a value head when the
+    run trains a critic (resuming GAE with a freshly initialised critic would be silently wrong)."""
+    from safetensors import safe_open
+
+    from rlhf_ray.errors import UserError
+
+    missing = [name for name in LEARNER_FILES if not (path / name).is_file()]
+    if missing:
+        raise UserError(f"checkpoint {path} lacks {', '.join(missing)}: it was not written by a PPO run")
+    if critic:
+        with safe_open(str(path / "policy.safetensors"), framework="pt") as f:
+            if not any(k.startswith("value_head.") for k in f.keys()):
+                raise UserError(
+                    f"checkpoint {path} has no value head but algo.advantage=gae needs one: "
+                    "resume it with the advantage estimator it was trained with"
+                )

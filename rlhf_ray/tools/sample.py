@@ -1,0 +1,63 @@
+"""`rlhf-ray generate`: continue prompts with the base policy, or with a trained adapter (a run
+directory or checkpoint), using the same sampling code and settings as PPO's generator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rlhf_ray.errors import UserError
+from rlhf_ray.tools.runs import find_adapter, load_trained_policy, run_config
+
+HELP = "sample from the base policy or a trained adapter (run dir / checkpoint); prompts from args or a file"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument(
+        "--adapter",
+        metavar="RUN_OR_CHECKPOINT",
+        help="trained adapter: a run directory, checkpoint or peft adapter (default: the base policy)",
+    )
+    parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
+    parser.add_argument("--prompts-file", help="a text file with one prompt per line")
+    parser.add_argument("--samples", type=int, default=1, help="samples per prompt")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    parser.add_argument("--config", help="YAML config (default: the adapter's run config.yaml, else built-in)")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. generate.temperature=1.0"
+    )
+
+
+def read_prompts(args) -> list[str]:
+    prompts = list(args.prompt)
+    if args.prompts_file:
+        path = Path(args.prompts_file)
+        if not path.is_file():
+            raise UserError(f"--prompts-file {path}: no such file")
+        prompts += [line.rstrip("\n") for line in path.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise UserError("no prompts: pass --prompt TEXT (repeatable) or --prompts-file FILE")
+    if args.samples < 1:
+        raise UserError(f"--samples must be >= 1; got {args.samples}")
+    return prompts
+
+
+def main(args) -> dict:
+    from rlhf_ray.models.generate import sample
+
+    prompts = read_prompts(args)
+    adapter = find_adapter(args.adapter) if args.adapter else None
+    cfg = run_config(adapter.run_dir if adapter else None, args.config, args.overrides)
+    model, tokenizer = load_trained_policy(cfg, adapter)
+    g = cfg.generate
+    rollout = sample(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=g.max_new_tokens,
+        temperature=g.temperature,
+        group_size=args.samples,
+        seed=args.seed,
+    )
+    for prompt, response in zip(rollout.prompts, rollout.responses):
+        print(f"{prompt}{response}\n---")
+    return {"adapter": str(adapter.path) if adapter else None, "samples": len(rollout)}
