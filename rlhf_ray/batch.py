@@ -4,7 +4,8 @@ Sequence layout everywhere: [left-padded prompt (P) | right-padded response (R)]
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,11 @@ class Rollout:
     # (B, R) the reference policy's log-probs of the response tokens (0 at padding), when the generator
     # computed them while sampling (generate.reference_logprobs); None: the learner computes them
     ref_logprobs: torch.Tensor | None = None
+    # The dataset rows behind the samples (row-aligned, a prompt's row repeated for each of its group):
+    # the prompt as given (a string, or a list of {"role", "content"} messages) before any chat
+    # template, and every other column of the row (e.g. {"answer": [...]}) for reward functions.
+    raw_prompts: list[Any] | None = None  # B items; None: the prompts are plain strings (`prompts`)
+    columns: dict[str, list[Any]] = field(default_factory=dict)  # column -> B values
 
     def __len__(self) -> int:
         return self.prompt_ids.shape[0]
@@ -49,6 +55,8 @@ class Rollout:
             self.policy_version,
             self.group_size,
             None if self.ref_logprobs is None else self.ref_logprobs[idx],
+            None if self.raw_prompts is None else [self.raw_prompts[i] for i in rows],
+            {k: [v[i] for i in rows] for k, v in self.columns.items()},
         )
 
     @staticmethod
@@ -78,7 +86,32 @@ class Rollout:
             policy_version=parts[0].policy_version,
             group_size=parts[0].group_size,
             ref_logprobs=torch.cat([right(p.ref_logprobs, R, 0.0) for p in parts]) if with_ref == {True} else None,
+            raw_prompts=None
+            if any(p.raw_prompts is None for p in parts)
+            else [r for p in parts for r in p.raw_prompts],
+            columns={k: [v for p in parts for v in p.columns[k]] for k in parts[0].columns},
         )
+
+
+@dataclass
+class Prompt:
+    """One prompt as the driver sends it to a generator (driver -> generator, small)."""
+
+    text: str  # what the policy reads: the chat template already applied where configured
+    raw: Any = None  # the dataset's prompt as given (str or list of messages); None: same as `text`
+    columns: dict[str, Any] = field(default_factory=dict)  # the row's other columns
+
+
+@dataclass
+class Scores:
+    """What a RewardScorer returns for one rollout shard (scorer -> learner and driver)."""
+
+    rewards: torch.Tensor  # (B,) float32: sum of weight * value over the sources that applied (0 if none did)
+    applied: torch.Tensor  # (B,) bool: at least one source returned a value; False rows stay out of the loss
+    per_source: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (B,) float32, NaN = not applied
+
+    def __len__(self) -> int:
+        return self.rewards.shape[0]
 
 
 @dataclass
