@@ -23,6 +23,9 @@ class Rollout:
     responses: list[str]  # B decoded responses (special tokens stripped)
     policy_version: int  # adapter version these samples were drawn from
     group_size: int = 1  # samples per prompt, contiguous rows
+    # The sampling temperature the responses were drawn at: the learner scores log-probs under the
+    # same distribution (logits / temperature), so its ratio is taken against the sampler's policy.
+    temperature: float = 1.0
     # (B, R) the reference policy's log-probs of the response tokens (0 at padding), when the generator
     # computed them while sampling (generate.reference_logprobs); None: the learner computes them
     ref_logprobs: torch.Tensor | None = None
@@ -54,6 +57,7 @@ class Rollout:
             [self.responses[i] for i in rows],
             self.policy_version,
             self.group_size,
+            self.temperature,
             None if self.ref_logprobs is None else self.ref_logprobs[idx],
             None if self.raw_prompts is None else [self.raw_prompts[i] for i in rows],
             {k: [v[i] for i in rows] for k, v in self.columns.items()},
@@ -64,6 +68,8 @@ class Rollout:
         """Join generator shards: prompts re-padded on the left, responses on the right."""
         if len({p.policy_version for p in parts}) != 1:
             raise ValueError(f"rollout shards from different policy versions: {[p.policy_version for p in parts]}")
+        if len({p.temperature for p in parts}) != 1:
+            raise ValueError(f"rollout shards sampled at different temperatures: {[p.temperature for p in parts]}")
         with_ref = {p.ref_logprobs is not None for p in parts}
         if len(with_ref) != 1:
             raise ValueError("rollout shards disagree on carrying reference log-probs")
@@ -85,12 +91,27 @@ class Rollout:
             responses=[s for p in parts for s in p.responses],
             policy_version=parts[0].policy_version,
             group_size=parts[0].group_size,
+            temperature=parts[0].temperature,
             ref_logprobs=torch.cat([right(p.ref_logprobs, R, 0.0) for p in parts]) if with_ref == {True} else None,
             raw_prompts=None
             if any(p.raw_prompts is None for p in parts)
             else [r for p in parts for r in p.raw_prompts],
             columns={k: [v for p in parts for v in p.columns[k]] for k in parts[0].columns},
         )
+
+
+@dataclass
+class Experience:
+    """A rollout batch with everything the PPO update needs (learner-local, on the learner's device)."""
+
+    rollout: Rollout
+    old_logprobs: torch.Tensor  # (B, R) the sampling adapter's log-probs: the PPO ratio's denominator
+    ref_logprobs: torch.Tensor  # (B, R) the reference policy's (adapter off)
+    old_values: torch.Tensor | None  # (B, R) the critic's values; None without a critic (grpo/rloo)
+    advantages: torch.Tensor  # (B, R) 0 at padding
+    returns: torch.Tensor | None  # (B, R) GAE returns; None without a critic
+    kl: torch.Tensor  # (B, R) per-token KL estimate against the reference, 0 at padding
+    mask: torch.Tensor  # (B, R) float 1 = a response token that counts in the loss
 
 
 @dataclass

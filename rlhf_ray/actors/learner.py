@@ -8,7 +8,6 @@ import io
 import json
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -17,7 +16,7 @@ from rlhf_ray import algo
 from rlhf_ray.actors.common import init_process, load_policy
 from rlhf_ray.actors.dp import DataParallel, join, token_share
 from rlhf_ray.actors.history import AdapterHistory
-from rlhf_ray.batch import AdapterPayload, Rollout
+from rlhf_ray.batch import AdapterPayload, Experience, Rollout
 from rlhf_ray.config.schema import Config
 from rlhf_ray.errors import NonFiniteError
 from rlhf_ray.models.adapter import export_adapter, import_adapter, save_adapter
@@ -28,20 +27,6 @@ from rlhf_ray.store import seeds
 from rlhf_ray.store.artifacts import ModelRef
 from rlhf_ray.store.provenance import model_card
 from rlhf_ray.store.refs import portable_ref
-
-
-@dataclass
-class Experience:
-    rollout: Rollout
-    old_logprobs: torch.Tensor  # (B, R)
-    ref_logprobs: torch.Tensor  # (B, R)
-    old_values: torch.Tensor | None  # (B, R); None without a critic
-    advantages: torch.Tensor  # (B, R)
-    returns: torch.Tensor | None  # (B, R)
-    kl: torch.Tensor  # (B, R) per-token KL estimate (masked)
-    # The current policy's forward (with grad) over the first micro-step's rows, whose old_logprobs
-    # came from it: update() reuses it instead of running the same forward again (see learn()).
-    first_pass: ResponseStats | None = None
 
 
 def make_kl_controller(cfg: Config):
@@ -136,19 +121,17 @@ class Learner:
         kl_coef = self.kl_ctl.value
         scores_t = torch.cat(scores).float()  # (B,)
         _require_finite("reward", scores_t, iteration)
-        orders = [
-            torch.randperm(len(batch)) for _ in range(self.cfg.ppo.epochs)
-        ]  # the first one shapes make_experience
+        # one row order per epoch; the first also picks the rows make_experience forwards with grad
+        orders = [torch.randperm(len(batch)) for _ in range(self.cfg.ppo.epochs)]
         first_rows = self._first_rows(orders, lag)
         t0 = time.perf_counter()
         # old log-probs (and values) from the adapter that sampled the batch: the PPO ratio's denominator
         with self.history.policy_at(self.model, self.value_head, batch.policy_version, self.version):
-            exp = self.make_experience(batch, scores_t, kl_coef, first_rows)
+            exp, first_pass = self.make_experience(batch, scores_t, kl_coef, first_rows)
         t1 = time.perf_counter()
         self.history.record(self.version, self.model, self.value_head)
-        stats = self.update(exp, orders)
-        mask = batch.response_mask.float()
-        kl_seq = (exp.kl * mask).sum(1).mean()  # summed over tokens, mean over samples
+        stats = self.update(exp, orders, first_pass)
+        kl_seq = algo.sequence_kl(exp.kl, exp.mask)
         self.kl_ctl.update(float(kl_seq), len(batch))
         self.version += 1
         payload = self.adapter()
@@ -157,8 +140,8 @@ class Learner:
             "reward/std": float(scores_t.std()) if len(scores_t) > 1 else 0.0,
             "kl/mean": float(kl_seq),
             "kl/coef": kl_coef,
-            "advantages/mean": float(algo.masked_mean(exp.advantages, mask)),
-            "response/length_mean": float(mask.sum(1).mean()),
+            "advantages/mean": float(algo.masked_mean(exp.advantages, exp.mask)),
+            "response/length_mean": float(exp.mask.sum(1).mean()),
             "policy/version": self.version,
             "policy/adapter_sha256": payload.sha256,
             "sync/bytes": payload.nbytes,
@@ -175,9 +158,9 @@ class Learner:
 
     def make_experience(
         self, batch: Rollout, scores: torch.Tensor, kl_coef: float, first_rows: torch.Tensor | None = None
-    ) -> Experience:
+    ) -> tuple[Experience, ResponseStats | None]:
         """Old log-probs + values (adapter as set), reference log-probs (adapter off), advantages.
-        `first_rows` are forwarded with grad and kept in exp.first_pass for update()'s first micro-step.
+        `first_rows` are forwarded with grad; that forward is returned for update()'s first micro-step.
         Data-parallel: each rank forwards its share of the rows (zeros elsewhere) and one all-reduce
         fills in the others', so every rank holds the whole batch's experience."""
         mbs, shape = self.cfg.ppo.mini_batch_size, batch.response_ids.shape
@@ -193,55 +176,48 @@ class Learner:
                 values[mine] = first_pass.values.detach()
             rest[first_rows] = False
         with torch.no_grad():
-            for rows in self.dp.shard(rest.nonzero().flatten()).split(mbs):
-                if not len(rows):  # every row was in the first micro-step (split of nothing yields one empty part)
-                    continue
+            for rows in self._row_chunks(self.dp.shard(rest.nonzero().flatten()), mbs):
                 stats = self._forward(batch.select(rows), with_values=self.critic)
                 old[rows] = stats.logprobs
                 if self.critic:
                     values[rows] = stats.values
             if batch.ref_logprobs is None:  # else the generator computed them while sampling
-                for rows in self.dp.shard(torch.arange(len(batch))).split(mbs):
-                    if not len(rows):
-                        continue
+                for rows in self._row_chunks(self.dp.shard(torch.arange(len(batch))), mbs):
                     with reference_mode(self.model):  # the reference policy: same weights, adapter off
                         ref[rows] = self._forward(batch.select(rows), with_values=False).logprobs
         old = self.dp.combine(old)
         # computed by the generator while sampling (the whole batch, on every rank), or here by shards
         ref = batch.ref_logprobs.to(self.device) if batch.ref_logprobs is not None else self.dp.combine(ref)
         values = self.dp.combine(values) if self.critic else None
-        exp = self._advantages(batch, scores, old, ref, values, kl_coef)
-        exp.first_pass = first_pass
-        return exp
+        mask = batch.response_mask.to(self.device)  # payloads arrive on the CPU
+        a = self.cfg.algo
+        with torch.no_grad():
+            adv, returns, kl = algo.estimate_advantages(
+                scores.to(self.device),
+                old,
+                ref,
+                mask,
+                estimator=a.advantage,
+                kl_coef=kl_coef,
+                kl_kind=a.kl_kind,
+                values=values,
+                gamma=a.gamma,
+                gae_lambda=a.gae_lambda,
+                whiten=self.cfg.ppo.whiten_advantages,
+                group_size=batch.group_size,
+            )
+        return Experience(batch, old, ref, values, adv, returns, kl, mask.float()), first_pass
+
+    @staticmethod
+    def _row_chunks(rows: torch.Tensor, size: int) -> list[torch.Tensor]:
+        """`rows` in chunks of `size`; none when there are no rows (split of nothing yields one empty part)."""
+        return [part for part in rows.split(size) if len(part)]
 
     def _first_rows(self, orders: list[torch.Tensor], lag: int) -> torch.Tensor | None:
         """On-policy, the first micro-step's rows are scored by the sampling policy itself: that forward
         (with grad) doubles as their old-log-prob pass. Off-policy (lag > 0) there is nothing to share."""
         p = self.cfg.ppo
         return orders[0][: p.mini_batch_size // p.grad_accum] if lag == 0 else None
-
-    @torch.no_grad()
-    def _advantages(
-        self,
-        batch: Rollout,
-        scores: torch.Tensor,
-        old_lp: torch.Tensor,
-        ref_lp: torch.Tensor,
-        old_values: torch.Tensor | None,
-        kl_coef: float,
-    ) -> Experience:
-        mask = batch.response_mask.to(self.device)
-        a = self.cfg.algo
-        if self.critic:
-            rewards, kl = algo.shape_rewards(scores.to(self.device), old_lp, ref_lp, mask, kl_coef, a.kl_kind)
-            adv, returns = algo.compute_gae(rewards, old_values, mask, a.gamma, a.gae_lambda)
-            if self.cfg.ppo.whiten_advantages:
-                adv = algo.masked_whiten(adv, mask)
-            return Experience(batch, old_lp, ref_lp, old_values, adv, returns, kl)
-        kl = algo.kl_penalty(old_lp, ref_lp, a.kl_kind) * mask
-        seq_reward = scores.to(self.device) - kl_coef * kl.sum(1)  # KL folded into the sequence reward
-        adv = algo.group_advantages(seq_reward, batch.group_size, a.advantage)[:, None] * mask
-        return Experience(batch, old_lp, ref_lp, None, adv, None, kl)
 
     def _forward(self, part: Rollout, with_values: bool, with_entropy: bool = False):
         return response_stats(
@@ -252,13 +228,13 @@ class Learner:
             chunk=self.cfg.model.logprob_chunk,
             value_head=self.value_head if with_values else None,
             with_entropy=with_entropy,
-            temperature=self.cfg.generate.temperature,  # the generator's sampling distribution
+            temperature=part.temperature,  # the distribution the generator sampled from
             entropy_grad=self.cfg.ppo.ent_coef > 0,  # a metric only at coefficient 0: no (B, C, V) graph
         )
 
-    def update(self, exp: Experience, orders: list[torch.Tensor]) -> dict:
+    def update(self, exp: Experience, orders: list[torch.Tensor], first_pass: ResponseStats | None = None) -> dict:
         """One pass per epoch over minibatches in `orders` (a row permutation per epoch); grad accumulation
-        over micro-batches. The first micro-step reuses exp.first_pass when make_experience ran it on its rows."""
+        over micro-batches. The first micro-step reuses `first_pass`, make_experience's forward of its rows."""
         p = self.cfg.ppo
         micro = p.mini_batch_size // p.grad_accum
         totals: dict[str, float] = {}
@@ -268,9 +244,9 @@ class Learner:
             for mb in order.split(p.mini_batch_size):
                 self.optimizer.zero_grad(set_to_none=True)
                 for rows in mb.split(micro):
-                    reuse, exp.first_pass = exp.first_pass, None
-                    for key, value in self._micro_step(exp, rows, p.grad_accum, reuse).items():
+                    for key, value in self._micro_step(exp, rows, p.grad_accum, first_pass).items():
                         totals[key] = totals.get(key, 0.0) + value
+                    first_pass = None  # used once: later steps see an updated adapter
                     steps += 1
                 self.dp.sum_grads(trainable)  # sum of shard gradients == the whole minibatch's gradient
                 grad_norm = torch.nn.utils.clip_grad_norm_(trainable, p.max_grad_norm)
@@ -279,7 +255,7 @@ class Learner:
                 _require_finite("loss/gradient", grad_norm, None)
                 grad_norms += float(grad_norm) * p.grad_accum
                 self.optimizer.step()
-        totals = self.dp.sum_stats(totals, self.device)  # shard stats are token-weighted: sums are whole-batch values
+        totals = self.dp.sum_stats(totals, self.device)  # token-weighted shard stats: sums are whole-batch values
         return {**{k: v / steps for k, v in totals.items()}, "policy/grad_norm": grad_norms / steps}
 
     def _micro_step(
@@ -289,11 +265,9 @@ class Learner:
         shard = self.dp.shard(rows)
         weight = token_share(exp.rollout.response_mask, rows, shard)  # 1.0 for a single learner
         rows, part = shard, exp.rollout.select(shard)
-        mask = part.response_mask.to(self.device)
-        if whole is None:
-            out = self._forward(part, with_values=self.critic, with_entropy=True)
-        else:  # make_experience's forward over exactly these rows
-            out = whole
+        mask = exp.mask[rows]
+        # make_experience's forward over exactly these rows, or a fresh one
+        out = whole if whole is not None else self._forward(part, with_values=self.critic, with_entropy=True)
         pg_loss, pg_stats = algo.policy_loss(
             out.logprobs, exp.old_logprobs[rows], exp.advantages[rows], mask, p.clip_range
         )

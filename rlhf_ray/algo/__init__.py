@@ -4,6 +4,7 @@ Imports torch only (no config, no models, no Ray): every function takes tensors 
 has a `Shapes:` docstring. Tested against hand-computed values in tests/unit/test_algo.py."""
 
 from .advantages import compute_gae, group_advantages
+from .experience import estimate_advantages, sequence_kl
 from .kl import AdaptiveKLController, FixedKLController, kl_penalty, shape_rewards
 from .losses import entropy_from_logits, policy_loss, value_loss
 from .stats import masked_mean, masked_var, masked_whiten
@@ -14,6 +15,8 @@ __all__ = [
     "masked_whiten",
     "compute_gae",
     "group_advantages",
+    "estimate_advantages",
+    "sequence_kl",
     "kl_penalty",
     "shape_rewards",
     "FixedKLController",

@@ -84,6 +84,7 @@ def _rollout(
     response_ids: torch.Tensor,
     policy_version: int,
     group_size: int,
+    temperature: float,
     ref_logprobs: torch.Tensor | None = None,
 ) -> Rollout:
     response_ids = response_ids.cpu()
@@ -98,6 +99,7 @@ def _rollout(
         responses=tokenizer.batch_decode(response_ids, skip_special_tokens=True),
         policy_version=policy_version,
         group_size=group_size,
+        temperature=temperature,
         ref_logprobs=None if ref_logprobs is None else (ref_logprobs.cpu() * response_mask),
     )
 
@@ -131,7 +133,9 @@ def sample(
     with model_defaults_ignored(model):
         out = model.generate(**enc, generation_config=config)
     sequences = out.sequences if return_logits else out
-    rollout = _rollout(tokenizer, expanded, enc, sequences[:, enc["input_ids"].shape[1] :], policy_version, group_size)
+    rollout = _rollout(
+        tokenizer, expanded, enc, sequences[:, enc["input_ids"].shape[1] :], policy_version, group_size, temperature
+    )
     if return_logits:
         return rollout, torch.stack(out.scores, dim=1).float().cpu()
     return rollout
@@ -218,4 +222,6 @@ def sample_with_reference(
             mask2 = torch.cat([mask2, torch.ones_like(mask2[:, :1])], dim=1)
             positions = positions[:, -1:] + 1
     responses = torch.stack(tokens, dim=1)
-    return _rollout(tokenizer, expanded, enc, responses, policy_version, group_size, torch.stack(ref_lps, dim=1))
+    return _rollout(
+        tokenizer, expanded, enc, responses, policy_version, group_size, temperature, torch.stack(ref_lps, dim=1)
+    )

@@ -27,7 +27,8 @@ def _roles(tiny_lm, overrides):
     for g in gens:
         g.load_adapter(learner.adapter())
     captured = []
-    learner.update = lambda exp, orders: captured.append(exp) or {}  # keep the experience, skip the PPO epochs
+    # keep the experience, skip the PPO epochs
+    learner.update = lambda exp, orders, first_pass=None: captured.append(exp) or {}
     return cfg, learner, gens, captured
 
 

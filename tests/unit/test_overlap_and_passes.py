@@ -65,12 +65,12 @@ def test_lagging_rollout_is_scored_by_the_adapter_that_sampled_it(tiny_lm, batch
     cfg = load_config("configs/smoke.yaml", WHOLE_BATCH + ["ppo.overlap=true", "ppo.max_policy_lag=1"])
     learner = Learner(cfg, tiny_lm)
     with torch.no_grad():
-        at_v0 = learner.make_experience(rollout, scores, 0.05).old_logprobs.detach()
+        at_v0 = learner.make_experience(rollout, scores, 0.05)[0].old_logprobs.detach()
     m1, _ = learner.learn([rollout], [scores], iteration=1)  # v0 -> v1
     assert m1["policy/lag"] == 0
     v1_sha = learner.adapter().sha256
     with learner.history.policy_at(learner.model, learner.value_head, 0, learner.version):
-        again = learner.make_experience(rollout, scores, 0.05).old_logprobs
+        again = learner.make_experience(rollout, scores, 0.05)[0].old_logprobs
     assert torch.equal(again, at_v0)  # exactly the sampling policy's numbers
     assert learner.adapter().sha256 == v1_sha  # the current adapter is back, bit for bit
     m2, _ = learner.learn([rollout], [scores], iteration=2)  # sampled with v0, learner at v1: lag 1 is allowed
