@@ -71,6 +71,28 @@ def model_defaults_ignored(model):
         lm.generation_config = saved
 
 
+@contextlib.contextmanager
+def cache_kept(model):
+    """Inside: decoding keeps its KV cache although the policy is in train mode (ppo_numerics) with
+    gradient checkpointing on. transformers 5.24 keeps the cache there when gradients are off, but
+    older releases drop it whenever `gradient_checkpointing and training`: each decode step would
+    then attend to the newest token only (garbage samples from real weights, and a "generate" memory
+    peak without a cache). So checkpointing is switched off while sampling (it only matters in a
+    backward pass), and the config asks for a cache; both are restored after."""
+    lm = causal_lm_of(model)
+    flagged = [m for m in lm.modules() if getattr(m, "gradient_checkpointing", False) is True]
+    saved_use_cache = getattr(lm.config, "use_cache", None)
+    for m in flagged:
+        m.gradient_checkpointing = False
+    lm.config.use_cache = True
+    try:
+        yield
+    finally:
+        for m in flagged:
+            m.gradient_checkpointing = True
+        lm.config.use_cache = saved_use_cache
+
+
 def _encode(tokenizer, prompts: list[str], group_size: int, device: str):
     tokenizer.padding_side = "left"
     expanded = [p for p in prompts for _ in range(group_size)]
@@ -130,7 +152,7 @@ def sample(
     )
     config.return_dict_in_generate, config.output_scores = return_logits, return_logits
     torch.manual_seed(seed)  # reproducible sampling for a given (run seed, iteration, shard)
-    with model_defaults_ignored(model):
+    with model_defaults_ignored(model), cache_kept(model):
         out = model.generate(**enc, generation_config=config)
     sequences = out.sequences if return_logits else out
     rollout = _rollout(
@@ -199,7 +221,7 @@ def sample_with_reference(
     done = torch.zeros(B, dtype=torch.bool, device=device)
     tokens, ref_lps = [], []
     torch.manual_seed(seed)
-    with adapter_rows(model, rows_on):
+    with adapter_rows(model, rows_on), cache_kept(model):
         for _ in range(max_new_tokens):
             out = model(
                 input_ids=step_input,
