@@ -46,6 +46,7 @@ POSITIVE = (
     "cluster.num_learners",
     "cluster.call_timeout_s",
     "cluster.placement_timeout_s",
+    "cluster.start_timeout_s",
     "sft.max_length",
     "sft.batch_size",
     "sft.grad_accum",

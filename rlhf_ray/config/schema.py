@@ -208,6 +208,9 @@ class ClusterConfig:
     placement_strategy: Literal["PACK", "SPREAD"] = "PACK"
     # Seconds to wait for the roles to be placed (an autoscaler may be adding nodes) before giving up.
     placement_timeout_s: float = 600.0
+    # Seconds a role may take to start and load its model (at the start of a run and after a restart)
+    # before the run stops or the restart counts as failed: every wait on an actor is bounded.
+    start_timeout_s: float = 1800.0
     # separate: one actor per role, each with its own base; fused: one process hosts generator +
     # learner over ONE base; auto: separate if the memory plan fits, else fused.
     layout: Literal["separate", "fused", "auto"] = "auto"

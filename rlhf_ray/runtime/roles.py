@@ -1,8 +1,10 @@
 """The running roles of one PPO run: start them in one placement group, restart one, stop them all.
 
-Generators and reward scorers are single actors; the learner is a LearnerGroup (one actor, or N
-data-parallel ones presented as one). Actor and placement-group names are per run, so concurrent
-jobs on one cluster never collide. The driver reaches the roles only through this object."""
+Which actors exist comes from the run's RoleLayout (runtime.layout): generators and reward scorers
+are single actors; the learner is a LearnerGroup (one actor, or N data-parallel ones presented as
+one). Every wait for an actor is bounded (cluster.start_timeout_s, cluster.call_timeout_s). Actor
+and placement-group names are per run, so concurrent jobs on one cluster never collide. The driver
+reaches the roles only through this object."""
 
 from __future__ import annotations
 
@@ -18,70 +20,67 @@ from ray.util.placement_group import remove_placement_group
 from rlhf_ray.actors.remote import FusedPolicyActor, GeneratorActor, LearnerActor, RewardScorerActor
 from rlhf_ray.config.schema import Config
 from rlhf_ray.errors import StaleGeneratorError
-from rlhf_ray.runtime.layout import layout_specs, resolved_layout
+from rlhf_ray.runtime.layout import RoleLayout, role_layout
 from rlhf_ray.runtime.learner_group import LearnerGroup
 from rlhf_ray.runtime.placement import actor_options, create_placement, run_id
 from rlhf_ray.runtime.recovery import timed_get
 from rlhf_ray.store.artifacts import ModelRef
 from rlhf_ray.store.checkpoint import atomic_write
 
-LEARNER = "learner"  # key of the learner group's maker in Roles.makers
-
 
 @dataclass
 class Roles:
-    generators: list
+    layout: RoleLayout
+    generators: list  # actors answering generate (fused: the policy host); held in place by the rollout source
     scorers: list
     learner: LearnerGroup
     placement_group: object
-    # role name -> () -> a fresh actor in the same bundle; LEARNER -> () -> a fresh LearnerGroup
+    # role name -> () -> a fresh actor in its bundle; every learner name -> () -> a fresh LearnerGroup
     makers: dict
-    learner_names: list[str]
-    fused: bool = False  # cluster.layout=fused: the learner's one actor is the generator too
+    start_timeout_s: float  # a (re)started role must have loaded its model within this
 
     @staticmethod
     def start(cfg: Config, policy: ModelRef, reward: ModelRef, run_dir: Path) -> "Roles":
-        """Start every role (layout as planned: see rlhf_ray.runtime.layout), wait until all models are loaded."""
-        fused = resolved_layout(cfg) == "fused"
-        specs = layout_specs(cfg)
+        """Start every role of the planned layout in one placement group; wait until all models are loaded."""
+        layout = role_layout(cfg)
         run = run_id(run_dir)  # actor and placement group names are per run: concurrent jobs never collide
-        pg = create_placement(specs, cfg.cluster, name=f"rlhf_ray/{run}")
-        opts = [actor_options(s, pg, i, cfg.cluster.namespace, run) for i, s in enumerate(specs)]
-        n_gen = 0 if fused else cfg.cluster.num_generators
-        n_sc = cfg.cluster.num_scorers
-        args = [(GeneratorActor, (cfg, policy, i)) for i in range(n_gen)] + [(RewardScorerActor, (cfg, reward))] * n_sc
-        if fused:  # the host's bundle comes first (PACK puts it on the GPU); list it last, as a learner
-            opts, specs = opts[1:] + opts[:1], specs[1:] + specs[:1]
-        order = specs[: n_gen + n_sc]
-        makers = {s.name: partial(make_actor, cls, o, a) for s, o, (cls, a) in zip(specs, opts, args)}
-        makers[LEARNER] = partial(
-            LearnerGroup.start, cfg, policy, opts[n_gen + n_sc :], FusedPolicyActor if fused else LearnerActor
+        pg = create_placement(layout.bundles, cfg.cluster, name=f"rlhf_ray/{run}")
+        opts = {s.name: actor_options(s, pg, i, cfg.cluster.namespace, run) for i, s in enumerate(layout.bundles)}
+        makers = {s.name: partial(make_actor, GeneratorActor, opts[s.name], (cfg, policy, rank))
+                  for rank, s in enumerate(layout.generators)}  # fmt: skip
+        makers.update(
+            {s.name: partial(make_actor, RewardScorerActor, opts[s.name], (cfg, reward)) for s in layout.scorers}
         )
-        actors: list = []
-        learner = None
+        host = FusedPolicyActor if layout.fused else LearnerActor
+        group = partial(LearnerGroup.start, cfg, policy, [opts[s.name] for s in layout.learners], host)
+        makers.update({s.name: group for s in layout.learners})
+        started: list = []
         try:  # an actor failing in its constructor must not leak the group or the other actors
-            actors = [makers[s.name]() for s in order]
-            learner = makers[LEARNER]()
-            places = ray.get([a.where.remote() for a in [*actors, *learner.actors]])  # waits for every model to load
+            started = [makers[s.name]() for s in [*layout.generators, *layout.scorers]]
+            learner = group()
+            started += learner.actors
+            places = timed_get([a.where.remote() for a in started], cfg.cluster.start_timeout_s)  # models loaded
         except BaseException:
-            for actor in [*actors, *(learner.actors if learner else [])]:
+            for actor in started:
                 ray.kill(actor)
             remove_placement_group(pg)
             raise
-        gens = list(learner.actors) if fused else actors[:n_gen]
-        roles = Roles(gens, actors[n_gen:], learner, pg, makers, [s.name for s in specs[n_gen + n_sc :]], fused)
-        layout = [
-            {"actor": s.name, "name": o["name"], "num_gpus": s.num_gpus, "num_cpus": s.num_cpus, **p}
-            for s, o, p in zip(specs, opts, places)
-        ]
-        atomic_write(run_dir / "placement.json", json.dumps(layout, indent=2).encode())
+        gens = list(learner.actors) if layout.fused else started[: len(layout.generators)]
+        scorers = started[len(layout.generators) : len(layout.generators) + len(layout.scorers)]
+        roles = Roles(layout, gens, scorers, learner, pg, makers, cfg.cluster.start_timeout_s)
+        record = [
+            {"actor": s.name, "name": opts[s.name]["name"], "num_gpus": s.num_gpus, "num_cpus": s.num_cpus,
+             "bundle": layout.bundle_of(s.name), **place}
+            for s, place in zip(layout.actors, places)
+        ]  # fmt: skip
+        atomic_write(run_dir / "placement.json", json.dumps(record, indent=2).encode())
         return roles
 
     def named(self) -> dict:
         """Every distinct actor by role name (a fused host once, under its learner name)."""
-        names = [n for n in self.makers if n != LEARNER]
-        own = self.scorers if self.fused else [*self.generators, *self.scorers]
-        return {**dict(zip(names, own)), **dict(zip(self.learner_names, self.learner.actors))}
+        own_generators = [] if self.layout.fused else self.generators
+        actors = [*own_generators, *self.scorers, *self.learner.actors]
+        return {spec.name: actor for spec, actor in zip(self.layout.actors, actors)}
 
     def all(self) -> list:
         return list(self.named().values())
@@ -89,22 +88,23 @@ class Roles:
     def restart(self, name: str) -> None:
         """Replace the actor called `name` by a fresh one in its bundle (after a death or a hang).
         A learner is restarted as a whole group: data-parallel ranks share one process group."""
-        if name in self.learner_names:
+        learners = [s.name for s in self.layout.learners]
+        if name in learners:
             for actor in self.learner.actors:
                 ray.kill(actor)
-            self.learner = retry_while_name_taken(self.makers[LEARNER])
-            ray.get([a.where.remote() for a in self.learner.actors])
-            if self.fused:
+            self.learner = retry_while_name_taken(self.makers[name])
+            timed_get([a.where.remote() for a in self.learner.actors], self.start_timeout_s)
+            if self.layout.fused:
                 self.generators[:] = self.learner.actors  # in place: the rollout source holds this list
             return
         ray.kill(self.named()[name])
         new = retry_while_name_taken(self.makers[name])
-        ray.get(new.where.remote())  # the constructor finished: the model is loaded
-        k = [n for n in self.makers if n != LEARNER].index(name)
-        if self.fused or k >= len(self.generators):
-            self.scorers[k - (0 if self.fused else len(self.generators))] = new
+        timed_get(new.where.remote(), self.start_timeout_s)  # the constructor finished: the model is loaded
+        scorers = [s.name for s in self.layout.scorers]
+        if name in scorers:
+            self.scorers[scorers.index(name)] = new
         else:
-            self.generators[k] = new
+            self.generators[[s.name for s in self.layout.generators].index(name)] = new
 
     def sync(self, timeout_s: float) -> None:
         """Push the learner's current adapter to every generator (e.g. after a restart)."""

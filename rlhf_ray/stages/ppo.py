@@ -8,7 +8,7 @@ from pathlib import Path
 from rlhf_ray.config.schema import Config
 from rlhf_ray.models.assets import resolve_model
 from rlhf_ray.runtime import driver, preflight
-from rlhf_ray.runtime.layout import layout_specs, planned
+from rlhf_ray.runtime.layout import planned, role_layout
 from rlhf_ray.runtime.placement import attached, check_fits
 from rlhf_ray.stages.common import DONE
 from rlhf_ray.stages.store import ensure_stage
@@ -36,7 +36,7 @@ def run(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
     (run_dir / DONE).unlink(missing_ok=True)  # an extended run is not complete until it ends
     cfg = planned(cfg, run_dir)  # memory plan first: picks the layout or refuses, before Ray starts
     with attached(cfg.cluster):
-        check_fits(layout_specs(cfg))  # fail fast, before any model is converted or trained
+        check_fits(role_layout(cfg).bundles)  # fail fast, before any model is converted or trained
         policy_path = resolve_model(cfg.model.policy, cfg.cache_dir())  # the driver's copy: its tokenizer
         reward_path = reward_model_path(cfg)
         record_models(

@@ -15,10 +15,11 @@ from ray.util.placement_group import placement_group
 
 from rlhf_ray.batch import AdapterPayload
 from rlhf_ray.config.schema import load_config
+from rlhf_ray.runtime.layout import RoleLayout
 from rlhf_ray.runtime.learner_group import LearnerGroup
 from rlhf_ray.runtime.placement import RoleSpec, actor_options
 from rlhf_ray.runtime.recovery import RunStopped, Supervisor, read_events, timed_get
-from rlhf_ray.runtime.roles import LEARNER, Roles, make_actor
+from rlhf_ray.runtime.roles import Roles, make_actor
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -78,11 +79,13 @@ def roles():
     ray.get(pg.ready())
     options = [actor_options(RoleSpec(n, 0.01, 0), pg, i, "test-sup", "run") for i, n in enumerate(names)]
     makers = {n: lambda o=o: make_actor(Counter, o, ()) for n, o in zip(names[:2], options)}
-    makers[LEARNER] = lambda: LearnerGroup([make_actor(Counter, options[2], ())])
+    makers["learner-0"] = lambda: LearnerGroup([make_actor(Counter, options[2], ())])
     actors = [makers[n]() for n in names[:2]]
-    learner = makers[LEARNER]()
+    learner = makers["learner-0"]()
     ray.get([a.where.remote() for a in [*actors, *learner.actors]])  # started, as Roles.start leaves them
-    r = Roles(actors[:1], actors[1:2], learner, pg, makers, names[2:])
+    specs = [RoleSpec(n, 0.01, 0) for n in names]
+    layout = RoleLayout(False, (specs[0],), (specs[1],), (specs[2],))
+    r = Roles(layout, actors[:1], actors[1:2], learner, pg, makers, start_timeout_s=60)
     yield r
     r.stop()
 

@@ -119,14 +119,20 @@ def test_nf4_20b_separate_would_leave_no_headroom_so_auto_fuses():
 
 def test_fused_layout_places_one_policy_process_and_refuses_two_generators():
     from rlhf_ray.errors import ConfigError
-    from rlhf_ray.runtime.layout import layout_specs
+    from rlhf_ray.runtime.layout import role_layout
 
     cfg = load_config(
         "configs/smoke.yaml", ["cluster.layout=fused", "cluster.generator_gpus=0.3", "cluster.learner_gpus=0.4"]
     )
-    specs = layout_specs(cfg)
-    assert [s.name for s in specs] == ["policy-0", "reward-0"] and specs[0].num_gpus == pytest.approx(0.7)
-    assert [s.name for s in layout_specs(cfg, "separate")] == ["generator-0", "reward-0", "learner-0"]
+    layout = role_layout(cfg)
+    assert layout.fused and not layout.generators
+    assert [s.name for s in layout.bundles] == ["policy-0", "reward-0"] and layout.learners[
+        0
+    ].num_gpus == pytest.approx(0.7)
+    assert layout.bundle_of("reward-0") == 1
+    separate = role_layout(cfg, "separate")
+    assert [s.name for s in separate.actors] == ["generator-0", "reward-0", "learner-0"]
+    assert [s.name for s in separate.bundles] == [s.name for s in separate.actors]
     with pytest.raises(ConfigError, match="cluster.layout"):
         load_config("configs/smoke.yaml", ["cluster.layout=fused", "cluster.num_generators=2"])
 
