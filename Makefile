@@ -6,7 +6,7 @@ TORCH  ?= torch==2.13.0
 RUN_DIR ?= runs/default
 PYTEST_ARGS ?=
 
-.PHONY: setup run test clean
+.PHONY: setup run test test-fast lint clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
@@ -22,9 +22,17 @@ run: setup
 	$(VENV)/bin/rlhf-ray ppo --config configs/default.yaml --run-dir $(RUN_DIR)
 
 # pytest exits 5 when it collected nothing: that must fail, not pass silently.
-test: setup
+test: setup lint
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: no tests were collected"; exit 1; fi; exit $$rc
+
+# The fast loop: tests that need neither Ray nor an end-to-end run (under a minute on 2 cores).
+test-fast: setup
+	$(VENV)/bin/python -m pytest -m "not integration and not slow" $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -16,6 +16,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_modifyitems(config, items):
+    """Everything under tests/integration is `integration`, so `make test-fast` (-m "not integration
+    and not slow") is the loop for changes to algo/, config/, data/ and the role classes."""
+    for item in items:
+        if "integration" in Path(str(item.fspath)).parts:
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.fixture(scope="session")
 def cache_dir() -> Path:
     """The project's model cache (converted SmolLM2, tiny models): shared with `make run`."""
