@@ -15,6 +15,7 @@ import yaml
 from rlhf_ray.config.checks import validate
 from rlhf_ray.config.parse import build, flatten, merge, parse_overrides
 from rlhf_ray.errors import ConfigError
+from rlhf_ray.store.refs import cache_root
 
 Quant = Literal["8bit", "4bit", "none"]
 
@@ -323,8 +324,7 @@ class Config:
         return self.algo.group_size if self.algo.advantage != "gae" else 1
 
     def cache_dir(self) -> Path:
-        raw = self.run.cache_dir or os.environ.get("RLHF_RAY_CACHE") or "~/.cache/rlhf_ray"
-        return Path(raw).expanduser()
+        return cache_root(self.run.cache_dir)
 
 
 # ----------------------------------------------------------------------------- loading

@@ -12,6 +12,9 @@ from safetensors.torch import save as st_save
 
 from rlhf_ray.batch import AdapterPayload
 from rlhf_ray.errors import UserError
+from rlhf_ray.models.assets import resolve_model
+from rlhf_ray.models.policy import load_causal_lm
+from rlhf_ray.store.refs import cache_root
 
 VALUE_PREFIX = "value_head."
 
@@ -97,16 +100,11 @@ def load_adapter_model(
     use). The tokenizer loads from the same directory: AutoTokenizer.from_pretrained(directory)."""
     from peft import PeftModel
 
-    from rlhf_ray.config.schema import Config, RunConfig
-    from rlhf_ray.models.assets import resolve_model
-    from rlhf_ray.models.policy import load_causal_lm
-
     directory = Path(directory)
     if not (directory / "adapter_config.json").exists():
         raise UserError(f"{directory} holds no adapter (adapter_config.json missing)")
     base = json.loads((directory / "adapter_config.json").read_text())["base_model_name_or_path"]
-    cache = Config(run=RunConfig(cache_dir=str(cache_dir) if cache_dir else None)).cache_dir()
-    model = load_causal_lm(resolve_model(base, cache), quant, device)
+    model = load_causal_lm(resolve_model(base, cache_root(str(cache_dir) if cache_dir else None)), quant, device)
     return PeftModel.from_pretrained(model, str(directory))
 
 

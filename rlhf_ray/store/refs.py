@@ -5,6 +5,7 @@ config checks, data and models.assets all build on this module."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 from pathlib import Path
 
@@ -37,6 +38,12 @@ def parse_shape_name(ref: str) -> tuple[str, int] | None:
         return None
     layers = int(m["layers"]) if m["layers"] else SHAPE_LAYERS[m["shape"]]
     return (m["shape"], layers) if layers > 0 else None
+
+
+def cache_root(configured: str | None = None) -> Path:
+    """This machine's cache of converted and built models, stage outputs and artifacts:
+    run.cache_dir, else $RLHF_RAY_CACHE, else ~/.cache/rlhf_ray."""
+    return Path(configured or os.environ.get("RLHF_RAY_CACHE") or "~/.cache/rlhf_ray").expanduser()
 
 
 def looks_like_path(ref: str) -> bool:
