@@ -43,8 +43,31 @@ def quiet_warnings() -> None:
 
 
 def role_device(num_gpus: float) -> str:
-    """The one device rule: a role on a GPU share uses CUDA when this process can see one."""
-    return "cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu"
+    """The one device rule: a role on a GPU share uses CUDA when this process can see one (a CPU-only
+    host that declares GPUs to Ray, as the tests do, runs the role on the CPU). A role holding part of
+    a card is capped at that share of its memory (cap_gpu_share)."""
+    if num_gpus > 0 and torch.cuda.is_available():
+        cap_gpu_share(num_gpus)
+        return "cuda"
+    return "cpu"
+
+
+def cap_gpu_share(fraction: float) -> float | None:
+    """Cap this process's CUDA allocations at `fraction` of the card when roles share it, so a role
+    that overruns its plan fails with its own out-of-memory error instead of taking its neighbours'
+    memory. The CUDA context and cuBLAS workspaces lie outside the cap (the planner counts them
+    apart). Returns the cap set; None for a whole card or no CUDA."""
+    if not 0 < fraction < 1 or not torch.cuda.is_available():
+        return None
+    torch.cuda.set_per_process_memory_fraction(fraction, torch.cuda.current_device())
+    return fraction
+
+
+def policy_dtype(device: str) -> torch.dtype:
+    """The policy's unquantized tensors (embeddings, head, norms) and activations: bf16 on a GPU,
+    whatever the quantization (a float32 base next to int8/NF4 layers would double those and the KV
+    cache); fp32 on a CPU, where most chips emulate bf16 matmuls (docs/benchmarks.md)."""
+    return torch.bfloat16 if device == "cuda" else torch.float32
 
 
 def bnb_config(quant: str, skip_modules: list[str] | None = None, device: str = "cuda"):
@@ -68,13 +91,18 @@ def bnb_config(quant: str, skip_modules: list[str] | None = None, device: str = 
     raise ValueError(f"unknown quant {quant!r}")
 
 
-def load_kwargs(quant: str, device: str, skip_modules: list[str] | None = None) -> dict:
-    """from_pretrained kwargs: quantization config, placement, and the unquantized dtype."""
+def load_kwargs(
+    quant: str, device: str, skip_modules: list[str] | None = None, dtype: torch.dtype | None = None
+) -> dict:
+    """from_pretrained kwargs: quantization config, placement, and the unquantized dtype (`dtype`;
+    None: bf16 for an unquantized model on a GPU, else fp32)."""
     kwargs: dict = {"device_map": {"": 0} if device == "cuda" else device}
     qconfig = bnb_config(quant, skip_modules, device)
     if qconfig is not None:
         kwargs["quantization_config"] = qconfig
-    kwargs["dtype"] = torch.bfloat16 if device == "cuda" and quant == "none" else torch.float32
+    if dtype is None:
+        dtype = torch.bfloat16 if device == "cuda" and quant == "none" else torch.float32
+    kwargs["dtype"] = dtype
     return kwargs
 
 
@@ -86,7 +114,7 @@ def load_causal_lm(path: str, quant: str, device: str):
     quiet_warnings()
     if is_shape_dir(path):  # random-weight large shapes are built in memory, quantized layer by layer
         return build_quantized(path, quant, device)
-    return AutoModelForCausalLM.from_pretrained(path, **load_kwargs(quant, device, ["lm_head"]))
+    return AutoModelForCausalLM.from_pretrained(path, **load_kwargs(quant, device, ["lm_head"], policy_dtype(device)))
 
 
 def target_modules_for(model, configured: list[str] | None) -> list[str]:

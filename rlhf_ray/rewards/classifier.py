@@ -22,18 +22,35 @@ def positive_index(config) -> int:
     return 1
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def trained_dtype(path: str | Path) -> torch.dtype:
+    """The dtype a checkpoint's config.json records ("dtype", or "torch_dtype" before transformers 5):
+    its scores are those of that dtype. float32 when the config says nothing (or is not a local file)."""
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return torch.float32
+    fields = json.loads(config.read_text())
+    return DTYPES.get(str(fields.get("dtype") or fields.get("torch_dtype") or "float32"), torch.float32)
+
+
 def load_classifier(path: str, quant: str = "none", device: str = "cpu"):
-    """A classifier checkpoint, or a peft adapter directory on top of one (LoRA-trained)."""
+    """A classifier checkpoint, or a peft adapter directory on top of one (LoRA-trained).
+
+    On a GPU it runs in the dtype it was trained in (fp32 unless its config says otherwise: a
+    reward trained in fp32 scores differently in bf16); on a CPU always in fp32."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     quiet_warnings()
     root = Path(path)
     adapter_cfg = root / "adapter_config.json"
-    kwargs = load_kwargs(quant, device, HEAD_MODULES)
+    base_path = json.loads(adapter_cfg.read_text())["base_model_name_or_path"] if adapter_cfg.exists() else path
+    dtype = trained_dtype(base_path) if device == "cuda" else torch.float32
+    kwargs = load_kwargs(quant, device, HEAD_MODULES, dtype)
     if adapter_cfg.exists():
         from peft import PeftModel
 
-        base_path = json.loads(adapter_cfg.read_text())["base_model_name_or_path"]
         labels = json.loads((root / "labels.json").read_text()) if (root / "labels.json").exists() else {}
         base = AutoModelForSequenceClassification.from_pretrained(
             base_path, num_labels=len(labels) or 2, id2label=labels or None, **kwargs

@@ -167,13 +167,10 @@ def checkpoint_bytes(path: str) -> int:
     return sum(f.stat().st_size for f in directory.glob("*.safetensors")) if directory.is_dir() else 0
 
 
-def dense_dtype_bytes(policy_path: str, quant: str, on_gpu: bool) -> int:
-    """The dtype of the unquantized tensors, as models/policy.py and models/shapes.py load them."""
-    from rlhf_ray.models.shapes import is_shape_dir
-
-    if on_gpu and (is_shape_dir(policy_path) or quant == "none"):
-        return 2
-    return 4  # on CPU everything dense is fp32; on GPU from_pretrained(dtype=float32) next to bitsandbytes layers
+def dense_dtype_bytes(on_gpu: bool) -> int:
+    """The dtype of the unquantized tensors and activations, as models/policy.py (policy_dtype) and
+    models/shapes.py load them: bf16 on a GPU whatever the quantization, fp32 on a CPU."""
+    return 2 if on_gpu else 4
 
 
 def _gen_rows(cfg: Config, generators: int) -> int:
@@ -306,7 +303,7 @@ def policy_plan(cfg: Config, on_gpu: bool) -> dict[str, RoleBytes]:
 
     policy_path = resolve_model(cfg.model.policy, cfg.cache_dir())
     s = model_shape(read_config(policy_path, "model.policy"), cfg.model.lora_r, cfg.model.target_modules)
-    dense = dense_dtype_bytes(policy_path, cfg.model.quant, on_gpu)
+    dense = dense_dtype_bytes(on_gpu)
     roles = policy_roles(cfg, s, dense, on_gpu)
     if not on_gpu:
         for role in roles.values():
