@@ -7,6 +7,8 @@ import contextlib
 import importlib
 import json
 import logging
+import os
+import signal
 import socket
 import sys
 import time
@@ -16,7 +18,7 @@ from rlhf_ray.config.help import all_keys, explain, one_of, sections, suggest
 from rlhf_ray.config.schema import Config, load_config, save_config
 from rlhf_ray.errors import UserError, user_message
 from rlhf_ray.process import install_log_filters
-from rlhf_ray.runtime import rundir
+from rlhf_ray.runtime import rundir, stopping
 from rlhf_ray.store.provenance import CONSOLE_LOG, ConsoleLog, collect, write_run_info
 
 STAGES = {
@@ -197,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             return _fail(exc)
         print(json.dumps(result, default=str))
         return 0
+    run_dir: Path | None = None
     with contextlib.ExitStack() as console:
         try:
             cfg = _load(args)
@@ -219,11 +222,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps({"run_dir": str(run_dir), **done}, default=str))
                 return 0
             # The pipeline's run dir is re-run to continue, so only its file/dir rule applies.
-            rundir.prepare(run_dir, cfg, resume=resume, overwrite=args.overwrite, strict=args.command != "pipeline")
+            strict = args.command != "pipeline"
+            rundir.prepare(run_dir, cfg, resume=resume, overwrite=args.overwrite, strict=strict)
             stage = importlib.import_module(STAGE_MODULES.get(args.command, f"rlhf_ray.stages.{args.command}"))
             if hasattr(stage, "check"):
                 stage.check(cfg)  # cheap up-front checks (models, data), before the run dir or Ray exist
-            run_dir.mkdir(parents=True, exist_ok=True)
+            warn_job_relative(run_dir)
+            # One writer per run directory, for the whole run (--overwrite clears it only once locked).
+            console.callback(rundir.claim(run_dir, resume=resume, overwrite=args.overwrite, strict=strict).release)
+            console.enter_context(stopping.handling_stops())  # SIGINT/SIGTERM: checkpoint, clean up, one line
             console.enter_context(ConsoleLog(run_dir / CONSOLE_LOG))  # from here on, output is also saved
             # Under `ray job submit` this runs on the head node, in Ray's copy of the repo: say where.
             log.info("run directory: %s (on %s)", run_dir.resolve(), socket.gethostname())
@@ -232,11 +239,49 @@ def main(argv: list[str] | None = None) -> int:
             result = stage.run(cfg, run_dir, resume=resume)
         except UserError as exc:
             return _fail(exc)
-        except KeyboardInterrupt:
-            print("rlhf-ray: interrupted; the last checkpoint is kept (continue with --resume)", file=sys.stderr)
-            return 130
+        except KeyboardInterrupt as exc:  # StopRequested (our handlers) or a plain Ctrl-C
+            return _stopped(exc, args.command, run_dir)
         print(json.dumps({"run_dir": str(run_dir), **result}, default=str))
     return 0
+
+
+def _stopped(exc: KeyboardInterrupt, command: str, run_dir: Path | None) -> int:
+    """One line: what was kept and the command that continues (exit status 128 + signal number)."""
+    from rlhf_ray.store.checkpoint import latest_checkpoint, read_json
+
+    signum = getattr(exc, "signum", signal.SIGINT)
+    name = signal.Signals(signum).name
+    if run_dir is None:
+        print(f"rlhf-ray: stopped by {name} before the run started", file=sys.stderr)
+        return 128 + signum
+    iteration = getattr(exc, "iteration", 0)
+    ppo_dir = run_dir / "ppo" if command == "pipeline" else run_dir
+    if not iteration and command in ("ppo", "pipeline") and (ckpt := latest_checkpoint(ppo_dir)) is not None:
+        iteration = read_json(ckpt / "driver_state.json")["iteration"]
+    if command == "ppo" and iteration:
+        then = f"iteration {iteration} is checkpointed: continue with rlhf-ray ppo --resume {run_dir}"
+    elif command == "pipeline":
+        kept = f"PPO iteration {iteration} is checkpointed, " if iteration else ""
+        then = f"{kept}finished stages are cached: run the same rlhf-ray pipeline command to continue"
+    elif command == "ppo":
+        then = f"no iteration completed, nothing to resume: start again with --run-dir {run_dir} --overwrite"
+    else:
+        then = f"{command} does not resume: run it again with --overwrite"
+    print(f"rlhf-ray: stopped by {name}; {then}", file=sys.stderr)
+    return 128 + signum
+
+
+def warn_job_relative(run_dir: Path) -> None:
+    """Under `ray job submit` the driver's cwd is Ray's temporary copy of the repo, deleted later."""
+    in_job = os.environ.get("RAY_JOB_ID") or os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if in_job and not run_dir.is_absolute():
+        log.warning(
+            "--run-dir %s is relative: in a Ray job it lands in %s, Ray's working copy of the repo, which "
+            "Ray deletes later; pass an absolute path, e.g. --run-dir %s",
+            run_dir,
+            run_dir.resolve(),
+            Path.home() / "runs" / run_dir.name,
+        )
 
 
 def _fail(exc: UserError) -> int:

@@ -5,14 +5,18 @@ A reference is one of: an embedded asset name (see rlhf_ray.store.refs), a local
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import os
 import shutil
 from pathlib import Path
+from typing import Callable
 
 from rlhf_ray.errors import UserError
-from rlhf_ray.store.artifacts import Artifact, ModelRef, fetch
-from rlhf_ray.store.checkpoint import publish_once, temp_dir
+from rlhf_ray.store.artifacts import CONTENT, Artifact, ModelRef, entry_problem, fetch, reusable, stamp
+from rlhf_ray.store.checkpoint import atomic_write, publish_once, temp_dir
+from rlhf_ray.store.locks import entry_lock, temp_name
 from rlhf_ray.store.refs import BUILT_ASSETS, BUILT_VERSION, MODEL_ASSETS, looks_like_path, package_file
 
 log = logging.getLogger(__name__)
@@ -24,8 +28,6 @@ def convert_gguf(gguf_path: Path, target: Path) -> Path:
     transformers loads GGUF (dequantized to fp32) but refuses save_pretrained on it, so we save
     the state dict and a config without `quantization_config`. Written to a temp dir and renamed,
     so concurrent first use (several actors, several runs) cannot corrupt the cache."""
-    if (target / "config.json").exists():
-        return target
     import torch
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -47,9 +49,49 @@ def convert_gguf(gguf_path: Path, target: Path) -> Path:
         tokenizer.save_pretrained(str(tmp))
         if model.generation_config is not None:
             model.generation_config.save_pretrained(str(tmp))
+        stamp(tmp)  # content recorded before the entry appears: checked on every reuse
         publish_once(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def file_sha256(path: Path, cache_dir: Path) -> str:
+    """sha256 of a file's content, remembered under cache_dir by (path, size, mtime): a replaced file
+    gets a new key, an unchanged one is not re-read (the embedded GGUF is ~100 MB)."""
+    st = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:24]
+    memo = cache_dir / "hashes" / key
+    with contextlib.suppress(OSError):
+        digest = memo.read_text().strip()
+        if len(digest) == 64:
+            return digest
+    sha = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(2**24):
+            sha.update(block)
+    atomic_write(memo, sha.hexdigest().encode())
+    return sha.hexdigest()
+
+
+def cached(target: Path, build: Callable[[Path], Path]) -> Path:
+    """A model cache entry built once by `build(target)`, its content checked on every reuse: a
+    corrupted entry is moved aside and rebuilt, with a warning (one writer at a time, by lock)."""
+    if (target / CONTENT).is_file() and entry_problem(target) is None:
+        return target
+    with entry_lock(target):
+        if target.is_dir():
+            if not (target / CONTENT).is_file():  # written before entries carried their content: stamped as found
+                stamp(target)
+                return target
+            if reusable(target):
+                return target
+            aside = temp_name(target.parent, f".{target.name}.old-")
+            os.rename(target, aside)
+            shutil.rmtree(aside, ignore_errors=True)
+        build(target)
+        if not (target / CONTENT).is_file():
+            stamp(target)
     return target
 
 
@@ -58,19 +100,18 @@ def resolve_model(ref: str, cache_dir: Path) -> str:
     if ref in BUILT_ASSETS:
         from rlhf_ray.models.tiny import BUILDERS
 
-        target = Path(cache_dir) / "models" / f"{ref}-{BUILT_VERSION}"
-        return str(target if (target / "config.json").exists() else BUILDERS[ref](target))
+        return str(cached(Path(cache_dir) / "models" / f"{ref}-{BUILT_VERSION}", BUILDERS[ref]))
     from rlhf_ray.models.shapes import parse_shape_name, write_shape_dir
 
     if parse_shape_name(ref) is not None:  # config + tokenizer only; weights are built quantized at load
         target = Path(cache_dir) / "models" / f"{ref}-{BUILT_VERSION}"
-        return str(target if (target / "config.json").exists() else write_shape_dir(ref, target))
+        return str(cached(target, lambda t: write_shape_dir(ref, t)))
     if ref in MODEL_ASSETS:
         package, relative, hint = MODEL_ASSETS[ref]
         path = package_file(package, relative, hint)
         if path.suffix == ".gguf":
-            digest = hashlib.sha256(f"{path}:{path.stat().st_size}".encode()).hexdigest()[:10]
-            return str(convert_gguf(path, Path(cache_dir) / "models" / f"{ref}-{digest}"))
+            target = Path(cache_dir) / "models" / f"{ref}-{file_sha256(path, Path(cache_dir))[:10]}"
+            return str(cached(target, lambda t: convert_gguf(path, t)))
         return str(path)
     local = Path(ref).expanduser()
     if local.exists():

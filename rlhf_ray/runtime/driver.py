@@ -13,11 +13,13 @@ from pathlib import Path
 from rlhf_ray.config.schema import Config
 from rlhf_ray.data.prompts import PromptState, PromptStream, load_text_dataset
 from rlhf_ray.models.policy import load_tokenizer
+from rlhf_ray.runtime import stopping
 from rlhf_ray.runtime.metrics import MetricsLog, open_sinks, plot_metrics, progress, write_samples
 from rlhf_ray.runtime.overlap import RolloutSource
 from rlhf_ray.runtime.recovery import Supervisor, timed_get
 from rlhf_ray.runtime.roles import Roles, sync_adapter
 from rlhf_ray.runtime.rundir import resume_checkpoint
+from rlhf_ray.runtime.stopping import StopRequested
 from rlhf_ray.store.artifacts import ModelRef
 from rlhf_ray.store.checkpoint import read_dir, write_checkpoint
 
@@ -66,12 +68,16 @@ def run_iteration(cfg: Config, roles: Roles, source: RolloutSource, iteration: i
 
 
 def train(cfg: Config, run_dir: Path, policy_path: str, policy: ModelRef, reward: ModelRef, resume: bool) -> dict:
-    """policy_path: the driver's own copy (its tokenizer cuts prompts); policy/reward: what actors load."""
+    """policy_path: the driver's own copy (its tokenizer cuts prompts); policy/reward: what actors load.
+    On a stop signal the last completed iteration is checkpointed before the roles are released."""
+    stopping.reclaim()  # ray.init (attached by the caller) replaced our SIGTERM handler
     tokenizer = load_tokenizer(policy_path)
     texts = load_text_dataset(cfg.data.dataset, "train", cfg.data.text_field)["text"].to_pylist()
     stream = PromptStream(texts, tokenizer, cfg.data.prompt_min_tokens, cfg.data.prompt_max_tokens, cfg.run.seed)
     ckpt = resume_checkpoint(run_dir, cfg) if resume else None
     roles = Roles.start(cfg, policy, reward, run_dir)
+    supervisor: Supervisor | None = None
+    log: MetricsLog | None = None
     try:
         start = 1
         if ckpt is not None:
@@ -87,24 +93,15 @@ def train(cfg: Config, run_dir: Path, policy_path: str, policy: ModelRef, reward
         log = MetricsLog(
             run_dir / "metrics.jsonl", keep_through=start - 1 if ckpt else None, sinks=open_sinks(cfg, run_dir)
         )
-        bar = progress(range(start, cfg.ppo.iterations + 1), desc="ppo", initial=start - 1, total=cfg.ppo.iterations)
-        metrics: dict = {}
-        for iteration in bar:
-            result = supervisor.run(
-                iteration,
-                lambda: run_iteration(cfg, roles, source, iteration),
-                lambda: driver_state_of(cfg, iteration, source),
-            )
-            if result is not None:  # None: a non-finite batch was skipped (see events.jsonl)
-                metrics, samples = result
-                log.write({**metrics, "time/snapshot_s": supervisor.snapshot_s})
-                bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['kl/mean']:.3f}")
-                if samples is not None:
-                    write_samples(run_dir, iteration, **samples)
-            if iteration % cfg.ppo.checkpoint_every == 0 or iteration == cfg.ppo.iterations:
-                write_checkpoint(run_dir, iteration, supervisor.state, keep=cfg.ppo.keep_checkpoints)
-        log.close()
+        metrics = _loop(cfg, run_dir, roles, source, supervisor, log, start)
+    except StopRequested as stop:
+        if supervisor is not None:  # the iterations done since the last periodic checkpoint are kept
+            stop.iteration, path = supervisor.save_latest()
+            stop.checkpoint = str(path) if path else None
+        raise
     finally:
+        if log is not None:
+            log.close()  # W&B/MLflow runs are ended on errors and stops too
         roles.stop()
     if (run_dir / "metrics.jsonl").exists():
         plot_metrics(run_dir / "metrics.jsonl", run_dir / "metrics.png")
@@ -112,6 +109,32 @@ def train(cfg: Config, run_dir: Path, policy_path: str, policy: ModelRef, reward
         "iterations": cfg.ppo.iterations,
         "final": {k: metrics.get(k) for k in ("reward/mean", "kl/mean", "policy/version")},
     }
+
+
+def _loop(cfg: Config, run_dir: Path, roles: Roles, source, supervisor: Supervisor, log: MetricsLog, start: int):
+    """Iterations start..ppo.iterations; returns the last logged metrics."""
+    bar = progress(range(start, cfg.ppo.iterations + 1), desc="ppo", initial=start - 1, total=cfg.ppo.iterations)
+    last: dict = {}
+
+    def record(result: tuple[dict, dict | None]) -> None:
+        metrics, samples = result
+        log.write({**metrics, "time/snapshot_s": supervisor.snapshot_s})
+        bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['kl/mean']:.3f}")
+        if samples is not None:
+            write_samples(run_dir, metrics["iteration"], **samples)
+        last.clear()
+        last.update(metrics)
+
+    for iteration in bar:
+        supervisor.run(  # None: a non-finite batch was skipped (see events.jsonl); record is not called
+            iteration,
+            lambda: run_iteration(cfg, roles, source, iteration),
+            lambda: driver_state_of(cfg, iteration, source),
+            record,
+        )
+        if iteration % cfg.ppo.checkpoint_every == 0 or iteration == cfg.ppo.iterations:
+            write_checkpoint(run_dir, iteration, supervisor.state, keep=cfg.ppo.keep_checkpoints)
+    return last
 
 
 def driver_state_of(cfg: Config, iteration: int, source: RolloutSource) -> dict:

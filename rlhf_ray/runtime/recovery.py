@@ -23,7 +23,8 @@ from ray.exceptions import GetTimeoutError, ObjectLostError, OwnerDiedError, Ray
 
 from rlhf_ray.config.schema import Config
 from rlhf_ray.errors import NonFiniteError, UserError
-from rlhf_ray.store.checkpoint import write_checkpoint
+from rlhf_ray.runtime.stopping import deferred
+from rlhf_ray.store.checkpoint import checkpoint_problem, write_checkpoint
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -99,12 +100,21 @@ class Supervisor:
         t0 = time.perf_counter()
         files = timed_get(self.roles.learner.checkpoint(), self.timeout_s)
         files["driver_state.json"] = json.dumps(driver_state).encode()
-        self.state, self.state_iteration = files, iteration
+        with deferred():  # never a state of one iteration labelled with another
+            self.state, self.state_iteration = files, iteration
         self.snapshot_s = time.perf_counter() - t0
 
-    def run(self, iteration: int, step: Callable[[], T], driver_state: dict | Callable[[], dict]) -> T | None:
-        """step() then commit(); on a role failure restart, restore and redo; None = batch skipped.
-        A failure during a recovery goes round the loop again (and counts against its role)."""
+    def run(
+        self,
+        iteration: int,
+        step: Callable[[], T],
+        driver_state: dict | Callable[[], dict],
+        record: Callable[[T], None] | None = None,
+    ) -> T | None:
+        """step() then commit() and record(result); on a role failure restart, restore and redo;
+        None = batch skipped. A failure during a recovery goes round the loop again (and counts
+        against its role). A stop signal waits for commit + record: a checkpoint written on stop
+        is never of an iteration whose metrics were not logged."""
         failure: BaseException | None = None
         lost_since = 0.0  # start of the attempt that failed: seconds lost are counted from there
         while True:
@@ -114,7 +124,10 @@ class Supervisor:
                     self._recover(iteration, failure, lost_since)
                     failure = None
                 result = step()
-                self.commit(iteration, driver_state)
+                with deferred():
+                    self.commit(iteration, driver_state)
+                    if record is not None:
+                        record(result)
                 return result
             except Exception as exc:  # noqa: BLE001 - sorted below; anything else propagates
                 cause = _cause(exc)
@@ -182,10 +195,19 @@ class Supervisor:
         log.warning("iteration %d skipped: %s", iteration, exc)
         return None
 
-    def _stop(self, iteration: int, name: str, why: str) -> None:
+    def save_latest(self) -> tuple[int, Path | None]:
+        """Checkpoint the last completed iteration (held in memory) unless one on disk has it already.
+        Returns (iteration, its checkpoint); (0, None) when no iteration completed."""
         done = self.state_iteration
-        if done > 0:
-            write_checkpoint(self.run_dir, done, self.state, keep=self.cfg.ppo.keep_checkpoints)
+        if not self.state or done <= 0:
+            return 0, None
+        path = self.run_dir / "checkpoints" / f"iter-{done:06d}"
+        if path.is_dir() and checkpoint_problem(path) is None:
+            return done, path
+        return done, write_checkpoint(self.run_dir, done, self.state, keep=self.cfg.ppo.keep_checkpoints)
+
+    def _stop(self, iteration: int, name: str, why: str) -> None:
+        done, _ = self.save_latest()
         self.events.write(kind="stop", role=name, iteration=iteration, cause=why, restarts=self.restarts[name])
         then = (
             f"iteration {done} is checkpointed: continue with rlhf-ray ppo --resume {self.run_dir}"

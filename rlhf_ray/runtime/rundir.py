@@ -2,11 +2,15 @@
 
 - A fresh run never writes into a directory that already holds a run, unless --overwrite (which
   removes that run's files first, so an old checkpoints/LATEST can never be resumed by mistake).
+  --overwrite deletes only what runs write (RUN_OUTPUTS), never follows a symlink out of the
+  directory, and is refused when the config reads an input from inside the directory.
 - --resume needs a restorable checkpoint and a config equal to the saved one, apart from the
-  keys in MUTABLE_KEYS (how long to run and how to run it, never what is computed)."""
+  keys in MUTABLE_KEYS (how long to run and how to run it, never what is computed).
+- One process writes a run directory at a time: `claim` takes RUN_DIR/.lock for the whole run."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -16,6 +20,9 @@ from rlhf_ray.config.parse import flatten
 from rlhf_ray.config.schema import Config
 from rlhf_ray.errors import UserError
 from rlhf_ray.store.checkpoint import check_restorable, latest_checkpoint
+from rlhf_ray.store.locks import FileLock, LockHeld
+
+LOCK = ".lock"
 
 # Files and folders a run writes; their presence means "this directory holds a run".
 RUN_OUTPUTS = (
@@ -40,7 +47,12 @@ RUN_OUTPUTS = (
     "plan.json",
     "bench.json",
     "bench.txt",
+    "MANIFEST.json",
+    ".content.json",
+    "ppo",  # the pipeline's PPO stage (cleared by the same rules, see clear)
 )
+# Keys that name where things are written or cached, not inputs a run reads.
+NOT_INPUTS = frozenset({"run.cache_dir"})
 
 # Keys a resumed run may change: run length and cadence, logging, where models are cached, and
 # where/how actors run. Anything else would make the resumed run a different experiment.
@@ -91,21 +103,73 @@ def prepare(run_dir: Path, cfg: Config, *, resume: bool, overwrite: bool, strict
         resume_checkpoint(run_dir, cfg)
         return
     if overwrite:
-        clear(run_dir)
+        check_inputs_outside(run_dir, cfg)
     elif strict and holds_run(run_dir):
+        _refuse_existing(run_dir)
+
+
+def _refuse_existing(run_dir: Path) -> None:
+    raise UserError(
+        f"{run_dir} already holds a run: continue it with --resume {run_dir}, "
+        "pass --overwrite to replace it, or choose another --run-dir"
+    )
+
+
+def claim(run_dir: Path, *, resume: bool, overwrite: bool, strict: bool = True) -> FileLock:
+    """Make the run directory and lock it for this process (call after `prepare` and the stage's
+    own checks, so a refused run deletes and creates nothing); --overwrite clears it only now,
+    under the lock, so a run still writing there is never deleted from under it."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(run_dir / LOCK)
+    try:
+        lock.acquire()
+    except LockHeld as held:
         raise UserError(
-            f"{run_dir} already holds a run: continue it with --resume {run_dir}, "
-            "pass --overwrite to replace it, or choose another --run-dir"
-        )
+            f"{run_dir} is in use by another rlhf-ray process (pid {held.holder.get('pid', '?')} on "
+            f"{held.holder.get('host', '?')}): wait for it to end or stop it, or choose another --run-dir"
+        ) from None
+    try:
+        if overwrite:
+            clear(run_dir)
+        elif strict and not resume and holds_run(run_dir):
+            _refuse_existing(run_dir)  # another run finished here since `prepare` looked
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def check_inputs_outside(run_dir: Path, cfg: Config) -> None:
+    """--overwrite must not delete what the run is about to read: refuse inputs inside RUN_DIR."""
+    root = run_dir.resolve()
+    for key, value in flatten(cfg.to_dict()).items():
+        if key in NOT_INPUTS or not isinstance(value, str) or not value:
+            continue
+        path = Path(value).expanduser()
+        if not path.exists() and not path.is_symlink():
+            continue
+        target = path.resolve()
+        if target == root or root in target.parents:
+            raise UserError(
+                f"--overwrite would delete {key}={value}, which lies inside {run_dir}: "
+                "move that input out of the run directory or choose another --run-dir"
+            )
 
 
 def clear(run_dir: Path) -> None:
-    """Remove the outputs of an earlier run (only files runs write; anything else is left alone)."""
+    """Remove the outputs of an earlier run (only files runs write; anything else is left alone).
+    A symlink is removed as a link: nothing it points to is touched."""
     for name in RUN_OUTPUTS:
         path = run_dir / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
+        if name == "ppo" and path.is_dir() and not path.is_symlink():
+            clear(path)  # the pipeline's PPO run: only its outputs, then the folder if empty
+            if not any(p.name != LOCK for p in path.iterdir()):
+                shutil.rmtree(path)
+        elif path.is_symlink() or path.is_file():
+            path.unlink()
+        elif path.is_dir():
+            shutil.rmtree(path)  # does not follow links inside the tree: it unlinks them
+        elif os.path.lexists(path):
             path.unlink()
 
 
@@ -128,12 +192,16 @@ def config_changes(saved: dict, new: Config) -> list[str]:
     return sorted(k for k, v in flatten(new.to_dict()).items() if old.get(k) != v)
 
 
-def check_config_unchanged(run_dir: Path, cfg: Config) -> None:
+def changed_keys(run_dir: Path, cfg: Config) -> list[str]:
+    """Keys a continuation of the run in `run_dir` may not change but `cfg` does."""
     saved_path = run_dir / "config.yaml"
     if not saved_path.is_file():
-        return
-    changed = [k for k in config_changes(yaml.safe_load(saved_path.read_text()) or {}, cfg) if k not in MUTABLE_KEYS]
-    if changed:
+        return []
+    return [k for k in config_changes(yaml.safe_load(saved_path.read_text()) or {}, cfg) if k not in MUTABLE_KEYS]
+
+
+def check_config_unchanged(run_dir: Path, cfg: Config) -> None:
+    if changed := changed_keys(run_dir, cfg):
         raise UserError(
             f"--resume {run_dir}: the config differs from the run's saved config in {', '.join(changed)} "
             "(only run length, logging and cluster keys may change; start a new run for the rest)"

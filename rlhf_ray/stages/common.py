@@ -10,6 +10,7 @@ from pathlib import Path
 
 from rlhf_ray.config.schema import ClusterConfig
 from rlhf_ray.process import install_log_filters, set_torch_threads
+from rlhf_ray.runtime import stopping
 from rlhf_ray.runtime.placement import attached
 from rlhf_ray.store.checkpoint import atomic_write, read_json
 
@@ -58,6 +59,7 @@ def stream_task(
     import ray
 
     with attached(cluster):  # a UserError raised on the worker reaches the CLI wrapped by Ray (see cli)
+        stopping.reclaim()  # ray.init replaced our SIGTERM handler
         return _consume(ray.remote(fn).options(**options).remote(*args), total, desc, jsonl)
 
 

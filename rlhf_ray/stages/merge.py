@@ -16,7 +16,7 @@ from pathlib import Path
 from rlhf_ray.config.schema import Config
 from rlhf_ray.errors import UserError
 from rlhf_ray.stages.common import begin, finish
-from rlhf_ray.store.checkpoint import replace_dir
+from rlhf_ray.store.checkpoint import replace_dir, temp_dir
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +38,12 @@ def run(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
         return done
     start = time.perf_counter()
     base = resolve_model(cfg.model.policy, cfg.cache_dir())
-    tmp = run_dir / "model.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted run
+    tmp = temp_dir(run_dir, ".model.tmp-")  # unique: two merges never share it (leftovers are swept)
     log.info("merging %s into %s (%s)", cfg.merge.adapter, base, cfg.merge.dtype)
-    model_dir = replace_dir(merge_adapter(base, cfg.merge.adapter, tmp, cfg.merge.dtype), run_dir / "model")
+    try:
+        model_dir = replace_dir(merge_adapter(base, cfg.merge.adapter, tmp, cfg.merge.dtype), run_dir / "model")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful swap
     return finish(
         run_dir,
         {

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from rlhf_ray.config.schema import Config, save_config
 from rlhf_ray.errors import UserError
+from rlhf_ray.runtime.rundir import changed_keys
 from rlhf_ray.stages import merge, ppo, reward, sft
 from rlhf_ray.stages.common import DONE, is_done
 from rlhf_ray.stages.store import ensure_stage
@@ -51,8 +52,15 @@ def run(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
 
 
 def _run_ppo(cfg: Config, ppo_dir: Path) -> dict:
-    """Skip a finished PPO run, resume an interrupted (or extended: more ppo.iterations) one."""
+    """Skip a finished PPO run, resume an interrupted (or extended: more ppo.iterations) one. The
+    rules of --resume apply: a PPO stage trained with a different config (its merged base included)
+    is never continued; the rerun is refused, naming the keys (--overwrite starts it afresh)."""
     checkpoint = latest_checkpoint(ppo_dir)
+    if checkpoint is not None and (changed := changed_keys(ppo_dir, cfg)):
+        raise UserError(
+            f"pipeline: {ppo_dir} holds a PPO run made with a different config ({', '.join(changed)}): "
+            f"pass --overwrite to start PPO afresh, or choose another --run-dir"
+        )
     reached = read_json(checkpoint / "driver_state.json")["iteration"] if checkpoint else 0
     if is_done(ppo_dir) and reached >= cfg.ppo.iterations:
         log.info("stage ppo: already finished in %s", ppo_dir)

@@ -11,13 +11,16 @@ from pathlib import Path
 from typing import Callable
 
 from rlhf_ray.config.schema import Config, save_config
+from rlhf_ray.runtime.rundir import clear
 from rlhf_ray.stages.common import is_done
+from rlhf_ray.store.artifacts import CONTENT, entry_problem, reusable, stamp
+from rlhf_ray.store.locks import entry_lock
 from rlhf_ray.store.provenance import collect, write_run_info
 
 log = logging.getLogger(__name__)
 
 # Keys of the reward section that only affect scoring, not the trained classifier.
-_SCORING_ONLY = {"model", "score", "input", "batch_size", "max_length"}
+_SCORING_ONLY = {"model", "score", "input", "batch_size", "max_length", "sources"}
 
 
 def stage_inputs(cfg: Config, stage: str, upstream: dict[str, str] | None = None) -> dict:
@@ -40,14 +43,25 @@ def stage_dir(cfg: Config, stage: str, upstream: dict[str, str] | None = None) -
 def ensure_stage(
     cfg: Config, stage: str, run: Callable[[Config, Path], dict], upstream: dict[str, str] | None = None
 ) -> Path:
-    """Run `stage` into its content-addressed directory unless a finished output is already there."""
+    """Run `stage` into its content-addressed directory unless a finished output is already there.
+    One writer per entry (a second pipeline with the same config waits, then reuses); a finished
+    entry whose files no longer match their recorded sha256 is cleared and run again, with a warning."""
     directory = stage_dir(cfg, stage, upstream)
-    if is_done(directory):
+    if is_done(directory) and (directory / CONTENT).is_file() and entry_problem(directory) is None:
         log.info("stage %s: reusing %s", stage, directory)
         return directory
-    log.info("stage %s: running into %s", stage, directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, directory / "config.yaml")
-    write_run_info(directory, collect(sys.argv[1:]))  # which machine and versions made this cached output
-    run(cfg, directory)
+    with entry_lock(directory):
+        if is_done(directory):
+            if not (directory / CONTENT).is_file():  # finished before outputs carried their content
+                stamp(directory)
+            if reusable(directory):
+                log.info("stage %s: reusing %s", stage, directory)
+                return directory
+            clear(directory)  # corrupted: run again from scratch
+        log.info("stage %s: running into %s", stage, directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, directory / "config.yaml")
+        write_run_info(directory, collect(sys.argv[1:]))  # which machine and versions made this cached output
+        run(cfg, directory)
+        stamp(directory)
     return directory

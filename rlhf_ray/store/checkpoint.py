@@ -7,26 +7,38 @@ whose manifest is missing or does not match its files is skipped for the previou
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import json
 import logging
 import os
-import secrets
 import shutil
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+
+from rlhf_ray.store.locks import sweep_stale, temp_name
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "MANIFEST.json"
+# What a PPO checkpoint needs to be resumed (its manifest must list each of them).
+LEARNER_FILES = ("learner_state.json", "policy.safetensors", "optimizer.pt", "driver_state.json")
 
 
-def _temp_name(parent: Path, prefix: str) -> Path:
-    return parent / f"{prefix}{secrets.token_hex(6)}"
+def inside(root: Path, name: str) -> Path:
+    """root/name for a relative name that stays below root (names come from manifests, artifacts and
+    task results: `../x`, absolute paths and empty parts are refused, never followed)."""
+    if not isinstance(name, str) or not name or "\\" in name or "\0" in name:
+        raise ValueError(f"file name {name!r} is not a relative path")
+    parts = PurePosixPath(name).parts
+    if PurePosixPath(name).is_absolute() or any(p in ("..", ".", "") for p in parts) or name != "/".join(parts):
+        raise ValueError(f"file name {name!r} would leave its directory: only plain relative paths are allowed")
+    return root.joinpath(*parts)
 
 
 def atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_name(path.parent, f".{path.name}.")
+    tmp = temp_name(path.parent, f".{path.name}.tmp-")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # mode & ~umask, as open() does
     with os.fdopen(fd, "wb") as f:
         f.write(data)
@@ -36,9 +48,11 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 def temp_dir(parent: Path, prefix: str) -> Path:
-    """A fresh sibling directory to fill and then rename into place (mode 0777 & ~umask)."""
+    """A fresh, uniquely named sibling directory to fill and then rename into place (mode 0777 &
+    ~umask). Leftovers of writers that died are swept from `parent` first."""
     parent.mkdir(parents=True, exist_ok=True)
-    path = _temp_name(parent, prefix)
+    sweep_stale(parent)
+    path = temp_name(parent, prefix if prefix.endswith("tmp-") else f"{prefix}tmp-")
     path.mkdir()
     return path
 
@@ -53,19 +67,59 @@ def publish_once(tmp: Path, target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)  # another process finished first: theirs is complete
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # old kernel, or a file system without it
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+
+
 def replace_dir(tmp: Path, target: Path) -> Path:
-    """Replace `target` with the fully written `tmp` (an interrupted rerun leaves no mixed dir)."""
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
+    """Replace `target` with the fully written `tmp`, never deleting first: the two are swapped in
+    one step where the kernel can (readers always find a whole entry), else the old one is renamed
+    aside and the new one renamed in; the old one is removed last."""
+    old = None
+    if target.is_dir() and not target.is_symlink() and _exchange(tmp, target):
+        old = tmp  # now holds the previous entry
+    else:
+        if target.exists() or target.is_symlink():
+            old = temp_name(target.parent, f".{target.name}.old-")
+            os.rename(target, old)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if old is not None and not target.exists():
+                os.rename(old, target)  # put the previous entry back
+            raise
+    if old is not None:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
     return target
 
 
 def write_dir(files: dict[str, bytes], target: Path) -> Path:
     """Write {relative name: bytes} into a temp sibling of `target`, then swap it in."""
     tmp = temp_dir(target.parent, f".{target.name}.tmp-")
-    for name, data in files.items():
-        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp / name).write_bytes(data)
+    try:
+        for name, data in files.items():
+            path = inside(tmp, name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return replace_dir(tmp, target)
 
 
@@ -81,8 +135,6 @@ def write_checkpoint(run_dir: Path, iteration: int, files: dict[str, bytes], kee
 
 
 def _prune(root: Path, keep: int) -> None:
-    for stale in root.glob(".iter-*.tmp-*"):  # left by a writer killed mid-checkpoint
-        shutil.rmtree(stale, ignore_errors=True)
     if keep > 0:
         for old in sorted(root.glob("iter-*"))[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
@@ -96,9 +148,16 @@ def checkpoint_problem(path: Path) -> str | None:
         manifest = json.loads((path / MANIFEST).read_text())
     except ValueError:
         return "MANIFEST.json is not valid JSON"
+    if not isinstance(manifest, dict):
+        return "MANIFEST.json is not a {file: sha256} map"
+    if missing := [name for name in LEARNER_FILES if name not in manifest]:
+        return f"MANIFEST.json does not list {', '.join(missing)} (a checkpoint needs them)"
     for name, digest in manifest.items():
-        file = path / name
-        if not file.is_file():
+        try:
+            file = inside(path, name)
+        except ValueError as exc:
+            return f"MANIFEST.json: {exc}"
+        if file.is_symlink() or not file.is_file():
             return f"{name} is missing"
         if hashlib.sha256(file.read_bytes()).hexdigest() != digest:
             return f"{name} does not match its sha256 in MANIFEST.json (truncated or corrupt)"
@@ -122,9 +181,6 @@ def read_dir(path: Path) -> dict[str, bytes]:
 
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
-
-
-LEARNER_FILES = ("learner_state.json", "policy.safetensors", "optimizer.pt", "driver_state.json")
 
 
 def check_restorable(path: Path, critic: bool) -> None:

@@ -10,17 +10,25 @@ import pytest
 from rlhf_ray.config.schema import load_config, save_config
 from rlhf_ray.errors import UserError
 from rlhf_ray.runtime.metrics import MetricsLog, read_metrics
-from rlhf_ray.runtime.rundir import MUTABLE_KEYS, config_changes, prepare
-from rlhf_ray.store.checkpoint import MANIFEST, checkpoint_problem, latest_checkpoint, write_checkpoint
+from rlhf_ray.runtime.rundir import MUTABLE_KEYS, claim, config_changes, prepare
+from rlhf_ray.store.checkpoint import (
+    LEARNER_FILES,
+    MANIFEST,
+    checkpoint_problem,
+    latest_checkpoint,
+    write_checkpoint,
+)
 
 
 def ckpt(run_dir, iteration: int, keep: int = 0):
-    return write_checkpoint(run_dir, iteration, {"a.bin": bytes([iteration]) * 100, "sub/b.json": b"{}"}, keep=keep)
+    learner = {name: b"x" for name in LEARNER_FILES}
+    files = {**learner, "a.bin": bytes([iteration]) * 100, "sub/b.json": b"{}"}
+    return write_checkpoint(run_dir, iteration, files, keep=keep)
 
 
 def test_manifest_is_written_and_checked(tmp_path):
     path = ckpt(tmp_path, 1)
-    assert set(json.loads((path / MANIFEST).read_text())) == {"a.bin", "sub/b.json"}
+    assert set(json.loads((path / MANIFEST).read_text())) == {"a.bin", "sub/b.json", *LEARNER_FILES}
     assert checkpoint_problem(path) is None
     (path / "a.bin").write_bytes(b"\x01" * 50)  # truncated
     assert "does not match" in checkpoint_problem(path)
@@ -60,7 +68,9 @@ def test_overwrite_clears_the_old_run_but_nothing_else(tmp_path):
     with pytest.raises(UserError, match="already holds a run"):
         prepare(run, cfg, resume=False, overwrite=False)
     prepare(run, cfg, resume=False, overwrite=True)
-    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]
+    assert (run / "metrics.jsonl").exists()  # checks only: deleted once the run directory is locked
+    claim(run, resume=False, overwrite=True).release()
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "notes.txt"]
     prepare(run, cfg, resume=False, overwrite=False)  # now empty of runs: allowed
 
 
