@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from rlhf_ray.actors.common import init_process, load_policy
-from rlhf_ray.batch import AdapterPayload, GenerationInfo, Rollout
+from rlhf_ray.batch import AdapterPayload, GenerationInfo, Prompt, Rollout
 from rlhf_ray.config.schema import Config
+from rlhf_ray.data.prompts import rollout_rows
 from rlhf_ray.models.adapter import import_adapter
 from rlhf_ray.models.assets import materialize
 from rlhf_ray.models.generate import sample, sample_with_reference
@@ -37,7 +38,11 @@ class Generator:
         self.version = payload.version
         return self.version, self.adapter_hash
 
-    def generate(self, prompts: list[str], iteration: int, with_texts: bool = False) -> tuple[Rollout, GenerationInfo]:
+    def generate(
+        self, prompts: list[Prompt] | list[str], iteration: int, with_texts: bool = False
+    ) -> tuple[Rollout, GenerationInfo]:
+        """prompts: what the driver's stream drew (plain strings too, for the bench and tests); the
+        rollout carries each one's raw prompt and dataset columns for reward functions."""
         if self.version < 0:
             raise StaleAdapterError(f"generator-{self.rank} has no adapter yet: sync one before generating")
         g, seed = self.cfg.generate, self.cfg.run.seed
@@ -50,10 +55,12 @@ class Generator:
             device=self.device,
             seed=seeds.sampling(seed, iteration, self.rank),
         )
+        texts = [p.text if isinstance(p, Prompt) else p for p in prompts]
         if g.reference_logprobs:  # the reference pass rides along in the decode steps; the learner skips it
-            rollout = sample_with_reference(self.model, self.tokenizer, prompts, **common)
+            rollout = sample_with_reference(self.model, self.tokenizer, texts, **common)
         else:
-            rollout = sample(self.model, self.tokenizer, prompts, top_k=g.top_k, top_p=g.top_p, **common)
+            rollout = sample(self.model, self.tokenizer, texts, top_k=g.top_k, top_p=g.top_p, **common)
+        rollout.raw_prompts, rollout.columns = rollout_rows(prompts, group)
         info = GenerationInfo(
             self.version,
             self.adapter_hash,

@@ -54,6 +54,7 @@ POSITIVE = (
     "sft.max_steps",
     "sft.train_docs",
     "sft.eval_blocks",
+    "data.max_prompt_tokens",
     "eval.num_prompts",
     "eval.batch_size",
     "bench.repeats",
@@ -72,7 +73,15 @@ NON_NEGATIVE = (
 )
 UNIT_INTERVAL = ("algo.gamma", "algo.gae_lambda", "generate.top_p")
 GPU_FRACTIONS = ("cluster.generator_gpus", "cluster.scorer_gpus", "cluster.learner_gpus", "sft.gpus")
-MODEL_REFS = ("model.policy", "reward.backbone", "reward.model", "merge.adapter", "data.dataset", "sft.dataset")
+MODEL_REFS = (
+    "model.policy",
+    "reward.backbone",
+    "reward.model",
+    "merge.adapter",
+    "data.dataset",
+    "sft.dataset",
+    "eval.dataset",
+)
 
 
 def validate(cfg: Config, given: tuple[set[str], ...] = ()) -> None:
@@ -82,6 +91,7 @@ def validate(cfg: Config, given: tuple[set[str], ...] = ()) -> None:
     _validate_batches(cfg, given)
     _validate_layout(cfg)
     _validate_sampling_and_logging(cfg)
+    _validate_data(cfg)
     for key in MODEL_REFS:
         if value_of(cfg, key) is not None:
             check_model_ref(key, value_of(cfg, key))
@@ -264,3 +274,17 @@ def _validate_sampling_and_logging(cfg: Config) -> None:
                 f"logging.{key}",
                 f"needs the '{package}' package, which is not installed (pip install {package}, or unset it)",
             )
+
+
+def _validate_data(cfg: Config) -> None:
+    """The prompt columns and chat mode; whether the dataset has those columns is checked when it is read
+    (runtime.preflight, before any actor starts)."""
+    d = cfg.data
+    # 1 == True and 0 == False pass the Literal check: only the booleans and "auto" mean something here
+    _check(
+        d.chat_template == "auto" or isinstance(d.chat_template, bool),
+        "data.chat_template",
+        f"must be auto, true or false; got {d.chat_template!r}",
+    )
+    for key in ("data.prompt_field", "data.text_field", "sft.text_field"):
+        _check(bool(value_of(cfg, key).strip()), key, "must name a column; got an empty string")

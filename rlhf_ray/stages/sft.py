@@ -24,6 +24,7 @@ from rlhf_ray.store.checkpoint import read_dir, write_dir
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100  # label value torch's cross_entropy skips
+CHARS_PER_TOKEN = 32  # generous: English averages ~4 characters per token
 MAX_GRAD_NORM = 1.0  # clip: a fresh LoRA at a high lr can spike on an odd batch
 
 
@@ -39,10 +40,13 @@ def shuffled_texts(ref: str, split: str, text_field: str, seed: int, limit: int 
 # ----------------------------------------------------------------------------- rows (pure)
 
 
-def tokenized(texts: list[str], tokenizer, chunk: int = 64) -> Iterator[list[int]]:
-    """Token ids per text, tokenized lazily in chunks (eval stops after a few texts)."""
+def tokenized(texts: list[str], tokenizer, max_tokens: int, chunk: int = 64) -> Iterator[list[int]]:
+    """The first `max_tokens` token ids of each text, tokenized lazily in chunks (eval stops after a
+    few texts). A huge document (a whole book in one row) is cut to CHARS_PER_TOKEN x max_tokens
+    characters before tokenizing: tokenizing all of it would cost time and memory for rows never used."""
     for start in range(0, len(texts), chunk):
-        yield from tokenizer(texts[start : start + chunk], add_special_tokens=False)["input_ids"]
+        part = [text[: max_tokens * CHARS_PER_TOKEN] for text in texts[start : start + chunk]]
+        yield from tokenizer(part, add_special_tokens=False, truncation=True, max_length=max_tokens)["input_ids"]
 
 
 def pack(docs: Iterable[list[int]], eos_id: int, block: int) -> Iterator[list[int]]:
@@ -113,12 +117,15 @@ def sft_rows(s, tokenizer, seed: int) -> tuple[list[list[int]], list[list[int]]]
     """Training rows from the first sft.train_docs shuffled train docs; sft.eval_blocks held-out
     rows from the test split (built the same way, packed or truncated)."""
     to_rows = pack if s.packing else truncate
+    # A doc contributes at most what its rows can use: one row when truncating; when packing, every
+    # row the run reads (train: max_steps x batch_size x grad_accum rows; eval: eval_blocks rows).
+    train_cap = s.max_length * (s.max_steps * s.batch_size * s.grad_accum if s.packing else 1)
+    eval_cap = s.max_length * (s.eval_blocks if s.packing else 1)
     train_texts = shuffled_texts(s.dataset, "train", s.text_field, seed, s.train_docs)
-    train_rows = list(to_rows(tokenized(train_texts, tokenizer), tokenizer.eos_token_id, s.max_length))
+    train_rows = list(to_rows(tokenized(train_texts, tokenizer, train_cap), tokenizer.eos_token_id, s.max_length))
     test_texts = shuffled_texts(s.dataset, "test", s.text_field, seed)
-    eval_rows = list(
-        itertools.islice(to_rows(tokenized(test_texts, tokenizer), tokenizer.eos_token_id, s.max_length), s.eval_blocks)
-    )
+    eval_docs = tokenized(test_texts, tokenizer, eval_cap)
+    eval_rows = list(itertools.islice(to_rows(eval_docs, tokenizer.eos_token_id, s.max_length), s.eval_blocks))
     if not train_rows or not eval_rows:
         raise UserError(
             f"sft.dataset {s.dataset}: too little text for one {s.max_length}-token block "

@@ -1,8 +1,9 @@
 """`rlhf-ray eval RUN_DIR`: the trained policy against its reference on held-out prompts.
 
-Openings of test-split reviews (never seen in PPO, which draws from the train split) are
-continued by the reference (adapter disabled, which is also the policy before its first update)
-and by the trained policy, with the run's sampling settings; the run's reward model scores both.
+Held-out prompts (by default the rows of data.dataset that PPO never draws: openings of test-split
+reviews for IMDB; or eval.dataset), rendered as in training, are continued by the reference
+(adapter disabled, which is also the policy before its first update) and by the trained policy,
+with the run's sampling settings; the run's reward model scores both.
 Runs in-process: one policy and one classifier, no Ray."""
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import logging
 from collections import Counter
 from pathlib import Path
 
+from rlhf_ray.batch import Prompt
 from rlhf_ray.config.schema import Config
+from rlhf_ray.data.prompts import prompt_stream, rollout_rows
 from rlhf_ray.store import seeds
 from rlhf_ray.store.checkpoint import atomic_write
 from rlhf_ray.tools.runs import find_adapter, load_trained_policy, run_config
@@ -51,12 +54,11 @@ def main(args) -> dict:
     return {"eval": str(out / "eval.json"), "policy": result["policy"], "reference": result["reference"]}
 
 
-def heldout_prompts(cfg: Config, tokenizer) -> list[str]:
-    from rlhf_ray.data.prompts import PromptStream, load_text_dataset
-
-    texts = load_text_dataset(cfg.data.dataset, "test", cfg.data.text_field)["text"].to_pylist()
-    stream = PromptStream(texts, tokenizer, cfg.data.prompt_min_tokens, cfg.data.prompt_max_tokens, cfg.run.seed)
-    return stream.next(min(cfg.eval.num_prompts, len(texts)))
+def heldout_prompts(cfg: Config, tokenizer) -> list[Prompt]:
+    """eval.dataset whole, else data.dataset's rows held out from PPO; rendered exactly as the PPO driver
+    renders them (same columns, chat template, length limits and seeded openings)."""
+    stream = prompt_stream(cfg, tokenizer, "heldout")
+    return stream.next(min(cfg.eval.num_prompts, len(stream)))
 
 
 def distinct_n(texts: list[str], n: int) -> float:
@@ -69,7 +71,7 @@ def distinct_n(texts: list[str], n: int) -> float:
     return len(grams) / total if total else 0.0
 
 
-def _sample_and_score(cfg: Config, model, tokenizer, scorer, prompts: list[str], reference: bool) -> dict:
+def _sample_and_score(cfg: Config, model, tokenizer, scorer, prompts: list[Prompt], reference: bool) -> dict:
     """Responses, scores and per-sequence KL to the reference (k1, summed over tokens, own samples)."""
     import torch
 
@@ -83,8 +85,14 @@ def _sample_and_score(cfg: Config, model, tokenizer, scorer, prompts: list[str],
         seed = seeds.eval_sampling(cfg.run.seed, start)
         with torch.no_grad(), reference_mode(model) if reference else contextlib.nullcontext():
             rollout = sample(
-                model, tokenizer, part, max_new_tokens=g.max_new_tokens, temperature=g.temperature, seed=seed
+                model,
+                tokenizer,
+                [p.text for p in part],
+                max_new_tokens=g.max_new_tokens,
+                temperature=g.temperature,
+                seed=seed,
             )
+        rollout.raw_prompts, rollout.columns = rollout_rows(part, 1)  # as a generator fills them, for the scorer
         mask = rollout.response_mask.float()
         kl = torch.zeros(len(rollout))
         if not reference:

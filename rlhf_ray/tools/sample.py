@@ -33,7 +33,13 @@ def read_prompts(args) -> list[str]:
         path = Path(args.prompts_file)
         if not path.is_file():
             raise UserError(f"--prompts-file {path}: no such file")
-        prompts += [line.rstrip("\n") for line in path.read_text().splitlines() if line.strip()]
+        try:  # UTF-8 whatever the locale says (a C/POSIX locale would read it as ASCII); a BOM is skipped
+            text = path.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise UserError(
+                f"--prompts-file {path} is not valid UTF-8 (byte {exc.start}): re-save it as UTF-8"
+            ) from None
+        prompts += [line for line in text.splitlines() if line.strip()]
     if not prompts:
         raise UserError("no prompts: pass --prompt TEXT (repeatable) or --prompts-file FILE")
     if args.samples < 1:

@@ -69,4 +69,4 @@ def test_prompt_stream_is_deterministic_and_resumable(tiny_lm):
     c = PromptStream(texts, tokenizer, 2, 6, seed=3)
     c.state = state
     assert c.next(30) == first[30:]
-    assert all(2 <= len(tokenizer(p, add_special_tokens=False)["input_ids"]) <= 7 for p in first)
+    assert all(2 <= len(tokenizer(p.text, add_special_tokens=False)["input_ids"]) <= 7 for p in first)

@@ -100,7 +100,7 @@ def test_dataset_with_no_usable_prompts(tmp_path, capsys):
 
 def test_dataset_without_the_text_column(tmp_path, capsys):
     data = _csv(tmp_path / "reviews.csv", "review,label\ngreat film,1\n")
-    assert "no column 'text'" in one_line_error(capsys, ppo(tmp_path / "run", f"data.dataset={data}"))
+    assert "nor a text column 'text'" in one_line_error(capsys, ppo(tmp_path / "run", f"data.dataset={data}"))
 
 
 def test_reward_labels_do_not_fit_prob_score(tmp_path, tiny_classifier, capsys):
