@@ -8,6 +8,7 @@ from rlhf_ray.config.schema import Config
 from rlhf_ray.data.prompts import rollout_rows
 from rlhf_ray.models.adapter import import_adapter
 from rlhf_ray.models.assets import materialize
+from rlhf_ray.models.dequant import dequant_enabled, dequantized_int8
 from rlhf_ray.models.generate import sample, sample_with_reference
 from rlhf_ray.models.policy import load_tokenizer, ppo_numerics, role_device
 from rlhf_ray.store import seeds
@@ -31,6 +32,7 @@ class Generator:
             self.tokenizer = load_tokenizer(policy_path)
             self.model = ppo_numerics(load_policy(cfg, policy_path, self.device, gradient_checkpointing=False))
         self.version, self.adapter_hash = -1, ""
+        self.dequant = dequant_enabled(cfg.model.dequant_cache, self.model)
 
     def load_adapter(self, payload: AdapterPayload) -> tuple[int, str]:
         """Install a new adapter after verifying its hash; returns (version, verified hash)."""
@@ -56,10 +58,11 @@ class Generator:
             seed=seeds.sampling(seed, iteration, self.rank),
         )
         texts = [p.text if isinstance(p, Prompt) else p for p in prompts]
-        if g.reference_logprobs:  # the reference pass rides along in the decode steps; the learner skips it
-            rollout = sample_with_reference(self.model, self.tokenizer, texts, **common)
-        else:
-            rollout = sample(self.model, self.tokenizer, texts, top_k=g.top_k, top_p=g.top_p, **common)
+        with dequantized_int8(self.model, self.dequant):  # bit-identical, one weight dequant per call
+            if self.cfg.reference_logprobs_on():  # the reference pass rides in the decode steps
+                rollout = sample_with_reference(self.model, self.tokenizer, texts, **common)
+            else:
+                rollout = sample(self.model, self.tokenizer, texts, top_k=g.top_k, top_p=g.top_p, **common)
         rollout.raw_prompts, rollout.columns = rollout_rows(prompts, group)
         info = GenerationInfo(
             self.version,

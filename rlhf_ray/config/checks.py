@@ -248,7 +248,7 @@ def _validate_gpu_use(cfg: Config) -> None:
     # a full forward: the generator's reference log-probs match the learner's within 2e-4 on a CPU,
     # but have not been measured on a GPU (docs/gpu.md). Until then they stay off there.
     _check(
-        not cfg.generate.reference_logprobs or max(c.generator_gpus, c.learner_gpus) == 0,
+        cfg.generate.reference_logprobs is not True or max(c.generator_gpus, c.learner_gpus) == 0,
         "generate.reference_logprobs",
         "is not yet measured on a GPU (the generator's and the learner's log-probs may differ there): "
         "set it to false, or keep cluster.generator_gpus and cluster.learner_gpus at 0",

@@ -48,6 +48,10 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     # Tokens per chunk when computing log-probs, bounds the (chunk, vocab) logits in memory.
     logprob_chunk: int = 64
+    # 8-bit layers on a CPU: dequantize each weight once per generate/learn call instead of once per
+    # matmul (bit-identical results; holds one fp32 copy of the int8 weights during the call).
+    # auto: on when that copy fits in a quarter of this machine's memory.
+    dequant_cache: Literal["auto", "on", "off"] = "auto"
 
 
 @dataclass
@@ -74,6 +78,7 @@ class DataConfig:
     # (the count is logged); none left is an error.
     max_prompt_tokens: int = 256
 
+
 @dataclass
 class GenerateConfig:
     # Response length cap in tokens (a response ends earlier at EOS).
@@ -86,8 +91,9 @@ class GenerateConfig:
     top_p: float = 1.0
     # The generator also returns the reference policy's log-probs of each sampled token, computed in
     # the same decode steps by extra rows with the adapter off, and the learner skips its reference
-    # pass. Pays off where a decode step costs about the same for twice the rows (CPU; small GPU batches).
-    reference_logprobs: bool = False
+    # pass. Pays off where a decode step costs about the same for twice the rows. auto: on when the
+    # policy roles run on the CPU (measured exact there), off on a GPU (not yet measured there).
+    reference_logprobs: bool | Literal["auto"] = "auto"
 
 
 @dataclass
@@ -333,6 +339,13 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def reference_logprobs_on(self) -> bool:
+        """generate.reference_logprobs resolved: `auto` is on when the policy roles run on the CPU."""
+        g, c = self.generate, self.cluster
+        return g.reference_logprobs is True or (
+            g.reference_logprobs == "auto" and c.generator_gpus == c.learner_gpus == 0
+        )
 
     def samples_per_prompt(self) -> int:
         """Rollout rows per prompt: group_size for the group baselines (grpo/rloo), 1 for gae."""

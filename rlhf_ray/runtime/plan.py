@@ -176,7 +176,7 @@ def dense_dtype_bytes(on_gpu: bool) -> int:
 def _gen_rows(cfg: Config, generators: int) -> int:
     """Rows of one generator's decode batch (doubled by the adapter-off rows of generate.reference_logprobs)."""
     rows = cfg.ppo.batch_size * cfg.samples_per_prompt() // generators
-    return 2 * rows if cfg.generate.reference_logprobs else rows
+    return 2 * rows if cfg.reference_logprobs_on() else rows
 
 
 def policy_roles(cfg: Config, s: ModelShape, dense: int, on_gpu: bool) -> dict[str, RoleBytes]:

@@ -13,7 +13,8 @@ from rlhf_ray.actors.scorer import RewardScorer
 from rlhf_ray.config.schema import load_config
 from rlhf_ray.errors import StaleRolloutError
 
-WHOLE_BATCH = ["ppo.epochs=2", "ppo.batch_size=4", "ppo.mini_batch_size=4"]
+# the learner runs its own reference pass here (on a CPU `auto` would move it into the generator)
+WHOLE_BATCH = ["ppo.epochs=2", "ppo.batch_size=4", "ppo.mini_batch_size=4", "generate.reference_logprobs=false"]
 
 
 def _count_forwards(learner: Learner) -> list[int]:
@@ -34,7 +35,7 @@ def batch(tiny_lm, tiny_classifier):
     gen, scorer = Generator(cfg, tiny_lm), RewardScorer(cfg, tiny_classifier)
     gen.load_adapter(Learner(cfg, tiny_lm).adapter())
     rollout, _ = gen.generate(["This movie was", "The plot", "I loved", "Awful"], iteration=1)
-    return rollout, scorer.score(rollout)
+    return rollout, scorer.score(rollout).rewards
 
 
 @pytest.mark.parametrize(
