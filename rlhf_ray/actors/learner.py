@@ -16,11 +16,12 @@ from rlhf_ray import algo
 from rlhf_ray.actors.common import init_process, load_policy
 from rlhf_ray.actors.dp import DataParallel, join, token_share
 from rlhf_ray.actors.history import AdapterHistory
-from rlhf_ray.batch import AdapterPayload, Experience, Rollout
+from rlhf_ray.batch import AdapterPayload, Experience, Rollout, Scores
 from rlhf_ray.config.schema import Config
 from rlhf_ray.errors import NonFiniteError
 from rlhf_ray.models.adapter import export_adapter, import_adapter, save_adapter
 from rlhf_ray.models.assets import materialize
+from rlhf_ray.models.dequant import dequant_enabled, dequantized_int8
 from rlhf_ray.models.forward import ResponseStats, response_stats
 from rlhf_ray.models.policy import ValueHead, load_tokenizer, ppo_numerics, reference_mode, role_device
 from rlhf_ray.store import seeds
@@ -61,6 +62,7 @@ class Learner:
         # Adapters that lagging (overlapped) rollouts may have been sampled with; empty when on-policy.
         self.history = AdapterHistory(cfg.ppo.max_policy_lag if cfg.ppo.overlap else 0)
         self.dp = DataParallel()  # a single learner until join_group
+        self.dequant = dequant_enabled(cfg.model.dequant_cache, self.model)
 
     def join_group(self, host: str, port: int, rank: int, world: int) -> int:
         """Become rank `rank` of `world` data-parallel learners (rank 0 listens on host:port)."""
@@ -114,13 +116,26 @@ class Learner:
         return self.version
 
     # ------------------------------------------------------------------ PPO iteration
-    def learn(self, rollouts: list[Rollout], scores: list[torch.Tensor], iteration: int) -> tuple[dict, AdapterPayload]:
+    def learn(
+        self, rollouts: list[Rollout], scores: list[Scores | torch.Tensor], iteration: int
+    ) -> tuple[dict, AdapterPayload]:
+        with dequantized_int8(self.model, self.dequant):  # the base is frozen: one weight dequant per call
+            return self._learn(rollouts, scores, iteration)
+
+    def _learn(
+        self, rollouts: list[Rollout], scores: list[Scores | torch.Tensor], iteration: int
+    ) -> tuple[dict, AdapterPayload]:
         batch = Rollout.concat(rollouts, self.tokenizer.pad_token_id)
         lag = self.history.check(batch.policy_version, self.version)
         torch.manual_seed(seeds.learner_step(self.cfg.run.seed, iteration))
         kl_coef = self.kl_ctl.value
-        scores_t = torch.cat(scores).float()  # (B,)
+        # Scores from the reward scorers; a bare (B,) tensor (tests, benchmarks) is rewards that all applied
+        shards = [s if isinstance(s, Scores) else Scores(s, torch.ones(len(s), dtype=torch.bool)) for s in scores]
+        scores_t = torch.cat([s.rewards for s in shards]).float()  # (B,)
         _require_finite("reward", scores_t, iteration)
+        applied = torch.cat([s.applied for s in shards])  # (B,) False: no reward source applied to the sample
+        if not applied.all():  # such samples stay out of the loss: no response token of theirs counts
+            batch.response_mask = batch.response_mask * applied[:, None].to(batch.response_mask.dtype)
         # one row order per epoch; the first also picks the rows make_experience forwards with grad
         orders = [torch.randperm(len(batch)) for _ in range(self.cfg.ppo.epochs)]
         first_rows = self._first_rows(orders, lag)
