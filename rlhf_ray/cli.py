@@ -51,8 +51,9 @@ def _keys_epilog(command: str) -> str:
     )
 
 
-# Commands that read a finished run (rlhf_ray.tools.<module>: HELP, add_arguments(parser), main(args)).
-TOOLS = {"eval": "evaluate", "generate": "sample", "report": "report"}
+# Commands that read a finished run, and serve-reward (rlhf_ray.tools.<module>: HELP, add_arguments(parser),
+# main(args)); they parse their own options.
+TOOLS = {"eval": "evaluate", "generate": "sample", "report": "report", "serve-reward": "serve_reward"}
 
 
 PLAN_HELP = "memory plan: bytes per role for the separate and fused layouts (no weights loaded), plan.json"

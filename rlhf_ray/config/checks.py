@@ -4,8 +4,10 @@ is one ConfigError naming the key to change."""
 from __future__ import annotations
 
 import importlib.util
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from rlhf_ray.config.help import one_of
 from rlhf_ray.errors import ConfigError
@@ -92,6 +94,7 @@ def validate(cfg: Config, given: tuple[set[str], ...] = ()) -> None:
     _validate_layout(cfg)
     _validate_sampling_and_logging(cfg)
     _validate_data(cfg)
+    _validate_reward_sources(cfg)
     for key in MODEL_REFS:
         if value_of(cfg, key) is not None:
             check_model_ref(key, value_of(cfg, key))
@@ -274,6 +277,73 @@ def _validate_sampling_and_logging(cfg: Config) -> None:
                 f"logging.{key}",
                 f"needs the '{package}' package, which is not installed (pip install {package}, or unset it)",
             )
+
+
+# The keys each kind of reward source reads (besides kind, name and weight); any other one set is a mistake.
+SOURCE_TARGETS = {"classifier": ("model",), "model": ("model",), "function": ("function",), "http": ("url",)}
+
+
+def _validate_reward_sources(cfg: Config) -> None:
+    """Each entry names what it needs and nothing another kind reads; names are unique; weights finite.
+    Whether a function file/name exists is checked by the ppo stage (rlhf_ray.rewards.sources.check_sources)."""
+    seen: dict[str, str] = {}
+    for i, src in enumerate(cfg.reward.sources):
+        key = f"reward.sources[{i}]"
+        _check(math.isfinite(src.weight), f"{key}.weight", f"must be a finite number; got {src.weight}")
+        needed = SOURCE_TARGETS[src.kind]
+        for target in ("model", "function", "url"):
+            if target in needed:
+                continue
+            _check(
+                getattr(src, target) is None,
+                f"{key}.{target}",
+                f"is not read by kind {src.kind} (only by {one_of(_kinds_reading(target))}); remove it",
+            )
+        if src.kind != "classifier":  # a classifier without a model: reward.model or the reward stage's output
+            _check(getattr(src, needed[0]) is not None, f"{key}.{needed[0]}", f"kind {src.kind} needs it; set it")
+        if src.model is not None:
+            check_model_ref(f"{key}.model", src.model)
+        if src.kind == "function":
+            _check_function_spec(f"{key}.function", src.function)
+        if src.kind == "http":
+            _check_url(f"{key}.url", src.url)
+        _check(src.timeout_s > 0, f"{key}.timeout_s", f"must be > 0; got {src.timeout_s}")
+        _check(src.retries >= 0, f"{key}.retries", f"must be >= 0; got {src.retries}")
+        _check(src.name is None or src.name.strip() != "", f"{key}.name", "must not be empty (or null for a default)")
+        name = src.resolved_name()
+        if name in seen:
+            raise ConfigError(
+                f"{key}.name",
+                f"duplicate reward source name {name!r} (also {seen[name]})",
+                "give each source a distinct `name`",
+            )
+        seen[name] = key
+
+
+def _kinds_reading(target: str) -> list[str]:
+    return [kind for kind, keys in SOURCE_TARGETS.items() if target in keys]
+
+
+def _check_function_spec(key: str, spec: str) -> None:
+    where, _, name = spec.rpartition(":")
+    _check(
+        bool(where) and name.isidentifier(),
+        key,
+        f"must look like path/to/file.py:function or package.module:function; got {spec!r}",
+    )
+
+
+def _check_url(key: str, url: str) -> None:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number in range
+    except ValueError as exc:
+        raise ConfigError(key, f"URL {url!r} does not parse: {exc}") from None
+    _check(
+        parts.scheme in ("http", "https") and bool(parts.hostname),
+        key,
+        f"must be an http(s) URL such as http://127.0.0.1:8000/score; got {url!r}",
+    )
 
 
 def _validate_data(cfg: Config) -> None:

@@ -126,6 +126,10 @@ def format_value(value: Any) -> str:
         return str(value).lower()
     if isinstance(value, list):
         return ",".join(map(format_value, value))
+    if dataclasses.is_dataclass(value):  # a list entry (reward.sources): the keys that differ from the defaults
+        fields = dataclasses.fields(value)  # the first one (kind) always: it says what the entry is
+        changed = [f for i, f in enumerate(fields) if i == 0 or getattr(value, f.name) != _default(f)]
+        return "{" + ", ".join(f"{f.name}: {format_value(getattr(value, f.name))}" for f in changed) + "}"
     return str(value)
 
 
@@ -166,8 +170,22 @@ def explain(root: type, wanted: list[str], current: Any = None, width: int = 100
             shown = f"  {doc.key}: {doc.type} = {doc.default}" + (f"  (now {now})" if now != doc.default else "")
             lines.append(shown)
             lines.append(textwrap.fill(doc.help, width, initial_indent=" " * 6, subsequent_indent=" " * 6))
+            lines += _entry_docs(root, section, doc.key, width)
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
+
+
+def _entry_docs(root: type, section: str, key: str, width: int) -> list[str]:
+    """The keys of each entry of a list of mappings (e.g. reward.sources[].kind), indented under it."""
+    tp = typing.get_type_hints(sections(root)[section][0])[key.split(".")[1]]
+    item = typing.get_args(tp)[0] if typing.get_origin(tp) is list else None
+    if not dataclasses.is_dataclass(item):
+        return []
+    hints, helps, out = typing.get_type_hints(item), field_comments(item), []
+    for f in dataclasses.fields(item):
+        out.append(f"    {key}[].{f.name}: {type_name(hints[f.name])} = {format_value(_default(f))}")
+        out.append(textwrap.fill(helps.get(f.name, ""), width, initial_indent=" " * 8, subsequent_indent=" " * 8))
+    return out
 
 
 def suggest(root: type, dotted: str) -> list[str]:

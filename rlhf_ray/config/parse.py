@@ -4,6 +4,7 @@ schema: every unknown key and wrong type is a ConfigError naming the dotted key.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 import types
 import typing
@@ -41,6 +42,10 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             raise ConfigError(key, f"must be a list; got {value!r}")
         (item_tp,) = typing.get_args(tp)
         return [_coerce(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):  # an entry of a list of mappings, e.g. reward.sources[1]
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"must be a mapping of keys; got {value!r}")
+        return _build(tp, value, f"{key}.", tp)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp in (int, float) and isinstance(value, bool) or not isinstance(value, tp):
@@ -58,7 +63,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str, root: type) -> Any:
     names = [f.name for f in dataclasses.fields(cls)]
     for key in data:
         if key not in names:
-            close = suggest(root, f"{prefix}{key}")
+            close = _suggest(root, cls, prefix, key, names)
             hint = f"; did you mean {one_of(close)}?" if close else ""
             valid = (
                 f"valid keys under '{prefix}': {', '.join(sorted(names))}"
@@ -78,6 +83,13 @@ def _build(cls: type, data: dict[str, Any], prefix: str, root: type) -> Any:
         else:
             kwargs[name] = _coerce(f"{prefix}{name}", value, tp)
     return cls(**kwargs)
+
+
+def _suggest(root: type, cls: type, prefix: str, key: str, names: list[str]) -> list[str]:
+    if not prefix.endswith("]."):
+        return suggest(root, f"{prefix}{key}")
+    # inside a list entry (reward.sources[1].functon): the entry's own keys
+    return [f"{prefix}{c}" for c in difflib.get_close_matches(str(key), names, n=2, cutoff=0.6)]
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:

@@ -14,6 +14,7 @@ import yaml
 
 from rlhf_ray.config.checks import validate
 from rlhf_ray.config.parse import build, flatten, merge, parse_overrides
+from rlhf_ray.config.sources import RewardSourceConfig
 from rlhf_ray.errors import ConfigError
 from rlhf_ray.store.refs import cache_root
 
@@ -110,6 +111,11 @@ class RewardConfig:
     max_length: int = 256
     # Reward classifier weights when scoring (and for method=lora training): 8bit, 4bit or none.
     quant: Quant = "none"
+    # Where rewards come from: a list of {kind, name, weight, ...} mappings (keys: reward.sources[].*); the combined
+    # reward is the sum of weight x value over the sources that returned a value, and a sample no source
+    # returned a value for gets 0 and stays out of the loss. [] = one classifier source from the keys above.
+    # Set it in the YAML file; on the command line only as a whole list in YAML flow style.
+    sources: list[RewardSourceConfig] = field(default_factory=list)
     # Training the classifier (stage `rlhf-ray reward`).
     # Labelled reviews (a `label` column of 0 = negative, 1 = positive); same references as data.dataset.
     dataset: str = "imdb"
@@ -131,6 +137,10 @@ class RewardConfig:
     train_batch_size: int = 32
     # Tokens per training review (the end of a long review is kept).
     train_max_length: int = 128
+
+    def source_list(self) -> list[RewardSourceConfig]:
+        """reward.sources, or (when empty) the one classifier source the keys above describe."""
+        return list(self.sources) or [RewardSourceConfig()]
 
 
 @dataclass
@@ -316,7 +326,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     # Sampling of responses.
     generate: GenerateConfig = field(default_factory=GenerateConfig)
-    # Reward classifier: scoring in PPO, and its training (`rlhf-ray reward`).
+    # Rewards: the sources PPO scores with (the sentiment classifier by default), and the classifier's training.
     reward: RewardConfig = field(default_factory=RewardConfig)
     # Advantages and KL penalty.
     algo: AlgoConfig = field(default_factory=AlgoConfig)

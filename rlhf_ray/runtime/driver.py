@@ -14,7 +14,15 @@ from rlhf_ray.config.schema import Config
 from rlhf_ray.data.prompts import PromptState, prompt_stream
 from rlhf_ray.models.policy import load_tokenizer
 from rlhf_ray.runtime import stopping
-from rlhf_ray.runtime.metrics import MetricsLog, open_sinks, plot_metrics, progress, write_samples
+from rlhf_ray.runtime.metrics import (
+    MetricsLog,
+    open_sinks,
+    plot_metrics,
+    progress,
+    reward_metrics,
+    sample_scores,
+    write_samples,
+)
 from rlhf_ray.runtime.overlap import RolloutSource
 from rlhf_ray.runtime.recovery import Supervisor, timed_get
 from rlhf_ray.runtime.roles import Roles, sync_adapter
@@ -33,9 +41,9 @@ def run_iteration(cfg: Config, roles: Roles, source: RolloutSource, iteration: i
     rollout_refs, infos = batch.rollout_refs, batch.infos
     version = infos[0].policy_version
     t1 = time.perf_counter()
-    # 2. score each shard where it lies (scores are B floats: reading them surfaces a bad reward model here)
+    # 2. score each shard where it lies (Scores are small: reading them surfaces a failing reward source here)
     score_refs = [roles.scorers[i % len(roles.scorers)].score.remote(ref) for i, ref in enumerate(rollout_refs)]
-    scores = [float(x) for t in timed_get(score_refs, timeout) for x in t]
+    scores = timed_get(score_refs, timeout)
     t2 = time.perf_counter()
     # 3. learn: experience + PPO epochs; the new adapter comes back as a ref
     metrics_ref, payload_ref = roles.learner.learn(rollout_refs, score_refs, iteration)
@@ -55,14 +63,17 @@ def run_iteration(cfg: Config, roles: Roles, source: RolloutSource, iteration: i
             "time/learn_s": t3 - t2,
             "time/sync_s": t4 - t3 - ahead_s,
             "time/iteration_s": t4 - t0,
+            **reward_metrics(scores),  # over the samples a reward source applied to, and per source
         }
     )
     samples = None
     if source.want_samples(iteration):
+        combined, per_source = sample_scores(scores)
         samples = {
             "prompts": [p for i in infos for p in i.prompts],
             "responses": [r for i in infos for r in i.responses],
-            "scores": scores,
+            "scores": combined,
+            "sources": per_source,
         }
     return metrics, samples
 

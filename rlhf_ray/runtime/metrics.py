@@ -4,6 +4,7 @@ lines, Parquet sample tables, and the run's metrics plot (also the plot of `rlhf
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -133,14 +134,61 @@ def read_metrics(path: Path) -> list[dict]:
     return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
 
 
-def write_samples(run_dir: Path, iteration: int, prompts: list[str], responses: list[str], scores: list[float]) -> Path:
+def write_samples(
+    run_dir: Path,
+    iteration: int,
+    prompts: list[str],
+    responses: list[str],
+    scores: list[float | None],
+    sources: dict[str, list[float | None]] | None = None,
+) -> Path:
+    """scores: the combined reward (None: no source applied); sources: each source's value as a
+    `score/<name>` column (None where it returned none)."""
     path = run_dir / "samples" / f"iter-{iteration:06d}.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.table(
-        {"iteration": [iteration] * len(prompts), "prompt": prompts, "response": responses, "score": scores}
-    )
-    pq.write_table(table, path)
+    columns = {"iteration": [iteration] * len(prompts), "prompt": prompts, "response": responses, "score": scores}
+    columns.update({f"score/{name}": values for name, values in (sources or {}).items()})
+    pq.write_table(pa.table(columns), path)
     return path
+
+
+def reward_metrics(scores: list) -> dict[str, float]:
+    """From an iteration's Scores shards: reward/mean and reward/std over the samples some source
+    applied to, reward/<name>/mean per source (over the samples it applied to; absent if none) and
+    reward/none_frac, the share of samples no source applied to (kept out of the loss)."""
+    import torch
+
+    rewards = torch.cat([s.rewards for s in scores]).float()
+    applied = torch.cat([s.applied for s in scores])
+    kept = rewards[applied]
+    out = {
+        "reward/mean": float(kept.mean()) if len(kept) else float("nan"),
+        "reward/std": float(kept.std()) if len(kept) > 1 else 0.0,
+        "reward/none_frac": float((~applied).float().mean()),
+    }
+    for name in scores[0].per_source:
+        values = torch.cat([s.per_source[name] for s in scores])
+        got = values[~torch.isnan(values)]
+        if len(got):
+            out[f"reward/{name}/mean"] = float(got.mean())
+    return out
+
+
+def source_keys(rows: list[dict]) -> list[str]:
+    """The reward/<name>/mean keys of a run with more than one reward source (one source's mean is reward/mean)."""
+    keys = list(dict.fromkeys(k for r in rows for k in r if k.startswith("reward/") and k.endswith("/mean")))
+    keys = [k for k in keys if k != "reward/mean"]
+    return keys if len(keys) > 1 else []
+
+
+def sample_scores(scores: list) -> tuple[list[float | None], dict[str, list[float | None]]]:
+    """The samples table's `score` column (None: no source applied) and its per-source columns."""
+    combined = [float(r) if a else None for s in scores for r, a in zip(s.rewards.tolist(), s.applied.tolist())]
+    per_source = {
+        name: [None if math.isnan(v) else v for s in scores for v in s.per_source[name].tolist()]
+        for name in scores[0].per_source
+    }
+    return combined, per_source
 
 
 PHASES = ("generate", "score", "learn", "sync")
@@ -188,7 +236,7 @@ def plot_metrics(path: Path, out: Path, title: str | None = None) -> Path | None
     ax = axes[0, 0]
     xs, mean = _series(rows, "reward/mean")
     _, std = _series(rows, "reward/std")
-    _panel(ax, rows, "reward (mean ± std over samples)", ("reward/mean",))
+    _panel(ax, rows, "reward (mean ± std over samples), per source", ("reward/mean", *source_keys(rows)))
     if xs and len(std) == len(mean):
         ax.fill_between(xs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
     _panel(axes[0, 1], rows, "KL to reference (nats/seq) and KL coef", ("kl/mean",), ("kl/coef",))

@@ -6,12 +6,14 @@ import json
 from pathlib import Path
 
 from rlhf_ray.config.schema import Config
+from rlhf_ray.errors import UserError
 from rlhf_ray.models.assets import resolve_model
+from rlhf_ray.rewards.sources import SourceSpec, check_sources, source_specs
 from rlhf_ray.runtime import driver, preflight
 from rlhf_ray.runtime.layout import planned, role_layout
 from rlhf_ray.runtime.placement import attached, check_fits
-from rlhf_ray.stages.common import DONE
-from rlhf_ray.stages.store import ensure_stage
+from rlhf_ray.stages.common import DONE, is_done
+from rlhf_ray.stages.store import ensure_stage, stage_dir
 from rlhf_ray.store.artifacts import share
 from rlhf_ray.store.checkpoint import atomic_write
 from rlhf_ray.store.provenance import model_reference, record_models
@@ -27,8 +29,34 @@ def reward_model_path(cfg: Config) -> str:
     return str(directory / "model")
 
 
+def reward_sources(cfg: Config, publish: bool = True, train: bool = True) -> tuple[list[SourceSpec], dict]:
+    """What the reward scorers build, and run_info.json's record of each reward model. A classifier or
+    model directory is published once into the object store (`publish`; else its local path, for
+    scoring in this process); a classifier without a model is the reward stage's output, trained
+    here if it is not cached and `train` allows it."""
+    models, records = {}, {}
+    for i, src in enumerate(cfg.reward.source_list()):
+        if src.kind not in ("classifier", "model"):
+            continue
+        configured = src.model if src.kind == "model" else src.model or cfg.reward.model
+        if configured is not None:
+            path = resolve_model(configured, cfg.cache_dir())
+        elif train or is_done(stage_dir(cfg, "reward")):
+            path = reward_model_path(cfg)
+        else:
+            raise UserError(
+                "the classifier reward source has no model and the reward stage's output is not cached: "
+                "set reward.model (or the source's model), or run `rlhf-ray reward` with this config first"
+            )
+        models[i] = share(configured or path) if publish else path
+        name = src.resolved_name()
+        records["reward" if name == "classifier" else f"reward:{name}"] = model_reference(configured, path)
+    return source_specs(cfg, models), records
+
+
 def check(cfg: Config) -> None:
     """Inputs that can be checked without Ray (run by the CLI before the run directory is made)."""
+    check_sources(cfg)  # reward functions import and are callable; reward models have one output
     preflight.check_ppo(cfg)
 
 
@@ -38,16 +66,10 @@ def run(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
     with attached(cfg.cluster):
         check_fits(role_layout(cfg).bundles)  # fail fast, before any model is converted or trained
         policy_path = resolve_model(cfg.model.policy, cfg.cache_dir())  # the driver's copy: its tokenizer
-        reward_path = reward_model_path(cfg)
-        record_models(
-            run_dir,
-            {
-                "policy": model_reference(cfg.model.policy, policy_path),
-                "reward": model_reference(cfg.reward.model, reward_path),
-            },
-        )
+        reward, reward_records = reward_sources(cfg)
+        record_models(run_dir, {"policy": model_reference(cfg.model.policy, policy_path), **reward_records})
         # No shared disk: assets travel by name, local directories through the object store.
-        policy, reward = share(cfg.model.policy), share(cfg.reward.model or reward_path)
+        policy = share(cfg.model.policy)
         summary = driver.train(cfg, run_dir, policy_path, policy, reward, resume)
     atomic_write(run_dir / DONE, json.dumps(summary).encode())
     return summary

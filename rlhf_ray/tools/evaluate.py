@@ -3,8 +3,8 @@
 Held-out prompts (by default the rows of data.dataset that PPO never draws: openings of test-split
 reviews for IMDB; or eval.dataset), rendered as in training, are continued by the reference
 (adapter disabled, which is also the policy before its first update) and by the trained policy,
-with the run's sampling settings; the run's reward model scores both.
-Runs in-process: one policy and one classifier, no Ray."""
+with the run's sampling settings; the run's reward sources score both (each source's mean is
+reported too). Runs in-process: one policy and the reward sources, no Ray."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from pathlib import Path
 from rlhf_ray.batch import Prompt
 from rlhf_ray.config.schema import Config
 from rlhf_ray.data.prompts import prompt_stream, rollout_rows
+from rlhf_ray.runtime.metrics import sample_scores
 from rlhf_ray.store import seeds
 from rlhf_ray.store.checkpoint import atomic_write
 from rlhf_ray.tools.runs import find_adapter, load_trained_policy, run_config
@@ -104,7 +105,10 @@ def _sample_and_score(cfg: Config, model, tokenizer, scorer, prompts: list[Promp
             kl = ((logp - ref) * mask).sum(1)
         rows["prompt"] += rollout.prompts
         rows["response"] += rollout.responses
-        rows["score"] += scorer.score(rollout).tolist()
+        combined, per_source = sample_scores([scorer.score(rollout)])  # None: no (or this) source applied
+        rows["score"] += combined
+        for source, values in per_source.items():
+            rows.setdefault(f"score/{source}", []).extend(values)
         rows["kl"] += kl.tolist()
         rows["length"] += mask.sum(1).tolist()
     return rows
@@ -116,14 +120,20 @@ def summarize(rows: dict, score_kind: str) -> dict:
     def mean(values) -> float:
         return sum(float(v) for v in values) / len(values)
 
-    return {
-        "reward/mean": mean(rows["score"]),
-        "reward/positive_rate": mean([s > threshold for s in rows["score"]]),
+    scored = [s for s in rows["score"] if s is not None]  # the samples some reward source applied to
+    out = {
+        "reward/mean": mean(scored) if scored else None,
+        "reward/positive_rate": mean([s > threshold for s in scored]) if scored else None,
+        "reward/none_frac": 1 - len(scored) / len(rows["score"]),
         "kl/to_reference": mean(rows["kl"]),
         "response/length_mean": mean(rows["length"]),
         "response/distinct_1": distinct_n(rows["response"], 1),
         "response/distinct_2": distinct_n(rows["response"], 2),
     }
+    for key in (k for k in rows if k.startswith("score/")):  # each source over the samples it applied to
+        values = [v for v in rows[key] if v is not None]
+        out[f"reward/{key.removeprefix('score/')}/mean"] = mean(values) if values else None
+    return out
 
 
 def evaluate(cfg: Config, adapter, out: Path) -> dict:
@@ -131,10 +141,13 @@ def evaluate(cfg: Config, adapter, out: Path) -> dict:
     import pyarrow.parquet as pq
 
     from rlhf_ray.actors.scorer import RewardScorer
-    from rlhf_ray.stages.ppo import reward_model_path
+    from rlhf_ray.rewards.sources import check_sources
+    from rlhf_ray.stages.ppo import reward_sources
 
+    check_sources(cfg)  # a reward function's file and name, before any model loads
     model, tokenizer = load_trained_policy(cfg, adapter)
-    scorer = RewardScorer(cfg, reward_model_path(cfg))
+    specs, _ = reward_sources(cfg, publish=False)  # local paths: this process scores
+    scorer = RewardScorer(cfg, specs)
     prompts = heldout_prompts(cfg, tokenizer)
     log.info("eval: %d held-out prompts, adapter %s", len(prompts), adapter.path)
     tables, result = (
@@ -144,6 +157,7 @@ def evaluate(cfg: Config, adapter, out: Path) -> dict:
             "num_prompts": len(prompts),
             "generate": cfg.to_dict()["generate"],
             "reward_score": cfg.reward.score,
+            "reward_sources": [{"name": x.name, "kind": x.kind, "weight": x.weight} for x in specs],
         },
     )
     for name in ("reference", "policy"):
@@ -158,7 +172,18 @@ def evaluate(cfg: Config, adapter, out: Path) -> dict:
 
 def format_table(result: dict) -> str:
     """A markdown table (reads fine in a terminal too)."""
+    ref, pol = result["reference"], result["policy"]
+    # each reward source's own mean when there are several (one source's mean is the reward's)
+    sources = [k for k in pol if k.startswith("reward/") and k.endswith("/mean") and k != "reward/mean"]
+    rows = ROWS[:1] + [(k, f"mean reward: {k[len('reward/') : -len('/mean')]}") for k in sources if len(sources) > 1]
+    rows += ROWS[1:]
+    if ref.get("reward/none_frac") or pol.get("reward/none_frac"):
+        rows.append(("reward/none_frac", "no reward source applied"))
     lines = ["| metric | reference | policy |", "|---|---|---|"]
-    for key, label in ROWS:
-        lines.append(f"| {label} | {result['reference'][key]:.3f} | {result['policy'][key]:.3f} |")
+    for key, label in rows:
+        lines.append(f"| {label} | {_figure(ref.get(key))} | {_figure(pol.get(key))} |")
     return "\n".join(lines)
+
+
+def _figure(value) -> str:
+    return "–" if value is None else f"{value:.3f}"

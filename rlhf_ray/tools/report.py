@@ -7,8 +7,9 @@ import json
 import time
 from pathlib import Path
 
+from rlhf_ray.config.schema import RewardSourceConfig
 from rlhf_ray.errors import UserError
-from rlhf_ray.runtime.metrics import PHASES, plot_metrics, read_metrics
+from rlhf_ray.runtime.metrics import PHASES, plot_metrics, read_metrics, source_keys
 from rlhf_ray.store.checkpoint import atomic_write
 
 HELP = "plots (metrics.png) and report.md for a PPO run directory"
@@ -52,6 +53,10 @@ def _cell(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _score(value: float | None) -> str:
+    return "no source applied" if value is None else f"{value:+.2f}"
+
+
 def _config_section(run_dir: Path) -> list[str]:
     import yaml
 
@@ -63,6 +68,9 @@ def _config_section(run_dir: Path) -> list[str]:
     for dotted in CONFIG_KEYS:
         section, key = dotted.split(".")
         lines.append(f"| `{dotted}` | {cfg.get(section, {}).get(key)} |")
+    sources = [RewardSourceConfig(**entry) for entry in (cfg.get("reward", {}).get("sources") or [])]
+    if sources:  # name and weight of each; the combined reward is their weighted sum
+        lines.append(f"| `reward.sources` | {', '.join(f'{s.resolved_name()} x {s.weight:g}' for s in sources)} |")
     return lines
 
 
@@ -82,6 +90,8 @@ def _final_figures(rows: list[dict]) -> list[str]:
     for key in (
         "reward/mean",
         "reward/std",
+        *source_keys(rows),
+        *(["reward/none_frac"] if any(r.get("reward/none_frac") for r in rows) else []),
         "kl/mean",
         "kl/coef",
         "entropy/mean",
@@ -123,10 +133,10 @@ def _samples_section(run_dir: Path) -> list[str]:
         lines = ["| prompt | iteration 1 (policy v0 = reference) | after the last iteration |", "|---|---|---|"]
         for a, b in zip(ref, pol):
             lines.append(
-                f"| {_cell(a['prompt'])} | {_cell(a['response'])} ({a['score']:+.2f}) "
-                f"| {_cell(b['response'])} ({b['score']:+.2f}) |"
+                f"| {_cell(a['prompt'])} | {_cell(a['response'])} ({_score(a['score'])}) "
+                f"| {_cell(b['response'])} ({_score(b['score'])}) |"
             )
-        return ["Held-out prompts; the reward model's score in brackets.", ""] + lines
+        return ["Held-out prompts; the combined reward in brackets.", ""] + lines
     files = sorted((run_dir / "samples").glob("iter-*.parquet"))
     if not files:
         return ["No samples were saved."]
@@ -139,7 +149,7 @@ def _samples_section(run_dir: Path) -> list[str]:
             "| prompt | response | score |",
             "|---|---|---|",
         ]
-        lines += [f"| {_cell(r['prompt'])} | {_cell(r['response'])} | {r['score']:+.2f} |" for r in rows] + [""]
+        lines += [f"| {_cell(r['prompt'])} | {_cell(r['response'])} | {_score(r['score'])} |" for r in rows] + [""]
     return lines + [f"For the same prompts before and after training, run `rlhf-ray eval {run_dir}`."]
 
 
