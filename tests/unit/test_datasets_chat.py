@@ -19,6 +19,7 @@ from rlhf_ray.errors import UserError
 from rlhf_ray.models.adapter import export_adapter
 from rlhf_ray.models.policy import load_tokenizer
 from rlhf_ray.stages import ppo as ppo_stage
+from rlhf_ray.tools.evaluate import heldout_prompts
 
 SMOKE = "configs/smoke.yaml"
 SYSTEM = {"role": "system", "content": "Answer with the number only."}
@@ -184,3 +185,15 @@ def test_invalid_utf8_csv_is_one_line_and_exit_2(tmp_path, capsys, no_run):
     code = main(["ppo", "--config", SMOKE, "--run-dir", str(tmp_path / "run"), f"data.dataset={path}"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and f"{path} is not valid UTF-8 (line 2" in err, err
+
+
+def test_eval_prompts_are_rendered_as_in_training(tmp_path, smol_tokenizer):
+    data = _jsonl(tmp_path / "train.jsonl", CHAT_ROWS)
+    ref = _jsonl(tmp_path / "eval.jsonl", CHAT_ROWS[:5])
+    cfg = _cfg(f"data.dataset={data}", f"eval.dataset={ref}", "eval.num_prompts=3")
+    got = heldout_prompts(cfg, smol_tokenizer)
+    assert len(got) == 3 and len({p.columns["id"] for p in got}) == 3
+    assert all(p.text == _template(smol_tokenizer, CHAT_ROWS[p.columns["id"]]["prompt"]) for p in got)
+    train = prompt_set(cfg, smol_tokenizer, "train")
+    same = [p for p in got if p.raw in train.raws]
+    assert same and all(train.texts[train.raws.index(p.raw)] == p.text for p in same)  # the text PPO trained on
