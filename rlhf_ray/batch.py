@@ -4,7 +4,7 @@ Sequence layout everywhere: [left-padded prompt (P) | right-padded response (R)]
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -45,6 +45,26 @@ class Rollout:
     @property
     def attention_mask(self) -> torch.Tensor:  # (B, P + R)
         return torch.cat([self.prompt_mask, self.response_mask], dim=1)
+
+    @property
+    def lengths(self) -> torch.Tensor:  # (B,) real prompt + response tokens per row
+        return self.prompt_mask.sum(1) + self.response_mask.sum(1)
+
+    def trimmed(self) -> "Rollout":
+        """The same rows without the pad columns no row needs: prompts are left-padded, responses
+        right-padded, so (B, P', R') keeps response column j at j (log-probs still line up)."""
+        p = int(self.prompt_mask.sum(1).max()) if len(self) else 0
+        r = max(int(self.response_mask.sum(1).max()) if len(self) else 0, 1)  # one column even if all empty
+        P = self.prompt_ids.shape[1]
+        ref = None if self.ref_logprobs is None else self.ref_logprobs[:, :r]
+        return replace(
+            self,
+            prompt_ids=self.prompt_ids[:, P - p :],
+            prompt_mask=self.prompt_mask[:, P - p :],
+            response_ids=self.response_ids[:, :r],
+            response_mask=self.response_mask[:, :r],
+            ref_logprobs=ref,
+        )
 
     def select(self, idx: torch.Tensor) -> "Rollout":
         rows = idx.tolist()

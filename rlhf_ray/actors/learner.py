@@ -138,7 +138,7 @@ class Learner:
             batch.response_mask = batch.response_mask * applied[:, None].to(batch.response_mask.dtype)
         # one row order per epoch; the first also picks the rows make_experience forwards with grad
         orders = [torch.randperm(len(batch)) for _ in range(self.cfg.ppo.epochs)]
-        first_rows = self._first_rows(orders, lag)
+        first_rows = self._first_rows(batch, orders, lag)
         t0 = time.perf_counter()
         # old log-probs (and values) from the adapter that sampled the batch: the PPO ratio's denominator
         with self.history.policy_at(self.model, self.value_head, batch.policy_version, self.version):
@@ -178,28 +178,30 @@ class Learner:
         `first_rows` are forwarded with grad; that forward is returned for update()'s first micro-step.
         Data-parallel: each rank forwards its share of the rows (zeros elsewhere) and one all-reduce
         fills in the others', so every rank holds the whole batch's experience."""
-        mbs, shape = self.cfg.ppo.mini_batch_size, batch.response_ids.shape
+        shape = batch.response_ids.shape
         old, ref = torch.zeros(shape, device=self.device), torch.zeros(shape, device=self.device)
         values = torch.zeros(shape, device=self.device) if self.critic else None
         rest = torch.ones(len(batch), dtype=torch.bool)
         first_pass = None
         if first_rows is not None:
             mine = self.dp.shard(first_rows)  # exactly the rows of this rank's first micro-step
-            first_pass = self._forward(batch.select(mine), with_values=self.critic, with_entropy=True)
-            old[mine] = first_pass.logprobs.detach()
+            first_pass = self._forward(self._part(batch, mine), with_values=self.critic, with_entropy=True)
+            width = first_pass.logprobs.shape[1]
+            old[mine, :width] = first_pass.logprobs.detach()
             if self.critic:
-                values[mine] = first_pass.values.detach()
+                values[mine, :width] = first_pass.values.detach()
             rest[first_rows] = False
         with torch.no_grad():
-            for rows in self._row_chunks(self.dp.shard(rest.nonzero().flatten()), mbs):
-                stats = self._forward(batch.select(rows), with_values=self.critic)
-                old[rows] = stats.logprobs
+            for rows in self._chunks(batch, self.dp.shard(rest.nonzero().flatten())):
+                stats = self._forward(self._part(batch, rows), with_values=self.critic)
+                old[rows, : stats.logprobs.shape[1]] = stats.logprobs
                 if self.critic:
-                    values[rows] = stats.values
+                    values[rows, : stats.values.shape[1]] = stats.values
             if batch.ref_logprobs is None:  # else the generator computed them while sampling
-                for rows in self._row_chunks(self.dp.shard(torch.arange(len(batch))), mbs):
+                for rows in self._chunks(batch, self.dp.shard(torch.arange(len(batch)))):
                     with reference_mode(self.model):  # the reference policy: same weights, adapter off
-                        ref[rows] = self._forward(batch.select(rows), with_values=False).logprobs
+                        lp = self._forward(self._part(batch, rows), with_values=False).logprobs
+                    ref[rows, : lp.shape[1]] = lp
         old = self.dp.combine(old)
         # computed by the generator while sampling (the whole batch, on every rank), or here by shards
         ref = batch.ref_logprobs.to(self.device) if batch.ref_logprobs is not None else self.dp.combine(ref)
@@ -223,16 +225,35 @@ class Learner:
             )
         return Experience(batch, old, ref, values, adv, returns, kl, mask.float()), first_pass
 
-    @staticmethod
-    def _row_chunks(rows: torch.Tensor, size: int) -> list[torch.Tensor]:
-        """`rows` in chunks of `size`; none when there are no rows (split of nothing yields one empty part)."""
-        return [part for part in rows.split(size) if len(part)]
+    def _chunks(self, batch: Rollout, rows: torch.Tensor) -> list[torch.Tensor]:
+        """Forward passes without grad: by token budget (similar lengths together), else mini-batch rows."""
+        budget = self.cfg.ppo.micro_batch_tokens
+        if budget:
+            return algo.token_budget_batches(rows, batch.lengths, budget) if len(rows) else []
+        return [part for part in rows.split(self.cfg.ppo.mini_batch_size) if len(part)]
 
-    def _first_rows(self, orders: list[torch.Tensor], lag: int) -> torch.Tensor | None:
+    def _micro_batches(self, batch: Rollout, mb: torch.Tensor) -> list[tuple[torch.Tensor, float]]:
+        """A mini-batch's micro-batches, each with the weight of its loss: its share of the mini-batch's
+        response tokens (ppo.micro_batch_tokens: one token-weighted mean over the whole mini-batch),
+        else 1 / ppo.grad_accum for equal row counts."""
+        p = self.cfg.ppo
+        if not p.micro_batch_tokens:
+            return [(rows, 1.0 / p.grad_accum) for rows in mb.split(p.mini_batch_size // p.grad_accum)]
+        tokens = batch.response_mask.sum(1).float()
+        total = float(tokens[mb].sum().clamp(min=1))
+        return [(rows, float(tokens[rows].sum()) / total) for rows in self._chunks(batch, mb)]
+
+    def _part(self, batch: Rollout, rows: torch.Tensor) -> Rollout:
+        """The rows a forward computes; by token budget also without the pad columns none of them needs."""
+        part = batch.select(rows)
+        return part.trimmed() if self.cfg.ppo.micro_batch_tokens else part
+
+    def _first_rows(self, batch: Rollout, orders: list[torch.Tensor], lag: int) -> torch.Tensor | None:
         """On-policy, the first micro-step's rows are scored by the sampling policy itself: that forward
         (with grad) doubles as their old-log-prob pass. Off-policy (lag > 0) there is nothing to share."""
-        p = self.cfg.ppo
-        return orders[0][: p.mini_batch_size // p.grad_accum] if lag == 0 else None
+        if lag:
+            return None
+        return self._micro_batches(batch, orders[0][: self.cfg.ppo.mini_batch_size])[0][0]
 
     def _forward(self, part: Rollout, with_values: bool, with_entropy: bool = False):
         return response_stats(
@@ -251,40 +272,41 @@ class Learner:
         """One pass per epoch over minibatches in `orders` (a row permutation per epoch); grad accumulation
         over micro-batches. The first micro-step reuses `first_pass`, make_experience's forward of its rows."""
         p = self.cfg.ppo
-        micro = p.mini_batch_size // p.grad_accum
         totals: dict[str, float] = {}
         steps, grad_norms = 0, 0.0
         trainable = [q for g in self.optimizer.param_groups for q in g["params"]]
         for order in orders:
             for mb in order.split(p.mini_batch_size):
                 self.optimizer.zero_grad(set_to_none=True)
-                for rows in mb.split(micro):
-                    for key, value in self._micro_step(exp, rows, p.grad_accum, first_pass).items():
+                for rows, weight in self._micro_batches(exp.rollout, mb):
+                    for key, value in self._micro_step(exp, rows, weight, first_pass).items():
                         totals[key] = totals.get(key, 0.0) + value
                     first_pass = None  # used once: later steps see an updated adapter
-                    steps += 1
+                steps += 1
                 self.dp.sum_grads(trainable)  # sum of shard gradients == the whole minibatch's gradient
                 grad_norm = torch.nn.utils.clip_grad_norm_(trainable, p.max_grad_norm)
                 # Before step(): a NaN/inf loss or gradient never reaches the adapter (the driver
                 # then restores the pre-iteration state and skips the batch or stops, ppo.on_nonfinite).
                 _require_finite("loss/gradient", grad_norm, None)
-                grad_norms += float(grad_norm) * p.grad_accum
+                grad_norms += float(grad_norm)
                 self.optimizer.step()
         totals = self.dp.sum_stats(totals, self.device)  # token-weighted shard stats: sums are whole-batch values
         return {**{k: v / steps for k, v in totals.items()}, "policy/grad_norm": grad_norms / steps}
 
     def _micro_step(
-        self, exp: Experience, rows: torch.Tensor, grad_accum: int, whole: ResponseStats | None = None
+        self, exp: Experience, rows: torch.Tensor, weight: float, whole: ResponseStats | None = None
     ) -> dict[str, float]:
+        """Forward + backward of one micro-batch, its loss scaled by `weight`; its stats, scaled alike."""
         p = self.cfg.ppo
         shard = self.dp.shard(rows)
-        weight = token_share(exp.rollout.response_mask, rows, shard)  # 1.0 for a single learner
-        rows, part = shard, exp.rollout.select(shard)
-        mask = exp.mask[rows]
+        weight *= token_share(exp.rollout.response_mask, rows, shard)  # x 1.0 for a single learner
+        rows, part = shard, self._part(exp.rollout, shard)
+        width = part.response_ids.shape[1]  # the whole R, or R' of a trimmed micro-batch
+        mask = exp.mask[rows, :width]
         # make_experience's forward over exactly these rows, or a fresh one
         out = whole if whole is not None else self._forward(part, with_values=self.critic, with_entropy=True)
         pg_loss, pg_stats = algo.policy_loss(
-            out.logprobs, exp.old_logprobs[rows], exp.advantages[rows], mask, p.clip_range
+            out.logprobs, exp.old_logprobs[rows, :width], exp.advantages[rows, :width], mask, p.clip_range
         )
         entropy = algo.masked_mean(out.entropy, mask)
         # ent_coef 0: entropy is only a metric; keeping it out of the loss spares its (B, R, vocab) backward
@@ -297,11 +319,11 @@ class Learner:
         }
         if self.critic:
             v_loss, v_stats = algo.value_loss(
-                out.values, exp.old_values[rows], exp.returns[rows], mask, p.clip_range_value
+                out.values, exp.old_values[rows, :width], exp.returns[rows, :width], mask, p.clip_range_value
             )
             loss = loss + p.vf_coef * v_loss
             stats.update({"value/loss": float(v_loss.detach()), "value/clipfrac": float(v_stats["clipfrac"])})
-        (loss * weight / grad_accum).backward()
+        (loss * weight).backward()
         return {key: value * weight for key, value in stats.items()}
 
 

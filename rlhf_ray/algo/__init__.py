@@ -4,6 +4,7 @@ Imports torch only (no config, no models, no Ray): every function takes tensors 
 has a `Shapes:` docstring. Tested against hand-computed values in tests/unit/test_algo.py."""
 
 from .advantages import compute_gae, group_advantages
+from .batching import token_budget_batches
 from .experience import estimate_advantages, sequence_kl
 from .kl import AdaptiveKLController, FixedKLController, kl_penalty, shape_rewards
 from .losses import entropy_from_logits, policy_loss, value_loss
@@ -15,6 +16,7 @@ __all__ = [
     "masked_whiten",
     "compute_gae",
     "group_advantages",
+    "token_budget_batches",
     "estimate_advantages",
     "sequence_kl",
     "kl_penalty",

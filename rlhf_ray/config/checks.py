@@ -63,6 +63,7 @@ POSITIVE = (
 )
 NON_NEGATIVE = (
     "model.lora_dropout",
+    "ppo.micro_batch_tokens",
     "generate.top_k",
     "algo.kl_coef",
     "ppo.vf_coef",
@@ -172,6 +173,19 @@ def _check_cross_fields(cfg: Config, given: tuple[set[str], ...]) -> None:
 def _check_data_parallel(cfg: Config) -> None:
     """Data-parallel learners split every micro-batch into equal shards."""
     micro, n = cfg.ppo.mini_batch_size // cfg.ppo.grad_accum, cfg.cluster.num_learners
+    p = cfg.ppo
+    # token-budget micro-batches hold varying row counts: they cannot be split into equal rank shards
+    _check(
+        not p.micro_batch_tokens or n == 1,
+        "ppo.micro_batch_tokens",
+        "forms micro-batches of varying row counts, which data-parallel learners cannot share equally: "
+        "set it to 0 or cluster.num_learners=1",
+    )
+    _check(
+        not p.micro_batch_tokens or p.grad_accum == 1,
+        "ppo.grad_accum",
+        "is replaced by ppo.micro_batch_tokens (micro-batches by token count): leave it at 1",
+    )
     _check(
         micro % n == 0,
         "cluster.num_learners",

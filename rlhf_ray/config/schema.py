@@ -71,7 +71,6 @@ class DataConfig:
     prompt_min_tokens: int = 4
     # Longest opening in tokens (see prompt_min_tokens).
     prompt_max_tokens: int = 8
-
     # The tokenizer's chat template: auto = applied to message-list prompts only; true = also to plain strings
     # (each wrapped as one user message); false = never (message-list prompts are then refused).
     chat_template: Literal["auto", True, False] = "auto"
@@ -175,6 +174,10 @@ class PPOConfig:
     mini_batch_size: int = 8
     # Micro-batches per minibatch (gradient accumulation).
     grad_accum: int = 1
+    # Form micro-batches by token count instead (0 = off): rows of similar length packed until
+    # rows x longest row reaches this many tokens, pad columns no row needs left out, each micro-batch's
+    # loss weighted by its share of the mini-batch's response tokens (the same update as one batch).
+    micro_batch_tokens: int = 0
     # Passes over each iteration's batch.
     epochs: int = 4
     # Learning rate of the LoRA (and value head).

@@ -50,7 +50,7 @@ def test_first_micro_step_reuses_its_forward_and_updates_the_same(tiny_lm, batch
     rollout, scores = batch
     cfg = load_config("configs/smoke.yaml", overrides)
     fused, plain = Learner(cfg, tiny_lm), Learner(cfg, tiny_lm)
-    plain._first_rows = lambda orders, lag: None  # the pre-issue-10 path: a separate old-log-prob pass
+    plain._first_rows = lambda batch, orders, lag: None  # the pre-issue-10 path: a separate old-log-prob pass
     fused_calls, plain_calls = _count_forwards(fused), _count_forwards(plain)
     m_fused, p_fused = fused.learn([rollout], [scores], iteration=1)
     m_plain, p_plain = plain.learn([rollout], [scores], iteration=1)
