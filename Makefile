@@ -6,7 +6,7 @@ TORCH  ?= torch==2.13.0
 RUN_DIR ?= runs/default
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-fast lint clean
+.PHONY: setup run test test-fast lint clean gpu-wheels
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
@@ -33,6 +33,26 @@ test-fast: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# The GPU pack's wheels (docs/gpu.md): what a bare GPU machine lacks (bitsandbytes; transformers and
+# peft at the versions tested here, installed there only where its own differ), for its Python, into
+# an ignored folder. Wheels and repository travel together within 64 MiB: more is refused here.
+GPU_WHEELS ?= gpu-wheels
+GPU_PYTHON ?= 3.12
+GPU_PACK_LIMIT_MIB ?= 64
+gpu-wheels:
+	@test -x $(VENV)/bin/python || { echo "gpu-wheels: run make setup first (the versions come from its venv)" >&2; exit 1; }
+	rm -rf $(GPU_WHEELS)
+	v() { $(VENV)/bin/python -c 'import importlib.metadata as m, sys; print(m.version(sys.argv[1]))' "$$1"; }; \
+	$(VENV)/bin/python -m pip download -q --no-deps --only-binary=:all: -d $(GPU_WHEELS) \
+	  --python-version $(GPU_PYTHON) --implementation cp --platform manylinux_2_24_x86_64 \
+	  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	  "bitsandbytes==$$(v bitsandbytes)" "transformers==$$(v transformers)" "peft==$$(v peft)"
+	@wheels=$$(cat $(GPU_WHEELS)/*.whl | wc -c); repo=$$(git ls-files -z | xargs -0 cat | wc -c); \
+	total=$$((wheels + repo)); limit=$$(($(GPU_PACK_LIMIT_MIB) * 1048576)); \
+	echo "gpu-wheels: $$(ls $(GPU_WHEELS) | tr '\n' ' ')= $$((wheels / 1048576)) MiB + repository $$((repo / 1048576)) MiB"; \
+	if [ $$total -gt $$limit ]; then \
+	  echo "gpu-wheels: $$((total / 1048576)) MiB is over the $(GPU_PACK_LIMIT_MIB) MiB that can travel to the GPU machine" >&2; exit 1; fi
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -2,7 +2,8 @@
 
 `gpt-neox-20b-shape` has GPT-NeoX-20B's configuration (44 layers, hidden 6144, 64 heads,
 intermediate 24576, vocab 50432); `gpt-neox-20b-shape-4l` is the same at 4 layers (CPU
-measurements), `tiny-neox-shape` the same builder at toy width (unit tests). The asset
+measurements), `tiny-neox-shape` the same builder at toy width (unit tests), and
+`smollm2-135m-shape` SmolLM2-135M's Llama configuration (GPU throughput without its checkpoint). The asset
 directory holds only config.json, a byte-level tokenizer and a `shape.json` marker; the weights
 are made where the model is loaded: the module tree is
 created on the meta device, then each decoder layer's Linear becomes a bitsandbytes
@@ -36,6 +37,22 @@ SHAPES = {
         use_parallel_residual=True,
         layer_norm_eps=1e-5,
         tie_word_embeddings=False,
+    ),
+    # SmolLM2-135M's configuration (a Llama: grouped-query attention, tied embeddings): the model
+    # `make run` trains, as a shape for GPU machines that cannot hold its 98 MB embedded checkpoint.
+    "smollm2-135m-shape": dict(
+        model_type="llama",
+        hidden_size=576,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        head_dim=64,
+        intermediate_size=1536,
+        vocab_size=49152,
+        max_position_embeddings=8192,
+        rope_parameters={"rope_theta": 100000.0, "rope_type": "default"},
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
     ),
     # The same layout in miniature: unit tests and the CPU run of jobs/gpu_check.py.
     "tiny-neox-shape": dict(
@@ -79,13 +96,14 @@ def byte_tokenizer():
 
 
 def shape_config(shape: str, layers: int, tokenizer=None):
-    from transformers import GPTNeoXConfig
+    from transformers import AutoConfig
 
     tokenizer = tokenizer or byte_tokenizer()
     ids = dict(
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id
     )
-    return GPTNeoXConfig(**{**SHAPES[shape], "num_hidden_layers": layers}, **ids)
+    fields = {"model_type": "gpt_neox", **SHAPES[shape], "num_hidden_layers": layers}
+    return AutoConfig.for_model(fields.pop("model_type"), **fields, **ids)
 
 
 def write_shape_dir(ref: str, target: Path) -> Path:
@@ -159,8 +177,9 @@ def build_quantized(path: str | Path, quant: str, device: str, on_layer=None):
     seed = json.loads((Path(path) / MARKER).read_text())["seed"]
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dense_dtype(device))
+    body = getattr(model, model.base_model_prefix)
     gen = torch.Generator(device=device).manual_seed(seed)
-    for i, layer in enumerate(model.gpt_neox.layers):
+    for i, layer in enumerate(body.layers):
         for parent in list(layer.modules()):
             for name, child in list(parent.named_children()):
                 if isinstance(child, nn.Linear):
@@ -169,9 +188,12 @@ def build_quantized(path: str | Path, quant: str, device: str, on_layer=None):
             _materialize(sub, device, gen)
         if on_layer is not None:
             on_layer(i, model)
+    _materialize(model.get_input_embeddings(), device, gen)
+    if config.tie_word_embeddings:  # one matrix for both ends, as the real model stores it
+        model.get_output_embeddings().weight = model.get_input_embeddings().weight
     for sub in model.modules():
         _materialize(sub, device, gen)
     # Buffers made under the meta device (rotary inverse frequencies) are computed again for real.
-    model.gpt_neox.rotary_emb = type(model.gpt_neox.rotary_emb)(config).to(device)
+    body.rotary_emb = type(body.rotary_emb)(config).to(device)
     model.is_loaded_in_8bit, model.is_loaded_in_4bit = quant == "8bit", quant == "4bit"  # what peft dispatches on
     return model.eval()

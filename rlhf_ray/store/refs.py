@@ -27,7 +27,7 @@ BUILT_VERSION = "v1"  # bump when a builder changes so caches rebuild
 
 # Random-weight model shapes (rlhf_ray.models.shapes) by name, with their full layer count;
 # a "-<N>l" suffix asks for N layers.
-SHAPE_LAYERS = {"gpt-neox-20b-shape": 44, "tiny-neox-shape": 2}
+SHAPE_LAYERS = {"gpt-neox-20b-shape": 44, "tiny-neox-shape": 2, "smollm2-135m-shape": 30}
 _SHAPE_NAME = re.compile(r"^(?P<shape>[a-z0-9-]+-shape)(?:-(?P<layers>\d+)l)?$")
 
 
