@@ -75,6 +75,10 @@ class RewardModel:
         max_length: int = 256,
     ):
         self.model, self.tokenizer = load_classifier(path, quant, device)
+        if self.tokenizer.pad_token is None:  # decoder reward models (Llama-style) often ship without one:
+            # batches need padding, and the head reads the last token that is not padding
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.score_kind, self.device = score, device
         self.batch_size, self.max_length = batch_size, max_length
         config = self.model.config

@@ -15,7 +15,7 @@ import torch
 
 from rlhf_ray.batch import Scores
 from rlhf_ray.config.schema import Config, RewardSourceConfig, load_config
-from rlhf_ray.errors import ConfigError, NonFiniteError
+from rlhf_ray.errors import ConfigError, NonFiniteError, UserError
 from rlhf_ray.rewards.base import RewardBatch, RewardSourceError, to_values
 from rlhf_ray.rewards.functions import FunctionSource, function_ref, load_function
 from rlhf_ray.rewards.http_client import HttpSource
@@ -283,3 +283,57 @@ def test_sources_list_parses_from_yaml_with_default_names(tmp_path):
     names = [s.resolved_name() for s in load_config(path).reward.source_list()]
     assert names == ["classifier", "model:my-rm", "http:127.0.0.1:9000"]
     assert [s.kind for s in Config().reward.source_list()] == ["classifier"]  # none set: today's classifier
+
+
+def test_model_source_scores_with_the_single_output_of_a_scalar_reward_model(tmp_path, tiny_classifier):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(0)
+    rm = AutoModelForSequenceClassification.from_pretrained(tiny_classifier, num_labels=1, ignore_mismatched_sizes=True)
+    rm.save_pretrained(tmp_path / "rm")
+    AutoTokenizer.from_pretrained(tiny_classifier).save_pretrained(tmp_path / "rm")
+    cfg = Config()
+    cfg.reward.input = "response"
+    spec = spec_of(RewardSourceConfig(kind="model", model=str(tmp_path / "rm")), "s", model=str(tmp_path / "rm"))
+    assert spec.name == "model:rm"
+    scores = RewardSources([spec], cfg).score(batch(2))
+    tok = AutoTokenizer.from_pretrained(tmp_path / "rm")
+    with torch.no_grad():
+        expected = rm.eval()(**tok(["completion 0", "completion 1"], return_tensors="pt", padding=True)).logits[:, 0]
+    torch.testing.assert_close(scores.per_source["model:rm"], expected)
+    with pytest.raises(UserError, match=r"'model:classifier' .* has 2 labels, a kind model source needs"):
+        RewardSources([spec_of(RewardSourceConfig(kind="model", name="model:classifier"), "s", tiny_classifier)], cfg)
+
+
+def test_eval_table_shows_each_source_and_the_unscored_share():
+    from rlhf_ray.tools.evaluate import format_table, summarize
+
+    rows = {
+        "score": [1.0, None, 3.0, -1.0],
+        "score/a": [1.0, None, 1.0, None],
+        "score/b": [0.0, None, 2.0, -1.0],
+        "kl": [0.0] * 4,
+        "length": [3.0] * 4,
+        "response": ["x y"] * 4,
+    }
+    figures = summarize(rows, "logit_margin")
+    assert figures["reward/mean"] == 1.0 and figures["reward/none_frac"] == 0.25
+    assert figures["reward/a/mean"] == 1.0 and figures["reward/b/mean"] == pytest.approx(1 / 3)
+    table = format_table({"reference": figures, "policy": figures})
+    assert "| mean reward: a | 1.000 | 1.000 |" in table and "| no reward source applied | 0.250 | 0.250 |" in table
+
+
+def test_a_decoder_reward_model_without_a_pad_token_scores_batches_as_single_texts(tmp_path, tiny_lm):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from rlhf_ray.rewards.classifier import RewardModel
+
+    torch.manual_seed(0)
+    AutoModelForSequenceClassification.from_pretrained(tiny_lm, num_labels=1).save_pretrained(tmp_path / "rm")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_lm)
+    tokenizer.pad_token = None
+    tokenizer.save_pretrained(tmp_path / "rm")
+    rm = RewardModel(str(tmp_path / "rm"))
+    texts = ["a short one", "a much longer text that needs the other one padded"]
+    together = rm.score(texts)
+    torch.testing.assert_close(together, torch.cat([rm.score([t]) for t in texts]), atol=1e-5, rtol=1e-5)
