@@ -48,8 +48,9 @@ def test_the_pretend_device_catches_a_mix_and_allows_what_cuda_allows():
     [
         ["algo.advantage=gae"],  # critic: shaped rewards, GAE, value loss
         ["algo.advantage=grpo", "generate.reference_logprobs=true"],  # group advantages, generator's ref log-probs
+        ["algo.advantage=gae", "ppo.micro_batch_tokens=16"],  # token-packed micro-batches
     ],
-    ids=["gae", "grpo-generator-ref"],
+    ids=["gae", "grpo-generator-ref", "gae-token-micro-batches"],
 )
 def test_fused_host_phases_on_a_cuda_device(tiny_lm, overrides):
     cfg = load_config(
