@@ -25,7 +25,6 @@ from rlhf_ray.store.refs import DATASET_ASSETS
 log = logging.getLogger(__name__)
 
 Split = Literal["all", "train", "test"]
-__all__ = ["TEST_PERCENT", "PromptSet", "PromptState", "PromptStream", "load_text_dataset", "prompt_set"]
 
 
 def clean_text(text: str) -> str:
