@@ -26,9 +26,10 @@ import torch
 from rlhf_ray.actors.generator import Generator
 from rlhf_ray.actors.learner import Learner
 from rlhf_ray.actors.scorer import RewardScorer
+from rlhf_ray.bench.floors import decode_floor, learner_floor, machine_rates
 from rlhf_ray.bench.report import environment, render
 from rlhf_ray.config.schema import Config
-from rlhf_ray.data.prompts import PromptStream, load_text_dataset
+from rlhf_ray.data.prompts import prompt_stream
 from rlhf_ray.models.adapter import trainable_state
 from rlhf_ray.models.assets import resolve_model
 from rlhf_ray.models.policy import causal_lm_of, load_tokenizer
@@ -78,11 +79,9 @@ def run(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
 
 
 def _prompt_batches(cfg: Config, policy_path: str) -> list[list[str]]:
-    texts = load_text_dataset(cfg.data.dataset, "train", cfg.data.text_field)["text"].to_pylist()
-    stream = PromptStream(
-        texts, load_tokenizer(policy_path), cfg.data.prompt_min_tokens, cfg.data.prompt_max_tokens, cfg.run.seed
-    )
-    return [stream.next(cfg.ppo.batch_size) for _ in range(1 + cfg.bench.repeats)]
+    """The prompts the PPO job would draw (rendered texts: the bench times the policy, not the rows)."""
+    stream = prompt_stream(cfg, load_tokenizer(policy_path), "train")
+    return [[p.text for p in stream.next(cfg.ppo.batch_size)] for _ in range(1 + cfg.bench.repeats)]
 
 
 # ----------------------------------------------------------------------------- Ray vs in-process
@@ -115,6 +114,7 @@ class InProcess:
             "time/learn_s": t3 - t2,
             "time/sync_s": t4 - t3,
             "time/iteration_s": t4 - t0,
+            "bench/tokens": int(rollout.lengths.sum()),  # real tokens the learner's passes compute
         }
 
 
@@ -158,15 +158,23 @@ def distributed(work: Workload, run_dir: Path) -> dict:
         on_ray, local = on_ray[1:], local[1:]  # the first iteration is the warm-up
         generation = generation_speed(work, floor, roles)
         sync = sync_cost(floor.learner, on_ray)
+        hardware = hardware_floors(cfg, floor.learner.model, generation, local)
     finally:
         roles.stop()
+    floor_dequant = floor.learner.dequant
     del floor
     gc.collect()
     ray_s = median([m["time/iteration_s"] for m in on_ray])
     local_s = median([m["time/iteration_s"] for m in local])
     samples = cfg.ppo.batch_size * cfg.samples_per_prompt()
     slower = min(generation["role_over_bare"], generation["actor_over_bare"])
-    headline = {"ray_over_inprocess": ray_s / local_s, "generator_over_bare": slower, "samples_per_s": samples / ray_s}
+    headline = {
+        "ray_over_inprocess": ray_s / local_s,
+        "generator_over_bare": slower,
+        "samples_per_s": samples / ray_s,
+        "reference_logprobs": cfg.reference_logprobs_on(),  # the automatic choices this run made
+        "dequant_cache": floor_dequant,
+    }
     return {
         "samples_per_iteration": samples,
         "ray_iteration_s": ray_s,
@@ -177,6 +185,7 @@ def distributed(work: Workload, run_dir: Path) -> dict:
         "inprocess_phases": phases(local),
         "generation": generation,
         "sync": sync,
+        "floors": hardware,
         "headline": headline,
     }
 
@@ -206,6 +215,22 @@ def sync_cost(learner: Learner, rows: list[dict]) -> dict:
         "base_model_bytes": base,
         "seconds_per_iteration": median([r["time/sync_s"] for r in rows]),
         "sent_over_base": sent / base,
+    }
+
+
+def hardware_floors(cfg: Config, model, generation: dict, local: list[dict]) -> dict:
+    """The decode step and the learner's passes against this machine's measured floors."""
+    rates = machine_rates()
+    step_s = generation["role"]["seconds"] / cfg.generate.max_new_tokens  # the Generator's own call
+    rows = cfg.ppo.batch_size * cfg.samples_per_prompt()
+    first = (cfg.ppo.mini_batch_size // cfg.ppo.grad_accum) / rows  # rows whose old pass is the first step's
+    no_grad = 1 - first + (0 if cfg.reference_logprobs_on() else 1)
+    tokens = median([m["bench/tokens"] for m in local])
+    learn_s = median([m["time/learn_s"] for m in local])
+    return {
+        "rates": rates,
+        "decode": decode_floor(model, rates, step_s),
+        "learner": learner_floor(model, rates, int(tokens), cfg.ppo.epochs, no_grad, learn_s),
     }
 
 

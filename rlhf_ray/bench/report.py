@@ -125,7 +125,7 @@ def render(report: dict) -> str:
             )
         ],
     )
-    if cfg["generate"].get("reference_logprobs"):  # the Generator also does the learner's reference pass
+    if h.get("reference_logprobs"):  # the Generator also does the learner's reference pass
         lines.insert(
             -1,
             f"Generators: {h['generator_over_bare']:.3f}x bare; not comparable: with "
@@ -168,5 +168,35 @@ def render(report: dict) -> str:
             for m, r in q.items()
         ],
     )
-    lines += [f"(f) samples/s through Ray on this workload: {h['samples_per_s']:.2f}"]
+    if "floors" in d:
+        lines += _floors_table(d["floors"])
+    lines += [
+        f"(f) samples/s through Ray on this workload: {h['samples_per_s']:.2f} (automatic choices: "
+        f"generate.reference_logprobs={h.get('reference_logprobs')}, model.dequant_cache={h.get('dequant_cache')})"
+    ]
     return "\n".join(lines)
+
+
+def _floors_table(f: dict) -> list[str]:
+    r, dec, lrn = f["rates"], f["decode"], f["learner"]
+    return _table(
+        f"(g) against this machine's floors (copy {r['copy_bytes_per_s'] / 1e9:.1f} GB/s read+write, "
+        f"fp32 matmul {r['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s)",
+        ["phase", "measured s", "floor s", "measured / floor", "floor from"],
+        [
+            [
+                "decode step",
+                f"{dec['measured_s']:.4f}",
+                f"{dec['floor_s']:.4f}",
+                f"{dec['ratio']:.1f}",
+                f"{dec['weight_bytes'] / 1e6:.0f} MB of weights read once",
+            ],
+            [
+                "learner passes",
+                f"{lrn['measured_s']:.2f}",
+                f"{lrn['floor_s']:.2f}",
+                f"{lrn['ratio']:.1f}",
+                f"{lrn['flops'] / 1e12:.2f} TFLOP of matmuls",
+            ],
+        ],
+    )

@@ -21,13 +21,18 @@ def test_bench_on_the_smoke_config(tmp_path, capsys):
         main(["bench", "--config", SMOKE, "--run-dir", str(run), "bench.repeats=1", "bench.quant_modes=none,8bit"]) == 0
     )
     table = capsys.readouterr().out
-    for section in ("(a)", "(b)", "(c)", "(d)", "(e)", "(f)", "Ray / in-process", "bare model.generate"):
+    for section in ("(a)", "(b)", "(c)", "(d)", "(e)", "(f)", "(g)", "Ray / in-process", "bare model.generate"):
         assert section in table, section
     report = json.loads((run / "bench.json").read_text())
     assert report["date"] and report["machine"]["cpus"] > 0 and report["versions"]["torch"]
     d = report["results"]["distributed"]
     assert len(d["ray_iterations"]) == len(d["inprocess_iterations"]) == 1  # repeats after the warm-up
     assert d["headline"]["ray_over_inprocess"] > 0 and d["headline"]["samples_per_s"] > 0
+    assert d["headline"]["reference_logprobs"] is True and d["headline"]["dequant_cache"] is True  # CPU: auto on
+    floors = d["floors"]
+    assert floors["rates"]["copy_bytes_per_s"] > 1e8 and floors["rates"]["matmul_flops_per_s"] > 1e8
+    for phase in ("decode", "learner"):  # nothing runs faster than the machine allows
+        assert floors[phase]["floor_s"] > 0 and floors[phase]["ratio"] > 1, (phase, floors[phase])
     # bare generate and the in-process role: same model, batch and seed, so the same tokens
     g = d["generation"]
     assert g["bare"]["tokens"] == g["role"]["tokens"] > 0 and g["actor"]["tokens"] > 0
