@@ -133,6 +133,7 @@ class Learner:
         shards = [s if isinstance(s, Scores) else Scores(s, torch.ones(len(s), dtype=torch.bool)) for s in scores]
         scores_t = torch.cat([s.rewards for s in shards]).float()  # (B,)
         _require_finite("reward", scores_t, iteration)
+        lengths = batch.response_mask.sum(1).float()  # (B,) as sampled, before unscored rows leave the loss
         applied = torch.cat([s.applied for s in shards])  # (B,) False: no reward source applied to the sample
         if not applied.all():  # such samples stay out of the loss: no response token of theirs counts
             batch.response_mask = batch.response_mask * applied[:, None].to(batch.response_mask.dtype)
@@ -156,7 +157,7 @@ class Learner:
             "kl/mean": float(kl_seq),
             "kl/coef": kl_coef,
             "advantages/mean": float(algo.masked_mean(exp.advantages, exp.mask)),
-            "response/length_mean": float(exp.mask.sum(1).mean()),
+            "response/length_mean": float(lengths.mean()),
             "policy/version": self.version,
             "policy/adapter_sha256": payload.sha256,
             "sync/bytes": payload.nbytes,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 
@@ -57,7 +57,9 @@ def compute_gae(
     return advantages, returns
 
 
-def group_advantages(scores: torch.Tensor, group_size: int, kind: str, eps: float = 1e-6) -> torch.Tensor:
+def group_advantages(
+    scores: torch.Tensor, group_size: int, kind: str, eps: float = 1e-6, valid: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """Critic-free sequence advantages from a group of samples per prompt.
 
     ``scores`` holds ``n_prompts * group_size`` entries with each prompt's
@@ -69,11 +71,15 @@ def group_advantages(scores: torch.Tensor, group_size: int, kind: str, eps: floa
     - ``"rloo"`` (Ahmadian et al. 2024): ``s - mean(other G - 1 samples)``,
       a leave-one-out baseline; needs ``group_size >= 2``.
 
+    ``valid`` marks the samples that count (e.g. ones some reward source scored): baselines are
+    taken over a group's valid samples only, and a sample that is not valid, or whose group has
+    fewer than 2 valid ones, gets advantage 0.
+
     Raises ``ValueError`` for an unknown kind, a size that does not divide B,
     or a group too small for the kind.
 
     Shapes:
-        scores: (B,) with B = n_prompts * group_size.
+        scores: (B,) with B = n_prompts * group_size; valid: (B,) bool or None (all valid).
         returns: (B,); the caller broadcasts over response tokens.
     """
     if kind not in _GROUP_KINDS:
@@ -86,6 +92,8 @@ def group_advantages(scores: torch.Tensor, group_size: int, kind: str, eps: floa
         raise ValueError(f"{kind} needs group_size >= 2, got {group_size}")
 
     groups = scores.reshape(-1, group_size)
+    if valid is not None and not bool(valid.all()):
+        return _masked_group_advantages(groups, valid.reshape(-1, group_size), kind, eps).reshape(-1)
     if kind == "grpo":
         mean = groups.mean(dim=1, keepdim=True)
         std = groups.std(dim=1, keepdim=True)  # unbiased (divisor G - 1)
@@ -94,3 +102,17 @@ def group_advantages(scores: torch.Tensor, group_size: int, kind: str, eps: floa
         others_mean = (groups.sum(dim=1, keepdim=True) - groups) / (group_size - 1)
         adv = groups - others_mean
     return adv.reshape(-1)
+
+
+def _masked_group_advantages(groups: torch.Tensor, valid: torch.Tensor, kind: str, eps: float) -> torch.Tensor:
+    """group_advantages over each group's valid members. Shapes: groups, valid: (n_prompts, G)."""
+    v = valid.to(groups.dtype)
+    n = v.sum(dim=1, keepdim=True)
+    total = (groups * v).sum(dim=1, keepdim=True)
+    if kind == "grpo":
+        mean = total / n.clamp(min=1)
+        var = (((groups - mean) * v) ** 2).sum(dim=1, keepdim=True) / (n - 1).clamp(min=1)
+        adv = (groups - mean) / (var.sqrt() + eps)
+    else:
+        adv = groups - (total - groups) / (n - 1).clamp(min=1)
+    return torch.where(valid & (n >= 2), adv, torch.zeros_like(adv))

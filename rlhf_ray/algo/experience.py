@@ -33,7 +33,8 @@ def estimate_advantages(
     """``gae``: the KL penalty on every token and the score at the last one (``shape_rewards``), then
     GAE against ``values`` (optionally whitened). ``grpo``/``rloo``: the KL summed over the response is
     folded into the sequence reward ``score - kl_coef * sum_t kl_t``, whose group baseline gives one
-    advantage per sequence, spread over its real tokens (no critic, no returns).
+    advantage per sequence, spread over its real tokens (no critic, no returns); a row whose mask is
+    empty is left out of its group's baseline.
 
     Shapes:
         scores: (B,); logprobs, ref_logprobs, mask: (B, T); values: (B, T) for gae, else None.
@@ -49,7 +50,9 @@ def estimate_advantages(
         return advantages, returns, kl
     kl = kl_penalty(logprobs, ref_logprobs, kl_kind) * mask
     seq_reward = scores - kl_coef * kl.sum(1)
-    advantages = group_advantages(seq_reward, group_size, estimator)[:, None] * mask
+    # a row with no response token left in the mask (no reward source applied) stays out of the baselines
+    valid = as_bool_mask(mask).any(dim=1)
+    advantages = group_advantages(seq_reward, group_size, estimator, valid=valid)[:, None] * mask
     return advantages, None, kl
 
 

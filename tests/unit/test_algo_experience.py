@@ -60,3 +60,21 @@ def test_gae_whitening_and_a_missing_critic():
 def test_sequence_kl_ignores_padding_garbage():
     kl = t([[0.2, 0.1], [0.3, 1e9]])  # the padded position holds garbage
     close(algo.sequence_kl(kl, MASK), t((0.3 + 0.3) / 2))
+
+
+def test_group_baselines_leave_out_samples_no_source_scored():
+    scores = t([1.0, 5.0, 3.0, 0.0, 2.0, 4.0])  # two groups of 3; sample 1 and sample 3 not valid
+    valid = torch.tensor([True, False, True, False, True, True])
+    # group 0: valid [1, 3]: mean 2, unbiased std sqrt(2); group 1: valid [2, 4]: mean 3, std sqrt(2)
+    s = math.sqrt(2) + 1e-6
+    close(algo.group_advantages(scores, 3, "grpo", valid=valid), [-1 / s, 0.0, 1 / s, 0.0, -1 / s, 1 / s])
+    # rloo: each valid sample minus the mean of the other valid ones
+    close(algo.group_advantages(scores, 3, "rloo", valid=valid), [1 - 3, 0.0, 3 - 1, 0.0, 2 - 4, 4 - 2])
+    # a group with a single valid sample has no baseline: all zero
+    lone = torch.tensor([True, False, False, True, True, True])
+    assert algo.group_advantages(scores, 3, "grpo", valid=lone)[:3].abs().sum() == 0
+    # all valid: exactly the unmasked formula
+    everyone = torch.ones(6, dtype=torch.bool)
+    assert torch.equal(
+        algo.group_advantages(scores, 3, "grpo", valid=everyone), algo.group_advantages(scores, 3, "grpo")
+    )
