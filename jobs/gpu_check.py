@@ -107,10 +107,12 @@ class PhaseProbe:
 class CudaMemory:
     """The CUDA context and the memory outside torch's allocator, from device-wide readings."""
 
-    def __init__(self):
+    def __init__(self, before: int | None):
+        """before: nvidia-smi's reading when this process started, before anything could start CUDA
+        (importing bitsandbytes queries the device and so creates the context)."""
         import torch
 
-        self.before = smi_used_bytes()  # before this process starts CUDA (other processes, if any)
+        self.before = before
         torch.cuda.init()
         free, self.total = torch.cuda.mem_get_info()
         after = smi_used_bytes()
@@ -188,7 +190,7 @@ def iteration(args) -> dict:
     from rlhf_ray.runtime.plan import policy_plan
 
     cfg = build_config(args)
-    cuda = CudaMemory() if args.device == "cuda" else None
+    cuda = CudaMemory(args.smi_before) if args.device == "cuda" else None
     fraction = cuda.cap(args.cap_gb) if cuda else None
     estimate = policy_plan(cfg, on_gpu=args.device == "cuda")["policy"]  # no reward model here: none is needed
     probe = PhaseProbe(args.device)
@@ -279,6 +281,7 @@ def fail(message: str) -> int:
 
 def main(argv=None) -> int:
     args = parse(argv)
+    args.smi_before = smi_used_bytes() if args.device != "cpu" else None  # before any import can start CUDA
     missing = missing_packages()
     if missing:
         return fail(

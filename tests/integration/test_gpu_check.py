@@ -127,3 +127,22 @@ def test_carried_wheels_install_offline_on_top_of_the_system(tmp_path):
         text=True,
     )
     assert probe.stdout.startswith(str(tmp_path / "site"))
+
+
+def test_card_verdicts_count_reserved_peaks_and_memory_outside_the_allocator():
+    """22.3 GiB (what "24 GB" cards expose) and 24 GiB cards, measured and planned (no GPU needed)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "jobs/gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    args = gpu_check.parse(["--model", "tiny-neox-shape", "--quant", "8bit", "--device", "cpu"])
+    cfg = gpu_check.build_config(args)
+    probe = gpu_check.PhaseProbe("cuda")
+    gib = gpu_check.GIB
+    probe.phases = {"generate": {"peak_reserved_bytes": 20 * gib}, "update": {"peak_reserved_bytes": int(22.5 * gib)}}
+    cards = gpu_check.verdicts(cfg, probe, outside=gib, oom=False)  # need: 22.5 + 1 = 23.5 GiB
+    assert cards["22.3"]["measured_need_gib"] == 23.5 and not cards["22.3"]["measured_fits"]
+    assert cards["24"]["measured_fits"]
+    assert cards["22.3"]["plan_fits"] and not cards["22.3"]["agree"]  # the toy shape's plan is tiny: they disagree
+    assert not gpu_check.verdicts(cfg, probe, outside=0, oom=True)["24"]["measured_fits"]  # out of memory: no card
