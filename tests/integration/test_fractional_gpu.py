@@ -33,7 +33,7 @@ json.dump({"code": code}, open(work + "/result.json", "w"))
 """
 
 
-@pytest.mark.slow  # one PPO iteration through Ray: 142 s on the loaded 2-core development machine
+@pytest.mark.slow  # a PPO job through Ray: 24 to 142 s on the shared 2-core development machine
 def test_roles_share_one_declared_gpu_by_fraction_and_run_on_cpu(tmp_path):
     overrides = ["ppo.iterations=1", "cluster.layout=separate"]
     overrides += [f"cluster.{role.split('-')[0].replace('reward', 'scorer')}_gpus={f}" for role, f in FRACTIONS.items()]
