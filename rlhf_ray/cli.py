@@ -19,6 +19,9 @@ from rlhf_ray.config.schema import Config, load_config, save_config
 from rlhf_ray.errors import UserError, user_message
 from rlhf_ray.process import install_log_filters
 from rlhf_ray.runtime import rundir, stopping
+from rlhf_ray.runtime.plan import choose_layout, format_plan, make_plan
+from rlhf_ray.stages.common import DONE
+from rlhf_ray.store.checkpoint import latest_checkpoint, read_json
 from rlhf_ray.store.provenance import CONSOLE_LOG, ConsoleLog, collect, write_run_info
 
 STAGES = {
@@ -51,15 +54,28 @@ def _keys_epilog(command: str) -> str:
     )
 
 
-# Commands that read a finished run, and serve-reward (rlhf_ray.tools.<module>: HELP, add_arguments(parser),
-# main(args)); they parse their own options.
-TOOLS = {"eval": "evaluate", "generate": "sample", "report": "report", "serve-reward": "serve_reward"}
+# Commands that read a finished run, and serve-reward (rlhf_ray.tools.<module>: add_arguments(parser),
+# main(args)); they parse their own options. A tool's module (torch, transformers) is imported only
+# when that tool runs, so `rlhf-ray config` and `--help` stay quick.
+TOOLS = {
+    "eval": ("evaluate", "score the trained policy vs its reference on held-out prompts (eval.json + Parquet)"),
+    "generate": (
+        "sample",
+        "sample from the base policy or a trained adapter (run dir / checkpoint); prompts from args or a file",
+    ),
+    "report": ("report", "plots (metrics.png) and report.md for a PPO run directory"),
+    "serve-reward": (
+        "serve_reward",
+        "serve the config's reward sources over HTTP (POST prompts/completions/columns -> rewards)",
+    ),
+}
 
 
 PLAN_HELP = "memory plan: bytes per role for the separate and fused layouts (no weights loaded), plan.json"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Every command; the options of a tool only when `command` is that tool."""
     parser = argparse.ArgumentParser(
         prog="rlhf-ray",
         description="RLHF (PPO) with quantized LoRA models on Ray. Every subcommand takes --config, "
@@ -93,9 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
                 help="list every key (type, default, meaning) of these sections or section.keys (all if none)",
             )
         p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
-    for name, module in TOOLS.items():
-        tool = importlib.import_module(f"rlhf_ray.tools.{module}")
-        tool.add_arguments(sub.add_parser(name, help=tool.HELP, description=tool.HELP))
+    for name, (module, help_text) in TOOLS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == command:
+            importlib.import_module(f"rlhf_ray.tools.{module}").add_arguments(p)
     p = sub.add_parser("plan", help=PLAN_HELP, description=PLAN_HELP)
     p.add_argument("--config", help="YAML config file (defaults are built in)")
     p.add_argument("--gpu-memory-gb", type=float, help="plan for one GPU of this size (default: the config's device)")
@@ -105,7 +122,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _plan(cfg: Config, args: argparse.Namespace) -> int:
-    from rlhf_ray.runtime.plan import choose_layout, format_plan, make_plan
 
     plan = make_plan(cfg, args.gpu_memory_gb, choose=False)
     try:
@@ -116,9 +132,13 @@ def _plan(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _command(argv: list[str]) -> str:
+    return next((t for t in argv if not t.startswith("-")), "")
+
+
 def reject_dashed_keys(argv: list[str]) -> None:
     """`--ppo.iterations=3` (the habit of argparse-based tools) -> a one-line hint naming `ppo.iterations=3`."""
-    command = next((t for t in argv if not t.startswith("-")), "")
+    command = _command(argv)
     if command in TOOLS:  # eval/generate/report have options of their own (--adapter, --prompt, ...)
         return
     for i, token in enumerate(argv):
@@ -170,8 +190,6 @@ def _config_text(args: argparse.Namespace, cfg: Config) -> str:
 
 def finished_run(run_dir: Path, cfg: Config) -> dict | None:
     """The stored summary of a PPO run whose checkpoints already reach ppo.iterations, else None."""
-    from rlhf_ray.stages.common import DONE
-    from rlhf_ray.store.checkpoint import latest_checkpoint, read_json
 
     checkpoint = latest_checkpoint(run_dir)
     reached = read_json(checkpoint / "driver_state.json")["iteration"] if checkpoint else 0
@@ -188,14 +206,14 @@ def main(argv: list[str] | None = None) -> int:
         reject_dashed_keys(argv)
     except UserError as exc:
         return _fail(exc)
-    args = build_parser().parse_args(argv)
+    args = build_parser(_command(argv)).parse_args(argv)
     if getattr(args, "explain", None):  # `--explain ppo ppo.lr=1e-3`: nargs="*" took the override too
         args.overrides += [w for w in args.explain if "=" in w]
         args.explain = [w for w in args.explain if "=" not in w]
     if args.command in TOOLS:  # they read a run directory: no new run dir, its config.yaml is kept
         logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         try:
-            result = importlib.import_module(f"rlhf_ray.tools.{TOOLS[args.command]}").main(args)
+            result = importlib.import_module(f"rlhf_ray.tools.{TOOLS[args.command][0]}").main(args)
         except UserError as exc:
             return _fail(exc)
         print(json.dumps(result, default=str))
@@ -248,7 +266,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _stopped(exc: KeyboardInterrupt, command: str, run_dir: Path | None) -> int:
     """One line: what was kept and the command that continues (exit status 128 + signal number)."""
-    from rlhf_ray.store.checkpoint import latest_checkpoint, read_json
 
     signum = getattr(exc, "signum", signal.SIGINT)
     name = signal.Signals(signum).name

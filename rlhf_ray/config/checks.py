@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from rlhf_ray.config.help import one_of
 from rlhf_ray.errors import ConfigError
+from rlhf_ray.store.refs import is_asset_name, looks_like_path
 
 if TYPE_CHECKING:
     from rlhf_ray.config.schema import Config
@@ -113,8 +114,6 @@ def _check(ok: bool, key: str, problem: str) -> None:
 
 def check_model_ref(key: str, ref: str) -> None:
     """A model/dataset reference that looks like a local path must exist."""
-    from rlhf_ray.store.refs import is_asset_name, looks_like_path
-
     if is_asset_name(ref) or Path(ref).expanduser().exists():
         return
     _check(not looks_like_path(ref), key, f"path {ref} does not exist")

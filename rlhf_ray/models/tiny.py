@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rlhf_ray.data.prompts import load_text_dataset
 from rlhf_ray.store.checkpoint import publish_once, temp_dir
 
 VOCAB_SIZE = 512
@@ -17,8 +18,6 @@ SPECIAL = ["<pad>", "<eos>", "<unk>", "[CLS]", "[SEP]"]
 def build_tokenizer(vocab_size: int = VOCAB_SIZE):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
-
-    from rlhf_ray.data.prompts import load_text_dataset
 
     texts = load_text_dataset("imdb", "train")["text"].to_pylist()[:2000]
     tok = Tokenizer(models.BPE(unk_token="<unk>"))

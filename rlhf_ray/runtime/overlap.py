@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 
 from rlhf_ray.data.prompts import PromptState, PromptStream
 from rlhf_ray.errors import StaleGeneratorError
+from rlhf_ray.runtime.recovery import timed_get
 
 
 @dataclass
@@ -41,7 +42,6 @@ class RolloutSource:
     def take(self, iteration: int) -> Batch:
         """The rollouts of `iteration` (waits for them); with overlap, iteration+1 starts sampling now.
         Taking the same iteration again (a redo after a recovery) samples it again from the same prompts."""
-        from rlhf_ray.runtime.recovery import timed_get
 
         if self.current is not None and self.current[0] == iteration:
             self.stream.state, self.ahead = replace(self.current[1]), None

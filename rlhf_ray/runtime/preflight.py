@@ -10,11 +10,12 @@ from pathlib import Path
 from rlhf_ray.config.schema import Config
 from rlhf_ray.data.prompts import longest_prompt, prompt_set
 from rlhf_ray.errors import ConfigError, UserError
-from rlhf_ray.models.policy import load_tokenizer
+from rlhf_ray.models.assets import resolve_model
+from rlhf_ray.models.policy import load_tokenizer, target_modules_for
+from rlhf_ray.runtime.placement import check_fits, role_specs
 
 
 def check_ppo(cfg: Config) -> None:
-    from rlhf_ray.models.assets import resolve_model
 
     check_local_gpus(cfg)
     policy = resolve_model(cfg.model.policy, cfg.cache_dir())
@@ -41,8 +42,6 @@ def check_local_gpus(cfg: Config) -> None:
     """A local Ray gets this machine's GPUs and no more: asking for more can never be placed."""
     import ray
 
-    from rlhf_ray.runtime.placement import check_fits, role_specs
-
     c = cfg.cluster
     if ray.is_initialized():  # already attached (a test session, a job driver): ask the cluster
         check_fits(role_specs(c))
@@ -67,8 +66,6 @@ def check_policy(cfg: Config, path: str, longest_prompt: tuple[int, str]) -> Non
     # The longest prompt plus the response must fit the model's context, and every LoRA target must exist.
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
-
-    from rlhf_ray.models.policy import target_modules_for
 
     config = AutoConfig.from_pretrained(path)
     context = getattr(config, "max_position_embeddings", None)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from rlhf_ray.config.schema import Config
 from rlhf_ray.errors import UserError
+from rlhf_ray.models.adapter import merge_adapter
+from rlhf_ray.models.assets import resolve_model
 from rlhf_ray.stages.common import begin, finish
 from rlhf_ray.store.checkpoint import replace_dir, temp_dir
 
@@ -26,8 +28,6 @@ def dir_size(directory: Path) -> int:
 
 
 def run(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
-    from rlhf_ray.models.adapter import merge_adapter
-    from rlhf_ray.models.assets import resolve_model
 
     if cfg.merge.adapter is None:
         raise UserError(

@@ -15,11 +15,16 @@ from pathlib import Path
 import torch
 
 from rlhf_ray.config.schema import Config
+from rlhf_ray.data.prompts import load_text_dataset
 from rlhf_ray.errors import UserError
-from rlhf_ray.models.policy import role_device
+from rlhf_ray.models.adapter import save_adapter
+from rlhf_ray.models.assets import resolve_model
+from rlhf_ray.models.policy import attach_lora, load_causal_lm, load_tokenizer, role_device
 from rlhf_ray.stages.common import begin, finish, prepare_worker, stream_task
 from rlhf_ray.store import seeds
 from rlhf_ray.store.checkpoint import read_dir, write_dir
+from rlhf_ray.store.provenance import model_card
+from rlhf_ray.store.refs import portable_ref
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +36,6 @@ MAX_GRAD_NORM = 1.0  # clip: a fresh LoRA at a high lr can spike on an odd batch
 def shuffled_texts(ref: str, split: str, text_field: str, seed: int, limit: int | None = None) -> list[str]:
     """A seeded shuffle of one split. The embedded IMDB file is sorted by label, so taking the
     first rows unshuffled would give only negative reviews."""
-    from rlhf_ray.data.prompts import load_text_dataset
 
     texts = load_text_dataset(ref, split, text_field)["text"].to_pylist()
     return [texts[i] for i in seeds.permutation(len(texts), seed)[:limit]]
@@ -136,11 +140,6 @@ def sft_rows(s, tokenizer, seed: int) -> tuple[list[list[int]], list[list[int]]]
 
 def train_sft(cfg: Config) -> Iterator[tuple[str, dict]]:
     """Ray task body: yields ("step", record) per optimizer step, then ("done", {files, metrics})."""
-    from rlhf_ray.models.adapter import save_adapter
-    from rlhf_ray.models.assets import resolve_model
-    from rlhf_ray.models.policy import attach_lora, load_causal_lm, load_tokenizer
-    from rlhf_ray.store.provenance import model_card
-    from rlhf_ray.store.refs import portable_ref
 
     s, m, seed = cfg.sft, cfg.model, cfg.run.seed
     prepare_worker(seed, cfg.cluster.torch_threads)

@@ -18,6 +18,7 @@ import traceback
 from pathlib import Path
 
 from rlhf_ray.store.checkpoint import atomic_write
+from rlhf_ray.store.refs import is_asset_name, portable_ref
 
 RUN_INFO = "run_info.json"
 CONSOLE_LOG = "console.log"
@@ -184,8 +185,6 @@ def model_card(cfg, stage: str, figures: dict) -> str:
     """README.md of an exported adapter: its base (as the user named it), how to load it, the
     recipe (the config sections that shaped it) and its final figures."""
     import yaml
-
-    from rlhf_ray.store.refs import is_asset_name, portable_ref
 
     base = portable_ref(cfg.model.policy)
     elsewhere = (

@@ -14,17 +14,22 @@ import logging
 from collections import Counter
 from pathlib import Path
 
+from rlhf_ray.actors.scorer import RewardScorer
 from rlhf_ray.batch import Prompt
 from rlhf_ray.config.schema import Config
 from rlhf_ray.data.prompts import prompt_stream, rollout_rows
+from rlhf_ray.models.forward import response_stats
+from rlhf_ray.models.generate import sample
+from rlhf_ray.models.policy import reference_mode
+from rlhf_ray.rewards.sources import check_sources
 from rlhf_ray.runtime.metrics import sample_scores
+from rlhf_ray.stages.ppo import reward_sources
 from rlhf_ray.store import seeds
 from rlhf_ray.store.checkpoint import atomic_write
 from rlhf_ray.tools.runs import find_adapter, load_trained_policy, run_config
 
 log = logging.getLogger(__name__)
 
-HELP = "score the trained policy vs its reference on held-out prompts (eval.json + Parquet)"
 ROWS = [
     ("reward/mean", "mean reward"),
     ("reward/positive_rate", "positive rate"),
@@ -75,10 +80,6 @@ def distinct_n(texts: list[str], n: int) -> float:
 def _sample_and_score(cfg: Config, model, tokenizer, scorer, prompts: list[Prompt], reference: bool) -> dict:
     """Responses, scores and per-sequence KL to the reference (k1, summed over tokens, own samples)."""
     import torch
-
-    from rlhf_ray.models.forward import response_stats
-    from rlhf_ray.models.generate import sample
-    from rlhf_ray.models.policy import reference_mode
 
     g, rows = cfg.generate, {"prompt": [], "response": [], "score": [], "kl": [], "length": []}
     for start in range(0, len(prompts), cfg.eval.batch_size):
@@ -139,10 +140,6 @@ def summarize(rows: dict, score_kind: str) -> dict:
 def evaluate(cfg: Config, adapter, out: Path) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from rlhf_ray.actors.scorer import RewardScorer
-    from rlhf_ray.rewards.sources import check_sources
-    from rlhf_ray.stages.ppo import reward_sources
 
     check_sources(cfg)  # a reward function's file and name, before any model loads
     model, tokenizer = load_trained_policy(cfg, adapter)

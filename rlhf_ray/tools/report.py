@@ -11,8 +11,8 @@ from rlhf_ray.config.schema import RewardSourceConfig
 from rlhf_ray.errors import UserError
 from rlhf_ray.runtime.metrics import PHASES, plot_metrics, read_metrics, source_keys
 from rlhf_ray.store.checkpoint import atomic_write
+from rlhf_ray.tools.evaluate import format_table
 
-HELP = "plots (metrics.png) and report.md for a PPO run directory"
 CONFIG_KEYS = [
     "model.policy",
     "model.quant",
@@ -107,7 +107,6 @@ def _final_figures(rows: list[dict]) -> list[str]:
 
 
 def _eval_section(run_dir: Path) -> list[str]:
-    from rlhf_ray.tools.evaluate import format_table
 
     path = run_dir / "eval.json"
     if not path.is_file():

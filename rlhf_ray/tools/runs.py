@@ -9,8 +9,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from rlhf_ray.actors.common import init_process, load_policy
+from rlhf_ray.batch import AdapterPayload
 from rlhf_ray.config.schema import Config, load_config
 from rlhf_ray.errors import UserError
+from rlhf_ray.models.adapter import import_adapter
+from rlhf_ray.models.assets import resolve_model
+from rlhf_ray.models.policy import load_tokenizer, ppo_numerics
 from rlhf_ray.store.checkpoint import latest_checkpoint
 
 
@@ -24,7 +29,6 @@ class TrainedAdapter:
 
     def payload(self):
         """An AdapterPayload import_adapter accepts (verified against the recorded hash, if any)."""
-        from rlhf_ray.batch import AdapterPayload
 
         file = self.path if self.path.is_file() else self.path / "adapter_model.safetensors"
         data = file.read_bytes()
@@ -70,11 +74,6 @@ def load_trained_policy(cfg: Config, adapter: TrainedAdapter | None, device: str
 
     Without an adapter the fresh LoRA has B = 0, so the model is the base policy itself."""
     import torch
-
-    from rlhf_ray.actors.common import init_process, load_policy
-    from rlhf_ray.models.adapter import import_adapter
-    from rlhf_ray.models.assets import resolve_model
-    from rlhf_ray.models.policy import load_tokenizer, ppo_numerics
 
     init_process(cfg)
     policy_path = resolve_model(cfg.model.policy, cfg.cache_dir())

@@ -6,9 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from rlhf_ray.errors import UserError
+from rlhf_ray.models.generate import sample
 from rlhf_ray.tools.runs import find_adapter, load_trained_policy, run_config
-
-HELP = "sample from the base policy or a trained adapter (run dir / checkpoint); prompts from args or a file"
 
 
 def add_arguments(parser) -> None:
@@ -48,7 +47,6 @@ def read_prompts(args) -> list[str]:
 
 
 def main(args) -> dict:
-    from rlhf_ray.models.generate import sample
 
     prompts = read_prompts(args)
     adapter = find_adapter(args.adapter) if args.adapter else None

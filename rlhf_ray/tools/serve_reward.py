@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from rlhf_ray.config.schema import load_config
 from rlhf_ray.errors import UserError
-
-HELP = "serve the config's reward sources over HTTP (POST prompts/completions/columns -> rewards)"
+from rlhf_ray.models.policy import role_device
+from rlhf_ray.rewards.server import RewardServer
+from rlhf_ray.rewards.sources import RewardSources, check_sources
+from rlhf_ray.stages.ppo import reward_sources
 
 
 def add_arguments(parser) -> None:
@@ -19,10 +21,6 @@ def add_arguments(parser) -> None:
 
 def main(args) -> dict:
     # Imported here: the CLI imports every tool module to build its parser, and these pull in torch and Ray.
-    from rlhf_ray.models.policy import role_device
-    from rlhf_ray.rewards.server import RewardServer
-    from rlhf_ray.rewards.sources import RewardSources, check_sources
-    from rlhf_ray.stages.ppo import reward_sources
 
     cfg = load_config(args.config, args.overrides)
     remote = [s.resolved_name() for s in cfg.reward.source_list() if s.kind == "http"]
