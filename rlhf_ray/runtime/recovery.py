@@ -146,16 +146,18 @@ class Supervisor:
             log.warning("iteration %d: %s failed (%s); restarting it", iteration, name, why)
             if name != "unknown":
                 self.roles.restart(name)
-        self.restore()
-        for name, why in failed.items():
-            self.events.write(
-                kind="recovery",
-                role=name,
-                iteration=iteration,
-                cause=why,
-                seconds_lost=round(time.perf_counter() - t0, 3),
-                restarts=self.restarts[name],
-            )
+        try:
+            self.restore()
+        finally:  # logged also when the restore fails and the recovery goes round again: no fault unlisted
+            for name, why in failed.items():
+                self.events.write(
+                    kind="recovery",
+                    role=name,
+                    iteration=iteration,
+                    cause=why,
+                    seconds_lost=round(time.perf_counter() - t0, 3),
+                    restarts=self.restarts[name],
+                )
 
     def failed_roles(self) -> dict[str, str]:
         """Ping every actor: dead ones and ones that do not answer within the call timeout."""

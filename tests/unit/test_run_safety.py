@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -198,3 +200,40 @@ def test_the_conversion_key_hashes_the_files_content(tmp_path):
     assert first == file_sha256(path, tmp_path / "cache")  # remembered
     path.write_bytes(b"b" * 4096)  # same path and size, new content
     assert file_sha256(path, tmp_path / "cache") != first
+
+
+def test_the_job_upload_leaves_secrets_behind():
+    import yaml
+    from ray._private.runtime_env.packaging import _get_excludes
+
+    root = Path(__file__).resolve().parents[2]
+    excluded = _get_excludes(root, yaml.safe_load((root / "jobs/runtime_env.yaml").read_text())["excludes"])
+    for secret in (".env", "deploy/.env.prod", "certs/server.pem", "credentials", ".aws/credentials", "id_rsa"):
+        assert excluded(root / secret), secret
+    for code in ("rlhf_ray/cli.py", "configs/smoke.yaml", "README.md"):
+        assert not excluded(root / code), code
+
+
+def test_the_dashboard_listens_on_loopback_and_ray_has_token_auth():
+    root = Path(__file__).resolve().parents[2]
+    head = " ".join(yaml_load(root / "cluster.yaml")["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head and "0.0.0.0" not in head
+    (pin,) = re.findall(r'"ray\[default\]>=([0-9.]+)"', (root / "pyproject.toml").read_text())
+    assert tuple(map(int, pin.split("."))) >= (2, 52)  # token auth exists from Ray 2.52
+
+
+def yaml_load(path):
+    import yaml
+
+    return yaml.safe_load(path.read_text())
+
+
+def test_a_relative_run_dir_in_a_ray_job_gets_a_warning_with_an_absolute_path(monkeypatch, caplog):
+    from rlhf_ray.cli import warn_job_relative
+
+    monkeypatch.setenv("RAY_JOB_ID", "02000000")
+    with caplog.at_level(logging.WARNING):
+        warn_job_relative(Path("/abs/run"))
+        assert not caplog.text
+        warn_job_relative(Path("runs/cluster"))
+    assert "relative" in caplog.text and str(Path.home() / "runs" / "cluster") in caplog.text
