@@ -1,8 +1,13 @@
 """Every seed the project derives from `run.seed`, in one place.
 
 Each stream of randomness gets its own mix of (run seed, position), so two streams never share
-draws and a resumed run reproduces the same numbers. The constants are arbitrary primes; changing
-one changes every figure measured with it (docs/benchmarks.md), so they are fixed here for good."""
+draws and a resumed run reproduces the same numbers. The CPU generators of torch (the global one
+and torch.Generator, both MT19937) keep only the low 32 bits of a seed: the top 3 of those 32 bits
+name the stream (sampling is stream 0) and the low 29 carry the mix, so the streams of one run are
+disjoint for every run seed and unique within a stream up to 2**29 positions. Before issue 21 the
+mixes were bare (learner_step(s, 3) == prompt_length(s, 3), and with the default seed 0 every
+stream drew from the same few seeds); sampling's values are unchanged for run seeds below 536, the
+other streams' figures changed then. The constants are arbitrary primes, fixed here for good."""
 
 from __future__ import annotations
 
@@ -10,30 +15,37 @@ from collections.abc import Iterator
 
 import torch
 
+MIX_BITS = 29  # 32 bits that torch's CPU generators keep, less 3 for the stream
+SAMPLING, EVAL_SAMPLING, LEARNER_STEP, PROMPT_ORDER, PROMPT_LENGTH = range(5)
+
+
+def _stream(stream: int, mix: int) -> int:
+    return (stream << MIX_BITS) | (mix % (1 << MIX_BITS))
+
 
 def sampling(run_seed: int, iteration: int, rank: int) -> int:
     """A generator replica's sampling draws for one iteration: reproducible per (run, iteration, shard)."""
-    return run_seed * 1_000_003 + iteration * 1_009 + rank
+    return _stream(SAMPLING, run_seed * 1_000_003 + iteration * 1_009 + rank)
 
 
 def eval_sampling(run_seed: int, first_prompt: int) -> int:
     """Held-out evaluation draws per prompt batch: the same for the reference and the policy."""
-    return run_seed * 1_000_003 + first_prompt
+    return _stream(EVAL_SAMPLING, run_seed * 1_000_003 + first_prompt)
 
 
 def learner_step(run_seed: int, iteration: int) -> int:
     """The learner's minibatch order in one iteration, reproducible on resume."""
-    return run_seed * 7_919 + iteration
+    return _stream(LEARNER_STEP, run_seed * 7_919 + iteration)
 
 
 def prompt_order(run_seed: int, epoch: int) -> int:
     """The order of the prompt dataset in one pass over it."""
-    return run_seed * 1_000 + epoch
+    return _stream(PROMPT_ORDER, run_seed * 1_000 + epoch)
 
 
 def prompt_length(run_seed: int, index: int) -> int:
     """The length of the opening cut from dataset row `index`: a function of (seed, row) only."""
-    return run_seed * 7_919 + index
+    return _stream(PROMPT_LENGTH, run_seed * 7_919 + index)
 
 
 def permutation(n: int, seed: int) -> list[int]:
