@@ -11,28 +11,36 @@ from rlhf_ray.actors.scorer import RewardScorer
 from rlhf_ray.config.schema import load_config
 from rlhf_ray.errors import StaleRolloutError
 
+SMOKE_ONE_STEP = ["ppo.epochs=1", "ppo.mini_batch_size=4", "ppo.batch_size=4"]
+PROMPTS = ["This movie was", "The plot", "I loved", "Awful"]
 
-@pytest.fixture(scope="module")
+
+@pytest.fixture
 def roles(tiny_lm, tiny_classifier):
+    """Fresh roles per test (about a second): no test depends on what another did to them."""
     # One PPO step over the whole batch: the only minibatch sees exactly the sampling-time policy.
-    cfg = load_config("configs/smoke.yaml", ["ppo.epochs=1", "ppo.mini_batch_size=4", "ppo.batch_size=4"])
+    # The adaptive KL controller moves after a step, so a restored coefficient is a real check.
+    cfg = load_config("configs/smoke.yaml", [*SMOKE_ONE_STEP, "algo.kl_controller=adaptive"])
     return cfg, Generator(cfg, tiny_lm), RewardScorer(cfg, tiny_classifier), Learner(cfg, tiny_lm)
 
 
-def test_generator_refuses_to_sample_without_an_adapter(roles):
-    cfg = roles[0]
-    from rlhf_ray.models.assets import resolve_model
+def learn_once(gen: Generator, scorer: RewardScorer, learner: Learner) -> dict:
+    gen.load_adapter(learner.publish()[0])
+    rollout, _ = gen.generate(PROMPTS, iteration=1)
+    metrics, _ = learner.learn([rollout], [scorer.score(rollout)], iteration=1)
+    return metrics
 
-    fresh = Generator(cfg, resolve_model("tiny-random-llama", cfg.cache_dir()))
+
+def test_generator_refuses_to_sample_without_an_adapter(roles):
     with pytest.raises(StaleAdapterError):
-        fresh.generate(["a prompt"], iteration=1)
+        roles[1].generate(["a prompt"], iteration=1)  # a fresh generator: never synced
 
 
 def test_first_update_starts_at_ratio_one_and_versions_advance(roles):
-    cfg, gen, scorer, learner = roles
+    _, gen, scorer, learner = roles
     payload, receipt = learner.publish()
     assert gen.load_adapter(payload) == (receipt["version"], receipt["sha256"])
-    rollout, info = gen.generate(["This movie was", "The plot", "I loved", "Awful"], iteration=1, with_texts=True)
+    rollout, info = gen.generate(PROMPTS, iteration=1, with_texts=True)
     assert info.policy_version == learner.version and info.responses == rollout.responses
     scores = scorer.score(rollout)
     metrics, new_payload = learner.learn([rollout], [scores], iteration=1)
@@ -45,17 +53,20 @@ def test_first_update_starts_at_ratio_one_and_versions_advance(roles):
 
 
 def test_checkpoint_restores_adapter_optimizer_and_kl_state(roles, tiny_lm):
-    cfg, _, _, learner = roles
+    _, gen, scorer, learner = roles
+    coef = learner.kl_ctl.value
+    learn_once(gen, scorer, learner)  # optimizer moments, a moved KL coefficient, version 1 to restore
+    assert learner.version == 1 and learner.kl_ctl.value != coef and learner.optimizer.state_dict()["state"]
     files = learner.checkpoint()
     assert {"policy.safetensors", "optimizer.pt", "learner_state.json", "adapter/adapter_config.json"} <= set(files)
     other = Learner(
-        load_config("configs/smoke.yaml", ["run.seed=5", "ppo.batch_size=4", "ppo.mini_batch_size=4"]), tiny_lm
+        load_config("configs/smoke.yaml", [*SMOKE_ONE_STEP, "algo.kl_controller=adaptive", "run.seed=5"]), tiny_lm
     )
     assert other.adapter().sha256 != learner.adapter().sha256
-    assert other.restore(files) == learner.version
+    assert other.restore(files) == learner.version == 1
     assert other.adapter().sha256 == learner.adapter().sha256
     a, b = learner.optimizer.state_dict()["state"], other.optimizer.state_dict()["state"]
-    assert a.keys() == b.keys() and all(torch.equal(a[k]["exp_avg"], b[k]["exp_avg"]) for k in a)
+    assert a and a.keys() == b.keys() and all(torch.equal(a[k]["exp_avg"], b[k]["exp_avg"]) for k in a)
     assert other.kl_ctl.value == learner.kl_ctl.value
 
 
