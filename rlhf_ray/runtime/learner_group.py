@@ -70,4 +70,7 @@ class LearnerGroup:
     def restore(self, files: dict[str, bytes]):
         """Every rank loads the same checkpoint; -> ref of the restored version."""
         files_ref = ray.put(files)
-        return _same.remote(*[a.restore.remote(files_ref) for a in self.actors])
+        refs = [a.restore.remote(files_ref) for a in self.actors]
+        # One learner: its own answer, as in learn(). A task would need a worker process, whose start
+        # on a loaded node can take longer than the call timeout a recovery's restore runs under.
+        return refs[0] if len(refs) == 1 else _same.remote(*refs)
