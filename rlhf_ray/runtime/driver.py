@@ -92,7 +92,8 @@ def train(cfg: Config, run_dir: Path, policy_path: str, policy: ModelRef, reward
         start = 1
         if ckpt is not None:
             files = read_dir(ckpt)
-            timed_get(roles.learner.restore(files), cfg.cluster.call_timeout_s)
+            # part of starting: loading the optimizer state can take as long as loading the model
+            timed_get(roles.learner.restore(files), cfg.cluster.start_timeout_s)
             driver_state = json.loads(files["driver_state.json"])
             stream.state = PromptState(**driver_state["prompts"])
             start = driver_state["iteration"] + 1
