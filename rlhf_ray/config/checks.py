@@ -24,8 +24,6 @@ POSITIVE = (
     "generate.temperature",
     "reward.batch_size",
     "reward.max_length",
-    "reward.train_size",
-    "reward.eval_size",
     "reward.epochs",
     "reward.lr",
     "reward.train_batch_size",
@@ -81,6 +79,7 @@ MODEL_REFS = (
     "model.policy",
     "reward.backbone",
     "reward.model",
+    "reward.dataset",
     "merge.adapter",
     "data.dataset",
     "sft.dataset",
@@ -96,6 +95,7 @@ def validate(cfg: Config, given: tuple[set[str], ...] = ()) -> None:
     _validate_layout(cfg)
     _validate_sampling_and_logging(cfg)
     _validate_data(cfg)
+    _validate_reward_objective(cfg)
     _validate_reward_sources(cfg)
     for key in MODEL_REFS:
         if value_of(cfg, key) is not None:
@@ -312,8 +312,14 @@ def _validate_reward_sources(cfg: Config) -> None:
                 f"{key}.{target}",
                 f"is not read by kind {src.kind} (only by {one_of(_kinds_reading(target))}); remove it",
             )
-        if src.kind != "classifier":  # a classifier without a model: reward.model or the reward stage's output
-            _check(getattr(src, needed[0]) is not None, f"{key}.{needed[0]}", f"kind {src.kind} needs it; set it")
+        # The kind the reward stage trains (classifier, or model under objective=pairwise) may leave `model`
+        # unset: reward.model, else the reward stage's output.
+        if src.kind != _trained_kind(cfg):
+            problem = f"kind {src.kind} needs it; set it"
+            if src.kind == "classifier":
+                problem = "kind classifier needs it under reward.objective=pairwise (its output is a scalar model: "
+                problem += "use kind model), or set it"
+            _check(getattr(src, needed[0]) is not None, f"{key}.{needed[0]}", problem)
         if src.model is not None:
             check_model_ref(f"{key}.model", src.model)
         if src.kind == "function":
@@ -331,6 +337,32 @@ def _validate_reward_sources(cfg: Config) -> None:
                 "give each source a distinct `name`",
             )
         seen[name] = key
+
+
+def _trained_kind(cfg: Config) -> str:
+    return "model" if cfg.reward.objective == "pairwise" else "classifier"
+
+
+def _validate_reward_objective(cfg: Config) -> None:
+    """Training sizes (None = the objective's default) and a dataset of the objective's shape."""
+    r = cfg.reward
+    for key in ("train_size", "eval_size"):
+        value = getattr(r, key)
+        _check(value is None or value > 0, f"reward.{key}", f"must be > 0 (or null for the default); got {value}")
+    embedded = {"classifier": "imdb", "pairwise": "imdb-pairs"}  # each objective's embedded set
+    for objective, other in (("pairwise", "imdb"), ("classifier", "imdb-pairs")):
+        _check(
+            not (r.objective == objective and r.dataset == other),
+            "reward.dataset",
+            f"{other} does not fit reward.objective={objective}: use {embedded[objective]} (the default) "
+            f"or a file of {'prompt/chosen/rejected' if objective == 'pairwise' else 'text/label'} rows",
+        )
+    # The default source under pairwise is the scalar model: its one output is the reward, no probability.
+    _check(
+        not (r.objective == "pairwise" and not r.sources and r.score == "prob"),
+        "reward.score",
+        "prob needs a 2-label classifier; reward.objective=pairwise trains a scalar model: use logit_margin",
+    )
 
 
 def _kinds_reading(target: str) -> list[str]:

@@ -21,7 +21,8 @@ class RewardSourceConfig:
     # This source's factor in the combined reward: sum of weight x value over the sources that returned a value.
     weight: float = 1.0
     # classifier: its directory (None -> reward.model, else the reward stage's output); model: a local
-    # directory, embedded asset or hub id of a sequence-classification model with num_labels 1.
+    # directory, embedded asset or hub id of a sequence-classification model with num_labels 1 (None under
+    # reward.objective=pairwise -> reward.model, else the reward stage's output).
     model: str | None = None
     # function: "path/to/file.py:name" (the file travels to the scorers) or "package.module:name" (importable on
     # every node); called as fn(prompts, completions, **columns) -> list[float | None], async def allowed.
@@ -37,8 +38,8 @@ class RewardSourceConfig:
         """`name`, else one derived from the kind and its target."""
         if self.name is not None:
             return self.name
-        if self.kind == "model":
-            return f"model:{Path(str(self.model).rstrip('/')).name}"
+        if self.kind == "model":  # no model: the pairwise reward stage's output
+            return f"model:{Path(self.model.rstrip('/')).name}" if self.model else "pairwise"
         if self.kind == "function":
             return f"fn:{str(self.function).rpartition(':')[2]}"
         if self.kind == "http":

@@ -115,7 +115,7 @@ def resolve_model(ref: str, cache_dir: Path) -> str:
         return str(path)
     local = Path(ref).expanduser()
     if local.exists():
-        if not (local / "config.json").exists():
+        if not (local / "config.json").exists() and not (local / "adapter_config.json").exists():  # a LoRA reward
             raise UserError(f"model path {local} has no config.json: point it at a transformers checkpoint directory")
         return str(local)
     if looks_like_path(ref):

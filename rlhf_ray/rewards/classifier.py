@@ -52,8 +52,10 @@ def load_classifier(path: str, quant: str = "none", device: str = "cpu"):
         from peft import PeftModel
 
         labels = json.loads((root / "labels.json").read_text()) if (root / "labels.json").exists() else {}
+        # The trained head comes with the adapter (modules_to_save): a head of another size in the
+        # base (a 2-label classifier under a scalar reward model) is replaced, not an error.
         base = AutoModelForSequenceClassification.from_pretrained(
-            base_path, num_labels=len(labels) or 2, id2label=labels or None, **kwargs
+            base_path, num_labels=len(labels) or 2, id2label=labels or None, ignore_mismatched_sizes=True, **kwargs
         )
         model = PeftModel.from_pretrained(base, str(root))
     else:

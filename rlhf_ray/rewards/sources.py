@@ -133,7 +133,7 @@ def check_sources(cfg: Config) -> None:
         key = f"reward.sources[{i}]"
         if src.kind == "function":
             load_function(function_ref(f"{key}.function", src.function), Path(cfg.cache_dir()))
-        if src.kind == "model":
+        if src.kind == "model" and src.model is not None:  # None: the pairwise reward stage's output
             path = resolve_model(src.model, cfg.cache_dir())
             if (Path(path) / "config.json").is_file():  # a hub id is checked when a scorer loads it
                 labels = AutoConfig.from_pretrained(path).num_labels

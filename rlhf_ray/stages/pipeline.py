@@ -26,6 +26,12 @@ def _with(cfg: Config, section: str, **changes) -> Config:
     return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **changes)})
 
 
+def check(cfg: Config) -> None:
+    """Up front, before Ray: the reward stage's pair set (the other stages' inputs may not exist yet)."""
+    if "reward" in cfg.pipeline.stages:
+        reward.check(cfg)
+
+
 def run(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
     stages = cfg.pipeline.stages
     outputs: dict[str, str] = {}

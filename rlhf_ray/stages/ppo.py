@@ -32,25 +32,29 @@ def reward_model_path(cfg: Config) -> str:
 def reward_sources(cfg: Config, publish: bool = True, train: bool = True) -> tuple[list[SourceSpec], dict]:
     """What the reward scorers build, and run_info.json's record of each reward model. A classifier or
     model directory is published once into the object store (`publish`; else its local path, for
-    scoring in this process); a classifier without a model is the reward stage's output, trained
-    here if it is not cached and `train` allows it."""
+    scoring in this process); a source of the kind the reward stage trains (classifier, or model
+    under reward.objective=pairwise) without a model is reward.model, else the reward stage's output,
+    trained here if it is not cached and `train` allows it."""
     models, records = {}, {}
+    trained = "model" if cfg.reward.objective == "pairwise" else "classifier"
     for i, src in enumerate(cfg.reward.source_list()):
         if src.kind not in ("classifier", "model"):
             continue
-        configured = src.model if src.kind == "model" else src.model or cfg.reward.model
+        configured = src.model or (cfg.reward.model if src.kind == trained else None)
         if configured is not None:
             path = resolve_model(configured, cfg.cache_dir())
         elif train or is_done(stage_dir(cfg, "reward")):
             path = reward_model_path(cfg)
         else:
             raise UserError(
-                "the classifier reward source has no model and the reward stage's output is not cached: "
+                f"the {src.kind} reward source has no model and the reward stage's output is not cached: "
                 "set reward.model (or the source's model), or run `rlhf-ray reward` with this config first"
             )
         models[i] = share(configured or path) if publish else path
         name = src.resolved_name()
-        records["reward" if name == "classifier" else f"reward:{name}"] = model_reference(configured, path)
+        # The default source (the classifier, or the pairwise model) is recorded as `reward`, as before sources.
+        default = name == "classifier" or not cfg.reward.sources
+        records["reward" if default else f"reward:{name}"] = model_reference(configured, path)
     return source_specs(cfg, models), records
 
 

@@ -1,6 +1,14 @@
-"""Recipe step 2b: train the sentiment reward classifier on labelled reviews (IMDB by default).
+"""Recipe step 2b: train the reward model (`rlhf-ray reward`).
 
-`reward.method=full` fine-tunes the whole (small) encoder with a fresh 2-label head;
+reward.objective=classifier: a 2-label sentiment classifier on labelled reviews (IMDB by default),
+cross-entropy; PPO scores with its logit margin (a `kind: classifier` source).
+reward.objective=pairwise: a scalar reward model (one output) on preference pairs of prompt,
+chosen and rejected text (rlhf_ray.data.pairs; the embedded imdb-pairs or a user's file),
+Bradley-Terry loss -logsigmoid(r(prompt + chosen) - r(prompt + rejected)); PPO scores with its
+output (a `kind: model` source). Both share the model set-up, the optimizer loop (fit) and the
+output layout; each reports its held-out accuracy before and after training.
+
+`reward.method=full` fine-tunes the whole (small) encoder with a fresh head;
 `reward.method=lora` trains a LoRA on a `reward.quant`-quantized encoder with the head kept
 trainable (peft's modules_to_save) and saves an adapter dir + labels.json, the layout
 rlhf_ray.rewards.classifier.load_classifier reads. Training runs in a Ray task on the reward scorer's
@@ -9,26 +17,31 @@ run_dir/model, which RewardModel(run_dir/"model") loads."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 
-from rlhf_ray.config.schema import Config
+from rlhf_ray.algo.preference import bradley_terry_loss
+from rlhf_ray.config.schema import Config, RewardConfig
+from rlhf_ray.data.pairs import load_pairs
 from rlhf_ray.errors import UserError
 from rlhf_ray.models.policy import role_device
 from rlhf_ray.stages.common import begin, finish, prepare_worker, stream_task
 from rlhf_ray.stages.sft import MAX_GRAD_NORM
 from rlhf_ray.store import seeds
 from rlhf_ray.store.checkpoint import read_dir, write_dir
+from rlhf_ray.store.refs import IMDB_PAIRS
 
 log = logging.getLogger(__name__)
 
 ID2LABEL = {0: "negative", 1: "positive"}
+SCALAR_LABELS = {0: "reward"}  # the pairwise model's one output (labels.json makes a LoRA load with num_labels 1)
 WARMUP_FRACTION = 0.1  # linear warmup then decay: the usual BERT fine-tuning schedule
 
 
@@ -55,27 +68,84 @@ def encode(tokenizer, texts: list[str], max_length: int, device: str) -> dict[st
 
 
 @torch.no_grad()
-def evaluate(
-    model, tokenizer, texts: list[str], labels: list[int], batch_size: int, max_length: int, device: str
-) -> dict[str, float]:
-    """Held-out accuracy and the mean logit margin (the PPO reward) of positive minus negative texts."""
+def held_out_logits(model, tokenizer, texts: list[str], r: RewardConfig, device: str) -> torch.Tensor:
+    """(N, num_labels) float32 logits on the CPU, in scoring batches (reward.batch_size)."""
     model.eval()
-    logits = torch.cat(
+    return torch.cat(
         [
-            model(**encode(tokenizer, texts[i : i + batch_size], max_length, device)).logits.float().cpu()
-            for i in range(0, len(texts), batch_size)
+            model(**encode(tokenizer, texts[i : i + r.batch_size], r.train_max_length, device)).logits.float().cpu()
+            for i in range(0, len(texts), r.batch_size)
         ]
     )
-    target = torch.tensor(labels)
-    margin = logits[:, 1] - logits[:, 0]
-    return {
-        "accuracy": (logits.argmax(-1) == target).float().mean().item(),
-        "score_gap": (margin[target == 1].mean() - margin[target == 0].mean()).item(),
-    }
 
 
-def build_classifier(cfg: Config, backbone: str, device: str):
-    """A 2-label classifier: the full encoder (method=full) or a quantized one + LoRA (method=lora)."""
+class ClassifierObjective:
+    """Cross-entropy over 0/1 sentiment labels; held-out accuracy and the mean logit margin (the PPO
+    reward) of positive minus negative texts."""
+
+    labels = ID2LABEL
+
+    def __init__(self, r: RewardConfig, seed: int):
+        self.texts, self.targets = labelled_sample(r.dataset, "train", r.train_size, seed)
+        self.eval_texts, self.eval_targets = labelled_sample(r.dataset, "test", r.eval_size, seed)
+        self.report: dict = {}
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def eval_size(self) -> int:
+        return len(self.eval_texts)
+
+    def loss(self, model, tokenizer, rows: list[int], max_length: int, device: str) -> torch.Tensor:
+        enc = encode(tokenizer, [self.texts[j] for j in rows], max_length, device)
+        return model(**enc, labels=torch.tensor([self.targets[j] for j in rows], device=device)).loss
+
+    def evaluate(self, model, tokenizer, r: RewardConfig, device: str) -> dict[str, float]:
+        logits = held_out_logits(model, tokenizer, self.eval_texts, r, device)
+        target = torch.tensor(self.eval_targets)
+        margin = logits[:, 1] - logits[:, 0]
+        return {
+            "accuracy": (logits.argmax(-1) == target).float().mean().item(),
+            "score_gap": (margin[target == 1].mean() - margin[target == 0].mean()).item(),
+        }
+
+
+class PairwiseObjective:
+    """Bradley-Terry over preference pairs, chosen and rejected texts of a step in one forward;
+    held-out pairwise accuracy (share of pairs with r_chosen > r_rejected) and mean margin."""
+
+    labels = SCALAR_LABELS
+
+    def __init__(self, r: RewardConfig, seed: int):
+        data = load_pairs(r.dataset, r.train_size, r.eval_size, seed)
+        self.chosen, self.rejected = data.train.texts()
+        self.eval_chosen, self.eval_rejected = data.heldout.texts()
+        self.report = {"skipped_identical": data.skipped}
+
+    def __len__(self) -> int:
+        return len(self.chosen)
+
+    def eval_size(self) -> int:
+        return len(self.eval_chosen)
+
+    def loss(self, model, tokenizer, rows: list[int], max_length: int, device: str) -> torch.Tensor:
+        texts = [self.chosen[j] for j in rows] + [self.rejected[j] for j in rows]
+        scores = model(**encode(tokenizer, texts, max_length, device)).logits[:, 0]
+        return bradley_terry_loss(scores[: len(rows)], scores[len(rows) :])[0]
+
+    def evaluate(self, model, tokenizer, r: RewardConfig, device: str) -> dict[str, float]:
+        chosen = held_out_logits(model, tokenizer, self.eval_chosen, r, device)[:, 0]
+        rejected = held_out_logits(model, tokenizer, self.eval_rejected, r, device)[:, 0]
+        _, stats = bradley_terry_loss(chosen, rejected)
+        return {"accuracy": stats["accuracy"].item(), "margin": stats["margin"].item()}
+
+
+OBJECTIVES = {"classifier": ClassifierObjective, "pairwise": PairwiseObjective}
+
+
+def build_reward_model(cfg: Config, backbone: str, device: str, id2label: dict[int, str]):
+    """A sequence classifier with len(id2label) outputs: the full encoder (method=full) or a
+    quantized one + LoRA (method=lora)."""
     from transformers import AutoModelForSequenceClassification
 
     from rlhf_ray.models.policy import attach_lora, load_kwargs
@@ -86,9 +156,15 @@ def build_classifier(cfg: Config, backbone: str, device: str):
     kwargs = load_kwargs(quant, device, HEAD_MODULES)
     if r.method == "full" and device == "cuda":
         kwargs["dtype"] = torch.float32  # every weight trains: keep fp32 master weights
-    # A backbone without a head (e.g. MiniLM's BertModel) gets a fresh 2-label one.
+    # A backbone without a head (e.g. MiniLM's BertModel), or with one of another size (a 2-label
+    # classifier as a pairwise backbone), gets a fresh one.
     model = AutoModelForSequenceClassification.from_pretrained(
-        backbone, num_labels=2, id2label=ID2LABEL, label2id={v: k for k, v in ID2LABEL.items()}, **kwargs
+        backbone,
+        num_labels=len(id2label),
+        id2label=id2label,
+        label2id={v: k for k, v in id2label.items()},
+        ignore_mismatched_sizes=True,
+        **kwargs,
     )
     if r.method == "lora":
         # Policy LoRA size; targets None -> the encoder's own defaults (the policy's may not exist here).
@@ -99,105 +175,118 @@ def build_classifier(cfg: Config, backbone: str, device: str):
     return model
 
 
-def save_classifier(model, tokenizer, method: str, directory: Path) -> Path:
+def save_reward_model(model, tokenizer, method: str, id2label: dict[int, str], directory: Path) -> Path:
     """method=full: a plain checkpoint; method=lora: adapter + labels.json (see load_classifier)."""
     model.save_pretrained(str(directory))
     tokenizer.save_pretrained(str(directory))
     if method == "lora":
-        (directory / "labels.json").write_text(json.dumps({str(k): v for k, v in ID2LABEL.items()}))
+        (directory / "labels.json").write_text(json.dumps({str(k): v for k, v in id2label.items()}))
     return directory
 
 
-def train_reward(cfg: Config) -> Iterator[tuple[str, dict]]:
-    """Ray task body: yields ("step", record) per optimizer step, then ("done", {files, metrics})."""
-    from transformers import AutoTokenizer, get_linear_schedule_with_warmup
+def fit(model, r: RewardConfig, rows: int, seed: int, loss_of: Callable[[list[int]], torch.Tensor]) -> Iterator[dict]:
+    """The optimizer loop both objectives share: reward.epochs seeded passes over `rows` training
+    rows in reward.train_batch_size steps, AdamW, linear warmup then decay, gradient clipping.
+    Yields one record per optimizer step."""
+    from transformers import get_linear_schedule_with_warmup
 
-    from rlhf_ray.models.assets import resolve_model
-
-    r, seed = cfg.reward, cfg.run.seed
-    prepare_worker(seed, cfg.cluster.torch_threads)
-    device = role_device(cfg.cluster.scorer_gpus)
-    backbone = resolve_model(r.backbone, cfg.cache_dir())
-    train_texts, train_labels = labelled_sample(r.dataset, "train", r.train_size, seed)
-    eval_texts, eval_labels = labelled_sample(r.dataset, "test", r.eval_size, seed)
-    tokenizer = AutoTokenizer.from_pretrained(backbone)
-    # Keep a long review's END: reviews state their verdict last ("tail" beats "head" truncation on
-    # IMDB, Sun et al. 2019). Saved with the tokenizer, so the scorer truncates the same side.
-    tokenizer.truncation_side = "left"
-    model = build_classifier(cfg, backbone, device)
     params = [p for p in model.parameters() if p.requires_grad]
-    steps = r.epochs * -(-len(train_texts) // r.train_batch_size)
+    steps = r.epochs * -(-rows // r.train_batch_size)
     optimizer = torch.optim.AdamW(params, lr=r.lr, weight_decay=0.01)
     schedule = get_linear_schedule_with_warmup(optimizer, int(WARMUP_FRACTION * steps), steps)
-    before = evaluate(model, tokenizer, eval_texts, eval_labels, r.batch_size, r.train_max_length, device)
     step, start = 0, time.perf_counter()
-    for _, order in zip(range(r.epochs), seeds.permutations(len(train_texts), seed)):
+    for _, order in zip(range(r.epochs), seeds.permutations(rows, seed)):
         for i in range(0, len(order), r.train_batch_size):
             model.train()
-            rows = order[i : i + r.train_batch_size]
-            enc = encode(tokenizer, [train_texts[j] for j in rows], r.train_max_length, device)
-            loss = model(**enc, labels=torch.tensor([train_labels[j] for j in rows], device=device)).loss
+            loss = loss_of(order[i : i + r.train_batch_size])
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
             optimizer.step()
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            yield (
-                "step",
-                {
-                    "step": step,
-                    "loss": loss.item(),
-                    "lr": schedule.get_last_lr()[0],
-                    "elapsed_s": round(time.perf_counter() - start, 2),
-                },
-            )
+            yield {
+                "step": step,
+                "loss": loss.item(),
+                "lr": schedule.get_last_lr()[0],
+                "elapsed_s": round(time.perf_counter() - start, 2),
+            }
+
+
+def train_reward(cfg: Config) -> Iterator[tuple[str, dict]]:
+    """Ray task body: yields ("step", record) per optimizer step, then ("done", {files, metrics})."""
+    from transformers import AutoTokenizer
+
+    from rlhf_ray.models.assets import resolve_model
+
+    r, seed = cfg.reward.resolved(), cfg.run.seed
+    prepare_worker(seed, cfg.cluster.torch_threads)
+    device = role_device(cfg.cluster.scorer_gpus)
+    backbone = resolve_model(r.backbone, cfg.cache_dir())
+    objective = OBJECTIVES[r.objective](r, seed)
+    tokenizer = AutoTokenizer.from_pretrained(backbone)
+    # Keep a long text's END: reviews state their verdict last ("tail" beats "head" truncation on
+    # IMDB, Sun et al. 2019), and a pair's two texts differ in the response, after the prompt.
+    # Saved with the tokenizer, so the scorer truncates the same side.
+    tokenizer.truncation_side = "left"
+    model = build_reward_model(cfg, backbone, device, objective.labels)
+    if tokenizer.pad_token is None:  # a decoder backbone: pad with EOS, the head pools the last real token
+        tokenizer.pad_token = tokenizer.eos_token
+        model.config.pad_token_id = tokenizer.pad_token_id
+    before = objective.evaluate(model, tokenizer, r, device)
+    start, step = time.perf_counter(), 0
+    loss_of = functools.partial(objective.loss, model, tokenizer, max_length=r.train_max_length, device=device)
+    for record in fit(model, r, len(objective), seed, loss_of):
+        step = record["step"]
+        yield "step", record
     train_s = time.perf_counter() - start
-    after = evaluate(model, tokenizer, eval_texts, eval_labels, r.batch_size, r.train_max_length, device)
+    after = objective.evaluate(model, tokenizer, r, device)
     with tempfile.TemporaryDirectory() as tmp:
-        files = read_dir(save_classifier(model, tokenizer, r.method, Path(tmp)))
-    yield (
-        "done",
-        {
-            "files": files,
-            "metrics": {
-                "accuracy_before": before["accuracy"],
-                "accuracy": after["accuracy"],
-                "score_gap": after["score_gap"],
-                "method": r.method,
-                "steps": step,
-                "train_size": len(train_texts),
-                "eval_size": len(eval_texts),
-                "train_s": round(train_s, 1),
-                "trainable_params": sum(p.numel() for p in params),
-            },
-        },
-    )
+        files = read_dir(save_reward_model(model, tokenizer, r.method, objective.labels, Path(tmp)))
+    metrics = {
+        "objective": r.objective,
+        "accuracy_before": before["accuracy"],
+        **after,
+        "method": r.method,
+        "steps": step,
+        "train_size": len(objective),
+        "eval_size": objective.eval_size(),
+        "train_s": round(train_s, 1),
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        **objective.report,
+    }
+    yield "done", {"files": files, "metrics": metrics}
+
+
+def check(cfg: Config) -> None:
+    """A user's pair set read on the driver before Ray starts: missing columns, non-text values and a set
+    left empty fail here in one line. (imdb-pairs is built from the embedded reviews: nothing to check.)"""
+    r = cfg.reward.resolved()
+    if r.objective == "pairwise" and r.dataset != IMDB_PAIRS:
+        load_pairs(r.dataset, r.train_size, r.eval_size, cfg.run.seed)
 
 
 def run(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
     if (done := begin(run_dir, resume)) is not None:
         return done
     start = time.perf_counter()
-    r = cfg.reward
+    r = cfg.reward.resolved()
     options = {"num_gpus": cfg.cluster.scorer_gpus, "num_cpus": cfg.cluster.actor_cpus}
     steps = r.epochs * -(-r.train_size // r.train_batch_size)  # upper bound: the split may hold fewer rows
     result = stream_task(
         cfg.cluster, train_reward, options, (cfg,), total=steps, desc="reward", jsonl=run_dir / "metrics.jsonl"
     )
     model_dir = write_dir(result["files"], run_dir / "model")
+    m = result["metrics"]
+    what = "pairwise accuracy" if r.objective == "pairwise" else "accuracy"
     log.info(
-        "reward: held-out accuracy %.3f -> %.3f; classifier in %s",
-        result["metrics"]["accuracy_before"],
-        result["metrics"]["accuracy"],
+        "reward: held-out %s %.3f -> %.3f; %s model in %s",
+        what,
+        m["accuracy_before"],
+        m["accuracy"],
+        r.objective,
         model_dir,
     )
     return finish(
-        run_dir,
-        {
-            "stage": "reward",
-            "model": str(model_dir),
-            **result["metrics"],
-            "wall_s": round(time.perf_counter() - start, 1),
-        },
+        run_dir, {"stage": "reward", "model": str(model_dir), **m, "wall_s": round(time.perf_counter() - start, 1)}
     )

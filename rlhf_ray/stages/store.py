@@ -3,6 +3,7 @@ it depends on, so the pipeline (and PPO's on-demand reward model) skip work alre
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -19,7 +20,7 @@ from rlhf_ray.store.provenance import collect, write_run_info
 
 log = logging.getLogger(__name__)
 
-# Keys of the reward section that only affect scoring, not the trained classifier.
+# Keys of the reward section that only affect scoring, not the trained reward model.
 _SCORING_ONLY = {"model", "score", "input", "batch_size", "max_length", "sources"}
 
 
@@ -31,7 +32,11 @@ def stage_inputs(cfg: Config, stage: str, upstream: dict[str, str] | None = None
     if stage == "merge":
         return {"policy": d["model"]["policy"], "merge": {**d["merge"], **(upstream or {})}}
     if stage == "reward":
-        return {"seed": d["run"]["seed"], "reward": {k: v for k, v in d["reward"].items() if k not in _SCORING_ONLY}}
+        # Per-objective defaults filled in: a key left unset and the same value set explicitly share an entry.
+        reward = {k: v for k, v in dataclasses.asdict(cfg.reward.resolved()).items() if k not in _SCORING_ONLY}
+        if reward["objective"] == "classifier":
+            del reward["objective"]  # classifier entries cached before reward.objective existed keep their key
+        return {"seed": d["run"]["seed"], "reward": reward}
     raise ValueError(f"stage {stage!r} is not content-addressed")
 
 

