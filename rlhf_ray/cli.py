@@ -28,7 +28,8 @@ STAGES = {
     "ppo": "PPO: Ray actors generate, score and learn (the main job)",
     "sft": "fine-tune a LoRA on a frozen quantized base as a causal LM (recipe step 1)",
     "merge": "fold an adapter into full-precision base weights and save (recipe step 2)",
-    "reward": "train the sentiment reward classifier (recipe step 2b)",
+    "reward": "train the reward model: a sentiment classifier, or a scalar model from preference pairs "
+    "(reward.objective=pairwise)",
     "pipeline": "sft -> merge -> reward -> ppo, skipping stages whose output exists",
     "bench": "time PPO through Ray vs in-process, generation, sync, phases, quantization modes",
 }
