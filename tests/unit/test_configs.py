@@ -7,6 +7,10 @@ from pathlib import Path
 import pytest
 
 from rlhf_ray.config.schema import load_config
+from rlhf_ray.data.prompts import prompt_set
+from rlhf_ray.models.policy import load_tokenizer
+from rlhf_ray.rewards.arithmetic import EXACT_ANSWER
+from rlhf_ray.rewards.sources import check_sources
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 
@@ -32,3 +36,17 @@ def test_cluster_gpu_layout_fills_whole_workers_and_keeps_learners_apart():
     # one replica of each role per 1-GPU worker; NCCL needs the two learners on different GPUs
     assert c.generator_gpus + c.scorer_gpus + c.learner_gpus == pytest.approx(1.0)
     assert c.learner_gpus > 0.5 and c.placement_strategy == "SPREAD"
+
+
+def test_arithmetic_grpo_is_the_verifiable_task(smollm2):
+    """GRPO on the embedded arithmetic problems, scored by the shipped exact-answer function (eval's
+    accuracy), with enough held-out problems for a figure and prompts the policy's template renders."""
+    cfg = load_config(Path(CONFIGS[0]).parent / "arithmetic_grpo.yaml")
+    assert cfg.algo.advantage == "grpo" and cfg.model.policy == "smollm2-135m-instruct"
+    assert cfg.data.dataset.startswith("arithmetic") and cfg.data.chat_template == "auto"
+    assert EXACT_ANSWER in [s.function for s in cfg.reward.source_list()]
+    check_sources(cfg)  # the functions import by module name
+    tokenizer = load_tokenizer(smollm2)
+    train, heldout = prompt_set(cfg, tokenizer, "train"), prompt_set(cfg, tokenizer, "heldout")
+    assert len(heldout) >= 64 and len(train) >= cfg.ppo.batch_size
+    assert all(text.startswith("<|im_start|>") for text in train.texts)
