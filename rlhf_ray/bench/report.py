@@ -75,9 +75,8 @@ def _table(title: str, header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def render(report: dict) -> str:
-    d, q = report["results"]["distributed"], report["results"]["quant"]
-    g, s, h = d["generation"], d["sync"], d["headline"]
-    cfg = report["config"]
+    d, q, cfg = report["results"]["distributed"], report["results"]["quant"], report["config"]
+    h = d["headline"]
     lines = [
         f"rlhf-ray bench  {report['date']}  {report['machine']['cpu']} x{report['machine']['cpus']}  "
         f"policy={cfg['model']['policy']} quant={cfg['model']['quant']} "
@@ -85,12 +84,32 @@ def render(report: dict) -> str:
         f"repeats={cfg['bench']['repeats']} (medians)",
         "",
     ]
-    met = {
-        "ray_over_inprocess": h["ray_over_inprocess"] <= TARGETS["ray_over_inprocess"],
-        "generator_over_bare": h["generator_over_bare"] >= TARGETS["generator_over_bare"],
-    }
-    ok = {k: "ok" if v else "MISSED" for k, v in met.items()}
+    lines += _distribution_table(d)
+    lines += _generation_table(d["generation"], h)
+    lines += _sync_table(d["sync"])
+    p = d["phases"]
     lines += _table(
+        f"(d) phases of a Ray iteration ({p['iteration_s']:.2f} s)",
+        ["phase", "seconds", "%"],
+        [[k, f"{v:.2f}", f"{p['percent'][k]:.1f}"] for k, v in p["seconds"].items()],
+    )
+    lines += _quant_table(q)
+    if "floors" in d:
+        lines += _floors_table(d["floors"])
+    lines += [
+        f"(f) samples/s through Ray on this workload: {h['samples_per_s']:.2f} (automatic choices: "
+        f"generate.reference_logprobs={h.get('reference_logprobs')}, model.dequant_cache={h.get('dequant_cache')})"
+    ]
+    return "\n".join(lines)
+
+
+def _verdict(name: str, met: bool) -> str:
+    return f"target {'<=' if name == 'ray_over_inprocess' else '>='} {TARGETS[name]} {'ok' if met else 'MISSED'}"
+
+
+def _distribution_table(d: dict) -> list[str]:
+    h = d["headline"]
+    return _table(
         "(a) one PPO iteration: Ray actors vs the same roles in one process",
         ["", "seconds", "samples/s"],
         [
@@ -103,41 +122,43 @@ def render(report: dict) -> str:
             [
                 "ratio Ray / in-process",
                 f"{h['ray_over_inprocess']:.3f}",
-                f"target <= {TARGETS['ray_over_inprocess']} {ok['ray_over_inprocess']}",
+                _verdict("ray_over_inprocess", h["ray_over_inprocess"] <= TARGETS["ray_over_inprocess"]),
             ],
         ],
     )
-    lines += _table(
-        "(b) generation, same batch and seed",
-        ["", "seconds", "tokens", "tokens/s", "x bare"],
+
+
+def _generation_table(g: dict, h: dict) -> list[str]:
+    rows = [
         [
-            [
-                name,
-                f"{g[key]['seconds']:.2f}",
-                str(g[key]["tokens"]),
-                f"{g[key]['tokens_per_s']:.1f}",
-                f"{g[key]['tokens_per_s'] / g['bare']['tokens_per_s']:.3f}",
-            ]
-            for name, key in (
-                ("bare model.generate", "bare"),
-                ("Generator in-process", "role"),
-                ("Generator actor", "actor"),
-            )
-        ],
-    )
+            name,
+            f"{g[key]['seconds']:.2f}",
+            str(g[key]["tokens"]),
+            f"{g[key]['tokens_per_s']:.1f}",
+            f"{g[key]['tokens_per_s'] / g['bare']['tokens_per_s']:.3f}",
+        ]
+        for name, key in (
+            ("bare model.generate", "bare"),
+            ("Generator in-process", "role"),
+            ("Generator actor", "actor"),
+        )
+    ]
+    lines = _table("(b) generation, same batch and seed", ["", "seconds", "tokens", "tokens/s", "x bare"], rows)
     if h.get("reference_logprobs"):  # the Generator also does the learner's reference pass
-        lines.insert(
-            -1,
+        note = (
             f"Generators: {h['generator_over_bare']:.3f}x bare; not comparable: with "
-            "generate.reference_logprobs they also compute the reference log-probs",
+            "generate.reference_logprobs they also compute the reference log-probs"
         )
     else:
-        lines.insert(
-            -1,
-            f"slower of the two Generators: {h['generator_over_bare']:.3f}x bare "
-            f"(target >= {TARGETS['generator_over_bare']}: {ok['generator_over_bare']})",
-        )
-    lines += _table(
+        verdict = _verdict("generator_over_bare", h["generator_over_bare"] >= TARGETS["generator_over_bare"])
+        note = f"slower of the two Generators: {h['generator_over_bare']:.3f}x bare ({verdict})"
+    if h.get("dequant_cache"):
+        note += "; bare generate dequantizes int8 weights per matmul, the Generators once per call"
+    return lines[:-1] + [note] + lines[-1:]
+
+
+def _sync_table(s: dict) -> list[str]:
+    return _table(
         "(c) adapter sync per iteration",
         ["", "value"],
         [
@@ -148,13 +169,10 @@ def render(report: dict) -> str:
             ["seconds", f"{s['seconds_per_iteration']:.3f}"],
         ],
     )
-    p = d["phases"]
-    lines += _table(
-        f"(d) phases of a Ray iteration ({p['iteration_s']:.2f} s)",
-        ["phase", "seconds", "%"],
-        [[k, f"{v:.2f}", f"{p['percent'][k]:.1f}"] for k, v in p["seconds"].items()],
-    )
-    lines += _table(
+
+
+def _quant_table(q: dict) -> list[str]:
+    return _table(
         "(e) quantization modes (in-process roles)",
         ["mode", "model MB", "generate tokens/s", "old+ref s", "update s"],
         [
@@ -168,13 +186,6 @@ def render(report: dict) -> str:
             for m, r in q.items()
         ],
     )
-    if "floors" in d:
-        lines += _floors_table(d["floors"])
-    lines += [
-        f"(f) samples/s through Ray on this workload: {h['samples_per_s']:.2f} (automatic choices: "
-        f"generate.reference_logprobs={h.get('reference_logprobs')}, model.dequant_cache={h.get('dequant_cache')})"
-    ]
-    return "\n".join(lines)
 
 
 def _floors_table(f: dict) -> list[str]:
