@@ -249,6 +249,31 @@ def _validate_layout(cfg: Config) -> None:
             f"must be > 0 when cluster.{key} is 0 (a CPU-only actor needs some CPU); got {c.actor_cpus}",
         )
     _validate_gpu_use(cfg)
+    if c.storage is not None:
+        _check_storage(c.storage)
+
+
+# Parsing these with pyarrow.fs connects (S3 looks up the bucket's region, HDFS loads a JVM): they are
+# reached when the first directory is published, before any actor starts.
+REMOTE_STORAGE = ("s3", "gs", "gcs", "hdfs", "viewfs")
+
+
+def _check_storage(uri: str) -> None:
+    key, parts = "cluster.storage", urlsplit(uri)
+    if parts.scheme in REMOTE_STORAGE:
+        _check(bool(parts.netloc), key, f"{uri!r} names no bucket or host")
+        return
+    # pyarrow expands ~ itself, on each node to that node's home
+    _check(bool(parts.scheme) or uri.startswith("/"), key, f"{uri!r} must be an absolute path or a URI")
+    from pyarrow import fs
+
+    try:
+        fs.FileSystem.from_uri(uri)
+    except ValueError as exc:  # pyarrow's ArrowInvalid: not a URI it can parse, or a relative path
+        raise ConfigError(
+            key,
+            f"{uri!r} is not a storage URI ({exc}): use s3://, gs://, hdfs://, file:///abs/path or an absolute path",
+        ) from None
 
 
 def _validate_gpu_use(cfg: Config) -> None:

@@ -276,6 +276,10 @@ class ClusterConfig:
     # separate: one actor per role, each with its own base; fused: one process hosts generator +
     # learner over ONE base; auto: separate if the memory plan fits, else fused.
     layout: Literal["separate", "fused", "auto"] = "auto"
+    # Where published model directories (a trained reward model, a merged policy) live for the actors: a
+    # pyarrow.fs URI (s3://bucket/path, gs://bucket/path, hdfs://host/path, file:///abs/path) or an absolute
+    # path every node mounts; None -> they travel through the Ray object store, in chunks.
+    storage: str | None = None
 
 
 @dataclass

@@ -14,9 +14,23 @@ from rlhf_ray.runtime.layout import planned, role_layout
 from rlhf_ray.runtime.placement import attached, check_fits
 from rlhf_ray.stages.common import DONE, is_done
 from rlhf_ray.stages.store import ensure_stage, stage_dir
-from rlhf_ray.store.artifacts import share
+from rlhf_ray.store.artifacts import ModelRef, share
 from rlhf_ray.store.checkpoint import atomic_write
 from rlhf_ray.store.provenance import model_reference, record_models
+
+
+def shared(cfg: Config, ref: str) -> ModelRef:
+    """What actors get for a model reference (store.artifacts.share): a local directory is published
+    to cluster.storage when it is set, else into the object store."""
+    try:
+        return share(ref, cfg.cluster.storage)
+    except OSError as exc:
+        if cfg.cluster.storage is None:
+            raise
+        raise UserError(
+            f"cannot publish {ref} to cluster.storage={cfg.cluster.storage}: {str(exc).splitlines()[0]} "
+            "(check the URI, that this machine can write there and its credentials, or unset cluster.storage)"
+        ) from None
 
 
 def reward_model_path(cfg: Config) -> str:
@@ -50,7 +64,7 @@ def reward_sources(cfg: Config, publish: bool = True, train: bool = True) -> tup
                 f"the {src.kind} reward source has no model and the reward stage's output is not cached: "
                 "set reward.model (or the source's model), or run `rlhf-ray reward` with this config first"
             )
-        models[i] = share(configured or path) if publish else path
+        models[i] = shared(cfg, configured or path) if publish else path
         name = src.resolved_name()
         # The default source (the classifier, or the pairwise model) is recorded as `reward`, as before sources.
         default = name == "classifier" or not cfg.reward.sources
@@ -72,8 +86,8 @@ def run(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
         policy_path = resolve_model(cfg.model.policy, cfg.cache_dir())  # the driver's copy: its tokenizer
         reward, reward_records = reward_sources(cfg)
         record_models(run_dir, {"policy": model_reference(cfg.model.policy, policy_path), **reward_records})
-        # No shared disk: assets travel by name, local directories through the object store.
-        policy = share(cfg.model.policy)
+        # Assets travel by name, local directories through cluster.storage or the object store.
+        policy = shared(cfg, cfg.model.policy)
         summary = driver.train(cfg, run_dir, policy_path, policy, reward, resume)
     atomic_write(run_dir / DONE, json.dumps(summary).encode())
     return summary
