@@ -14,6 +14,7 @@ import pytest
 from rlhf_ray.cli import main
 from rlhf_ray.config.schema import ClusterConfig
 from rlhf_ray.errors import UserError
+from rlhf_ray.runtime import placement
 from rlhf_ray.runtime.placement import autoscaling_limits, check_fits, role_specs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,20 +37,28 @@ def test_placement_waits_for_the_autoscaler(tmp_path):
     assert result["nodes_before"] == 1 and result["nodes_after"] >= 2, result
 
 
-def test_fixed_cluster_refuses_an_impossible_request_in_one_line(ray_session, tmp_path, capsys):
+def test_fixed_cluster_refuses_an_impossible_request_in_one_line(ray_session, tmp_path, capsys, monkeypatch):
     from ray.experimental.internal_kv import _internal_kv_get
 
-    deadline = time.monotonic() + 30  # the (read-only) autoscaler's first status report, as on a fresh cluster
+    # The (read-only) autoscaler's first status report, as on a cluster that has run for a while:
+    # published every few seconds, later on a loaded machine. Without it the check below would
+    # pass by waiting out placement.AUTOSCALER_REPORT_WAIT_S, not by reading that the cluster is fixed.
+    deadline = time.monotonic() + 180
     while _internal_kv_get("__autoscaling_status") is None and time.monotonic() < deadline:
         time.sleep(1)
+    assert _internal_kv_get("__autoscaling_status") is not None, "no autoscaler status report within 180 s"
     assert autoscaling_limits() is None  # a local Ray cannot grow
     cpus = ray_session.cluster_resources()["CPU"]
     with pytest.raises(UserError, match="the Ray cluster has"):
         check_fits(role_specs(ClusterConfig(num_generators=int(cpus) * 4, actor_cpus=1.0)))
+    # Refused at once: neither a wait for an autoscaler report (made 10 min here, so that one cannot
+    # hide in the bound) nor for placement (cluster.start_timeout_s, 30 min by default). The bound
+    # leaves a loaded machine two minutes for the config checks before the refusal.
+    monkeypatch.setattr(placement, "AUTOSCALER_REPORT_WAIT_S", 600.0)
     start = time.monotonic()
     code = main(
         ["ppo", "--config", "configs/smoke.yaml", "--run-dir", str(tmp_path / "r"), f"cluster.actor_cpus={cpus + 1}"]
     )
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "no node of this Ray cluster" in err
-    assert time.monotonic() - start < 10
+    assert time.monotonic() - start < 120

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 
@@ -28,6 +30,15 @@ def smoke_run(tmp_path_factory):
     return run
 
 
+@pytest.fixture(scope="module")
+def evaluated(smoke_run) -> str:
+    """`eval` of the smoke run, once for every test that needs eval.json: its printed table."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["eval", str(smoke_run), "eval.num_prompts=6", "eval.batch_size=4"]) == 0
+    return out.getvalue()
+
+
 def test_tensorboard_sink(smoke_run):
     pytest.importorskip("tensorboard")
     events = list((smoke_run / "tensorboard").glob("events.out.tfevents.*"))
@@ -39,10 +50,8 @@ def test_tensorboard_sink(smoke_run):
     assert [e.step for e in acc.Scalars("reward/mean")] == [1, 2]
 
 
-def test_eval_scores_reference_and_policy_on_heldout_prompts(smoke_run, capsys):
-    assert main(["eval", str(smoke_run), "eval.num_prompts=6", "eval.batch_size=4"]) == 0
-    out = capsys.readouterr().out
-    assert "| positive rate |" in out
+def test_eval_scores_reference_and_policy_on_heldout_prompts(smoke_run, evaluated):
+    assert "| positive rate |" in evaluated
     result = json.loads((smoke_run / "eval.json").read_text())
     assert result["num_prompts"] == 6 and result["adapter"].endswith("iter-000002/policy.safetensors")
     for name in ("reference", "policy"):
@@ -70,12 +79,11 @@ def test_generate_with_and_without_the_trained_adapter(smoke_run, tmp_path, caps
     assert "no prompts" in capsys.readouterr().err
 
 
-def test_report_writes_plot_and_markdown(smoke_run):
+def test_report_writes_plot_and_markdown(smoke_run, evaluated):
     assert main(["report", str(smoke_run)]) == 0
     assert (smoke_run / "metrics.png").read_bytes()[:8] == PNG_MAGIC
     text = (smoke_run / "report.md").read_text()
     for heading in ("## Config", "## Final figures", "## Held-out evaluation", "## Samples"):
         assert heading in text
     assert "| `reward/mean` |" in text and "![metrics](metrics.png)" in text
-    if (smoke_run / "eval.json").exists():  # test order: eval ran first, so its table is in the report
-        assert "| positive rate |" in text and "iteration 1 (policy v0 = reference)" in text
+    assert "| positive rate |" in text and "iteration 1 (policy v0 = reference)" in text  # eval.json's table
