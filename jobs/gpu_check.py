@@ -140,7 +140,7 @@ class CudaMemory:
 
 
 def build_config(args):
-    from rlhf_ray.config.schema import load_config
+    from rlhf_ray.config.load import load_config
 
     gpus = 1 if args.device == "cuda" else 0
     return load_config(

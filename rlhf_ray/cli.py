@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 from rlhf_ray.config.help import all_keys, explain, one_of, sections, suggest
-from rlhf_ray.config.schema import Config, load_config, save_config
+from rlhf_ray.config.load import load_config, save_config
+from rlhf_ray.config.schema import Config
 from rlhf_ray.errors import UserError, user_message
 from rlhf_ray.process import install_log_filters
 from rlhf_ray.runtime import rundir, stopping

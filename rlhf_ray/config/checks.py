@@ -6,15 +6,12 @@ from __future__ import annotations
 import importlib.util
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from rlhf_ray.config.help import one_of
+from rlhf_ray.config.schema import Config
 from rlhf_ray.errors import ConfigError
 from rlhf_ray.store.refs import is_asset_name, looks_like_path
-
-if TYPE_CHECKING:
-    from rlhf_ray.config.schema import Config
 
 POSITIVE = (
     "model.lora_r",

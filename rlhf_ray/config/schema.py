@@ -1,21 +1,15 @@
-"""One typed configuration for every stage: YAML file + dotted `key=value` overrides, validated
-before anything heavy starts. Unknown keys, wrong types and impossible values raise ConfigError
-naming the key."""
+"""One typed configuration for every stage: the sections and keys, each with a `# help` comment
+(`rlhf-ray config --explain` reads them) and its default. Reading and checking a config is
+`config.load`: YAML + dotted overrides, validated before anything heavy starts."""
 
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
-from rlhf_ray.config.checks import validate
-from rlhf_ray.config.parse import build, flatten, merge, parse_overrides
 from rlhf_ray.config.sources import RewardSourceConfig
-from rlhf_ray.errors import ConfigError
 from rlhf_ray.store.refs import cache_root
 
 Quant = Literal["8bit", "4bit", "none"]
@@ -400,38 +394,3 @@ class Config:
 
     def cache_dir(self) -> Path:
         return cache_root(self.run.cache_dir)
-
-
-# ----------------------------------------------------------------------------- loading
-
-
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
-    """Read YAML (optional), apply overrides, build the typed config and validate it."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError("--config", f"file {p} does not exist", "pass an existing YAML file")
-        try:
-            data = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError("--config", f"{p} is not valid YAML: {exc}".splitlines()[0]) from None
-        if data is None:
-            raise ConfigError("--config", f"{p} is empty", "pass a YAML file with at least one section, or no --config")
-        if not isinstance(data, dict):
-            raise ConfigError("--config", f"{p} must hold a mapping of sections")
-    extra = parse_overrides(overrides or [])
-    cfg = build(Config, merge(data, extra))
-    validate(cfg, given=(set(flatten(extra)), set(flatten(data))))
-    return cfg
-
-
-def config_from_dict(data: dict[str, Any]) -> Config:
-    """Rebuild a Config saved with to_dict() (e.g. from a run directory or inside an actor)."""
-    cfg = build(Config, data)
-    validate(cfg)
-    return cfg
-
-
-def save_config(cfg: Config, path: str | os.PathLike) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -11,7 +11,8 @@ import json
 import logging
 from pathlib import Path
 
-from rlhf_ray.config.schema import Config, save_config
+from rlhf_ray.config.load import save_config
+from rlhf_ray.config.schema import Config
 from rlhf_ray.errors import UserError
 from rlhf_ray.runtime.rundir import changed_keys
 from rlhf_ray.stages import merge, ppo, reward, sft

@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from rlhf_ray.config.schema import Config, save_config
+from rlhf_ray.config.load import save_config
+from rlhf_ray.config.schema import Config
 from rlhf_ray.runtime.rundir import clear
 from rlhf_ray.stages.common import is_done
 from rlhf_ray.store.artifacts import CONTENT, entry_problem, reusable, stamp

@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from rlhf_ray.config.schema import RewardSourceConfig
+from rlhf_ray.config.sources import RewardSourceConfig
 from rlhf_ray.errors import UserError
 from rlhf_ray.runtime.metrics import PHASES, plot_metrics, read_metrics, source_keys
 from rlhf_ray.store.checkpoint import atomic_write

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from rlhf_ray.actors.common import init_process, load_policy
 from rlhf_ray.batch import AdapterPayload
-from rlhf_ray.config.schema import Config, load_config
+from rlhf_ray.config.load import load_config
+from rlhf_ray.config.schema import Config
 from rlhf_ray.errors import UserError
 from rlhf_ray.models.adapter import import_adapter
 from rlhf_ray.models.assets import resolve_model

@@ -4,7 +4,7 @@ as an HTTP service in this process, without Ray; runs point a kind http source a
 
 from __future__ import annotations
 
-from rlhf_ray.config.schema import load_config
+from rlhf_ray.config.load import load_config
 from rlhf_ray.errors import UserError
 from rlhf_ray.models.policy import role_device
 from rlhf_ray.rewards.server import RewardServer

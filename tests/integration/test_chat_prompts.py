@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from rlhf_ray.cli import main
-from rlhf_ray.config.schema import load_config
+from rlhf_ray.config.load import load_config
 from rlhf_ray.models.policy import load_tokenizer
 from rlhf_ray.runtime.metrics import read_metrics
 

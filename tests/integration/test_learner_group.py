@@ -8,7 +8,7 @@ import ray
 import torch
 
 from rlhf_ray.batch import Rollout
-from rlhf_ray.config.schema import load_config
+from rlhf_ray.config.load import load_config
 from rlhf_ray.runtime.learner_group import LearnerGroup
 
 OVERRIDES = ["ppo.batch_size=4", "ppo.mini_batch_size=2", "ppo.epochs=1"]

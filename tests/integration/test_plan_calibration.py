@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from rlhf_ray.cli import main
-from rlhf_ray.config.schema import load_config
+from rlhf_ray.config.load import load_config
 from rlhf_ray.runtime.plan import make_plan
 
 pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.slow]

@@ -19,7 +19,8 @@ import yaml
 from rlhf_ray.actors.remote import RewardScorerActor
 from rlhf_ray.batch import Rollout
 from rlhf_ray.cli import main
-from rlhf_ray.config.schema import RewardSourceConfig, load_config
+from rlhf_ray.config.load import load_config
+from rlhf_ray.config.sources import RewardSourceConfig
 from rlhf_ray.errors import user_message
 from rlhf_ray.rewards.base import RewardBatch, RewardSourceError
 from rlhf_ray.rewards.classifier import RewardModel

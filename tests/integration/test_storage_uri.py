@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from rlhf_ray.cli import main
-from rlhf_ray.config.schema import load_config
+from rlhf_ray.config.load import load_config
 from rlhf_ray.errors import ConfigError
 from rlhf_ray.runtime.metrics import read_metrics
 from rlhf_ray.stages.common import DONE

@@ -14,7 +14,7 @@ from ray.exceptions import RayActorError
 from ray.util.placement_group import placement_group
 
 from rlhf_ray.batch import AdapterPayload
-from rlhf_ray.config.schema import load_config
+from rlhf_ray.config.load import load_config
 from rlhf_ray.runtime.layout import RoleLayout
 from rlhf_ray.runtime.learner_group import LearnerGroup
 from rlhf_ray.runtime.placement import RoleSpec, actor_options

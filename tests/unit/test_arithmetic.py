@@ -10,7 +10,7 @@ import re
 import pytest
 
 from rlhf_ray.cli import main
-from rlhf_ray.config.schema import load_config
+from rlhf_ray.config.load import load_config
 from rlhf_ray.data import arithmetic
 from rlhf_ray.data.prompts import prompt_set
 from rlhf_ray.errors import UserError

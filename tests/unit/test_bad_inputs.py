@@ -12,7 +12,7 @@ import yaml
 from safetensors.torch import save as st_save
 
 from rlhf_ray.cli import main
-from rlhf_ray.config.schema import load_config, save_config
+from rlhf_ray.config.load import load_config, save_config
 from rlhf_ray.stages import ppo as ppo_stage
 from rlhf_ray.store.checkpoint import write_checkpoint
 

@@ -8,7 +8,9 @@ import sys
 import pytest
 
 from rlhf_ray.cli import main
-from rlhf_ray.config.schema import Config, load_config, parse_overrides
+from rlhf_ray.config.load import load_config
+from rlhf_ray.config.parse import parse_overrides
+from rlhf_ray.config.schema import Config
 from rlhf_ray.errors import ConfigError
 
 

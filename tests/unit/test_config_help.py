@@ -10,7 +10,8 @@ import pytest
 
 from rlhf_ray.cli import STAGE_SECTIONS, main
 from rlhf_ray.config.help import explain, field_comments, key_docs, sections, suggest
-from rlhf_ray.config.schema import Config, load_config
+from rlhf_ray.config.load import load_config
+from rlhf_ray.config.schema import Config
 from rlhf_ray.errors import ConfigError
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_ray.config.schema import load_config
+from rlhf_ray.config.load import load_config
 from rlhf_ray.data.prompts import prompt_set
 from rlhf_ray.models.policy import load_tokenizer
 from rlhf_ray.rewards.arithmetic import EXACT_ANSWER

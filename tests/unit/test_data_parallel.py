@@ -10,7 +10,7 @@ from safetensors.torch import load as st_load
 
 from rlhf_ray.actors.dp import free_port
 from rlhf_ray.batch import Rollout
-from rlhf_ray.config.schema import load_config
+from rlhf_ray.config.load import load_config
 
 # 2 epochs x 2 minibatches of 2 rows (grad_accum 1): each rank trains on one row of every minibatch.
 OVERRIDES = ["ppo.batch_size=4", "ppo.mini_batch_size=2", "ppo.epochs=2", "algo.kl_controller=adaptive"]

@@ -14,7 +14,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from rlhf_ray.config.schema import load_config
+from rlhf_ray.config.load import load_config
 from rlhf_ray.data.prompts import _prompt_rows, clean_text, load_text_dataset, prompt_set
 from rlhf_ray.data.tables import is_heldout, read_table, split_key
 from rlhf_ray.errors import UserError

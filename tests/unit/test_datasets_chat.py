@@ -13,7 +13,7 @@ import pytest
 from rlhf_ray.actors.generator import Generator
 from rlhf_ray.batch import Prompt
 from rlhf_ray.cli import main
-from rlhf_ray.config.schema import load_config
+from rlhf_ray.config.load import load_config
 from rlhf_ray.data.prompts import PromptStream, prompt_set, prompt_stream
 from rlhf_ray.errors import UserError
 from rlhf_ray.models.adapter import export_adapter

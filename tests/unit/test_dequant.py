@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from rlhf_ray.actors.common import load_policy
-from rlhf_ray.config.schema import load_config
+from rlhf_ray.config.load import load_config
 from rlhf_ray.models.dequant import dequant_enabled, dequantized_bytes, dequantized_int8, int8_layers
 from rlhf_ray.models.forward import response_stats
 from rlhf_ray.models.generate import sample, sample_with_reference

@@ -12,7 +12,7 @@ import torch
 
 from rlhf_ray.actors.fused import FusedPolicyHost
 from rlhf_ray.actors.learner import Learner
-from rlhf_ray.config.schema import load_config
+from rlhf_ray.config.load import load_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fake_cuda import DeviceMismatch, FakeCuda, move_to_cuda, tag_cpu, tag_of  # noqa: E402

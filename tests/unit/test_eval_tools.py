@@ -6,7 +6,7 @@ import importlib.util
 
 import pytest
 
-from rlhf_ray.config.schema import load_config
+from rlhf_ray.config.load import load_config
 from rlhf_ray.errors import ConfigError, UserError
 from rlhf_ray.runtime.metrics import LineProgress
 from rlhf_ray.tools.evaluate import distinct_n, summarize

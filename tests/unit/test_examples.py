@@ -8,7 +8,7 @@ import re
 import shlex
 from pathlib import Path
 
-from rlhf_ray.config.schema import load_config
+from rlhf_ray.config.load import load_config
 from rlhf_ray.rewards.base import RewardBatch
 from rlhf_ray.rewards.functions import call, function_ref, load_function
 from rlhf_ray.rewards.sources import check_sources

@@ -6,7 +6,7 @@ import pytest
 
 from rlhf_ray.actors.fused import FusedPolicyHost
 from rlhf_ray.actors.scorer import RewardScorer
-from rlhf_ray.config.schema import load_config
+from rlhf_ray.config.load import load_config
 from rlhf_ray.models.adapter import AdapterIntegrityError
 
 

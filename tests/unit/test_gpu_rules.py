@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlhf_ray.config.schema import load_config
+from rlhf_ray.config.load import load_config
 from rlhf_ray.errors import ConfigError
 from rlhf_ray.models import policy
 from rlhf_ray.rewards.classifier import trained_dtype

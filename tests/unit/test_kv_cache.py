@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rlhf_ray.actors.common import load_policy
-from rlhf_ray.config.schema import load_config
+from rlhf_ray.config.load import load_config
 from rlhf_ray.models.generate import sample, sample_with_reference
 from rlhf_ray.models.policy import causal_lm_of, load_tokenizer, ppo_numerics
 

@@ -8,7 +8,7 @@ import torch
 from rlhf_ray.actors.generator import Generator
 from rlhf_ray.actors.learner import Learner
 from rlhf_ray.batch import Rollout
-from rlhf_ray.config.schema import load_config
+from rlhf_ray.config.load import load_config
 from rlhf_ray.models.forward import response_stats
 from rlhf_ray.models.policy import reference_mode
 

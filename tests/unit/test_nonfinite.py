@@ -8,7 +8,7 @@ import torch
 
 from rlhf_ray.actors.generator import Generator
 from rlhf_ray.actors.learner import Learner
-from rlhf_ray.config.schema import load_config
+from rlhf_ray.config.load import load_config
 from rlhf_ray.errors import NonFiniteError
 
 PROMPTS = ["This movie was", "The plot", "I loved", "Awful"]

@@ -10,7 +10,7 @@ import torch
 from rlhf_ray.actors.generator import Generator
 from rlhf_ray.actors.learner import Learner
 from rlhf_ray.actors.scorer import RewardScorer
-from rlhf_ray.config.schema import load_config
+from rlhf_ray.config.load import load_config
 from rlhf_ray.errors import StaleRolloutError
 
 # the learner runs its own reference pass here (on a CPU `auto` would move it into the generator)

@@ -17,7 +17,8 @@ import torch
 
 from rlhf_ray.algo.preference import bradley_terry_loss
 from rlhf_ray.cli import main
-from rlhf_ray.config.schema import Config, load_config
+from rlhf_ray.config.load import load_config
+from rlhf_ray.config.schema import Config
 from rlhf_ray.data.pairs import file_pairs, imdb_pairs, load_pairs
 from rlhf_ray.errors import ConfigError, UserError
 from rlhf_ray.stages.store import stage_dir, stage_inputs

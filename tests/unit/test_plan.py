@@ -7,7 +7,7 @@ import json
 import pytest
 
 from rlhf_ray.cli import main
-from rlhf_ray.config.schema import load_config
+from rlhf_ray.config.load import load_config
 from rlhf_ray.errors import UserError
 from rlhf_ray.runtime.plan import HEAD_CHUNK_BUFFERS, HOST_RUNTIME, make_plan
 

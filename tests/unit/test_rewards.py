@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from rlhf_ray.batch import Scores
-from rlhf_ray.config.schema import Config, RewardSourceConfig, load_config
+from rlhf_ray.config.load import load_config
+from rlhf_ray.config.schema import Config, RewardSourceConfig
 from rlhf_ray.errors import ConfigError, NonFiniteError, UserError
 from rlhf_ray.rewards.base import RewardBatch, RewardSourceError, to_values
 from rlhf_ray.rewards.functions import FunctionSource, function_ref, load_function

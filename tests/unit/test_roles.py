@@ -8,7 +8,7 @@ import torch
 from rlhf_ray.actors.generator import Generator, StaleAdapterError
 from rlhf_ray.actors.learner import Learner
 from rlhf_ray.actors.scorer import RewardScorer
-from rlhf_ray.config.schema import load_config
+from rlhf_ray.config.load import load_config
 from rlhf_ray.errors import StaleRolloutError
 
 SMOKE_ONE_STEP = ["ppo.epochs=1", "ppo.mini_batch_size=4", "ppo.batch_size=4"]

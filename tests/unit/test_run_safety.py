@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from rlhf_ray.cli import main
-from rlhf_ray.config.schema import load_config, save_config
+from rlhf_ray.config.load import load_config, save_config
 from rlhf_ray.errors import UserError
 from rlhf_ray.models.assets import cached, file_sha256
 from rlhf_ray.runtime.rundir import claim, prepare

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from rlhf_ray.config.schema import load_config, save_config
+from rlhf_ray.config.load import load_config, save_config
 from rlhf_ray.errors import UserError
 from rlhf_ray.runtime.metrics import MetricsLog, read_metrics
 from rlhf_ray.runtime.rundir import MUTABLE_KEYS, claim, config_changes, prepare

@@ -7,7 +7,7 @@ import torch
 from memtrack import LiveBytes
 from torch import nn
 
-from rlhf_ray.config.schema import load_config
+from rlhf_ray.config.load import load_config
 from rlhf_ray.models.assets import resolve_model
 from rlhf_ray.models.shapes import SHAPES, build_quantized
 from rlhf_ray.runtime.plan import make_plan

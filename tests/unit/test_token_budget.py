@@ -11,7 +11,7 @@ import torch
 from rlhf_ray import algo
 from rlhf_ray.actors.generator import Generator
 from rlhf_ray.actors.learner import Learner
-from rlhf_ray.config.schema import load_config
+from rlhf_ray.config.load import load_config
 from rlhf_ray.errors import ConfigError
 
 BASE = ["ppo.epochs=2", "ppo.batch_size=8", "ppo.mini_batch_size=4", "generate.max_new_tokens=10"]
