@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Callable
 
 from rlhf_ray.errors import UserError
+from rlhf_ray.models.shapes import parse_shape_name, write_shape_dir
+from rlhf_ray.models.tiny import BUILDERS
 from rlhf_ray.store.artifacts import CONTENT, Artifact, ModelRef, entry_problem, fetch, reusable, stamp
 from rlhf_ray.store.checkpoint import atomic_write, publish_once, temp_dir
 from rlhf_ray.store.locks import entry_lock, temp_name
@@ -98,10 +100,7 @@ def cached(target: Path, build: Callable[[Path], Path]) -> Path:
 def resolve_model(ref: str, cache_dir: Path) -> str:
     """Return a local directory (embedded asset or path) or the hub id unchanged."""
     if ref in BUILT_ASSETS:
-        from rlhf_ray.models.tiny import BUILDERS
-
         return str(cached(Path(cache_dir) / "models" / f"{ref}-{BUILT_VERSION}", BUILDERS[ref]))
-    from rlhf_ray.models.shapes import parse_shape_name, write_shape_dir
 
     if parse_shape_name(ref) is not None:  # config + tokenizer only; weights are built quantized at load
         target = Path(cache_dir) / "models" / f"{ref}-{BUILT_VERSION}"

@@ -12,6 +12,7 @@ import contextlib
 import torch
 
 from rlhf_ray.batch import Rollout
+from rlhf_ray.models.forward import position_ids
 from rlhf_ray.models.policy import causal_lm_of
 
 
@@ -208,7 +209,6 @@ def sample_with_reference(
     costs about the same for B or 2B rows (memory- or overhead-bound: CPUs, small GPU batches), the
     learner's whole reference pass comes nearly free. Sampling is softmax(logits / temperature) with
     torch.multinomial, as `generate` does it; the log-probs are of that same distribution."""
-    from rlhf_ray.models.forward import position_ids
 
     expanded, enc = _encode(tokenizer, prompts, group_size, device)
     ids, mask = enc["input_ids"], enc["attention_mask"]

@@ -11,6 +11,9 @@ import warnings
 import torch
 from torch import nn
 
+from rlhf_ray.errors import UserError
+from rlhf_ray.models.shapes import build_quantized, is_shape_dir
+
 log = logging.getLogger(__name__)
 
 # LoRA targets per architecture (attention query/value projections, as in the LoRA paper).
@@ -109,8 +112,6 @@ def load_kwargs(
 def load_causal_lm(path: str, quant: str, device: str):
     from transformers import AutoModelForCausalLM
 
-    from rlhf_ray.models.shapes import build_quantized, is_shape_dir
-
     quiet_warnings()
     if is_shape_dir(path):  # random-weight large shapes are built in memory, quantized layer by layer
         return build_quantized(path, quant, device)
@@ -122,8 +123,6 @@ def target_modules_for(model, configured: list[str] | None) -> list[str]:
         return list(configured)
     model_type = model.config.model_type
     if model_type not in DEFAULT_TARGETS:
-        from rlhf_ray.errors import UserError
-
         raise UserError(f"no default LoRA targets for model type '{model_type}': set model.target_modules")
     return DEFAULT_TARGETS[model_type]
 

@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from rlhf_ray.errors import UserError
+from rlhf_ray.store.checkpoint import publish_once, temp_dir
 from rlhf_ray.store.refs import parse_shape_name
 
 MARKER = "shape.json"
@@ -108,7 +110,6 @@ def shape_config(shape: str, layers: int, tokenizer=None):
 
 def write_shape_dir(ref: str, target: Path) -> Path:
     """The asset directory: config + tokenizer + marker (a few hundred KB; no weights)."""
-    from rlhf_ray.store.checkpoint import publish_once, temp_dir
 
     shape, layers = parse_shape_name(ref)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -168,8 +169,6 @@ def build_quantized(path: str | Path, quant: str, device: str, on_layer=None):
 
     on_layer(i, model) is called after decoder layer i is materialized (progress / memory probes)."""
     from transformers import AutoConfig, AutoModelForCausalLM
-
-    from rlhf_ray.errors import UserError
 
     if quant not in ("8bit", "4bit"):
         raise UserError(f"model.quant={quant}: shape models are built quantized; use 8bit or 4bit")

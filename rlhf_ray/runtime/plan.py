@@ -28,8 +28,11 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+from rlhf_ray.actors.fused import fused_gpus
 from rlhf_ray.config.schema import Config
 from rlhf_ray.errors import UserError
+from rlhf_ray.models.assets import resolve_model
+from rlhf_ray.models.policy import target_modules_for
 
 GIB = 2**30
 CUDA_CONTEXT = 512 * 2**20  # CUDA context + cuBLAS workspaces per process (not in torch's allocated bytes)
@@ -105,8 +108,6 @@ def model_shape(config, lora_r: int, targets: list[str] | None) -> ModelShape:
     import torch
     from torch import nn
     from transformers import AutoModelForCausalLM
-
-    from rlhf_ray.models.policy import target_modules_for
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
@@ -259,7 +260,6 @@ def _layout(
 
 def gpu_shares(cfg: Config) -> dict[str, float]:
     """GPU fraction per planned role; a config without any GPU share is planned as all-on-GPU."""
-    from rlhf_ray.actors.fused import fused_gpus
 
     c = cfg.cluster
     shares = {
@@ -299,7 +299,6 @@ def read_config(path: str, key: str):
 
 def policy_plan(cfg: Config, on_gpu: bool) -> dict[str, RoleBytes]:
     """generator / learner / fused policy bytes (reads only the policy's config)."""
-    from rlhf_ray.models.assets import resolve_model
 
     policy_path = resolve_model(cfg.model.policy, cfg.cache_dir())
     s = model_shape(read_config(policy_path, "model.policy"), cfg.model.lora_r, cfg.model.target_modules)
@@ -314,7 +313,6 @@ def policy_plan(cfg: Config, on_gpu: bool) -> dict[str, RoleBytes]:
 def make_plan(cfg: Config, gpu_memory_gb: float | None = None, choose: bool = True) -> Plan:
     """Both layouts' bytes for this config and, with choose, the layout cluster.layout asks for
     (auto: the first that fits; UserError when none does)."""
-    from rlhf_ray.models.assets import resolve_model
 
     on_gpu, budget = device_budget(cfg, gpu_memory_gb)
     roles = policy_plan(cfg, on_gpu)

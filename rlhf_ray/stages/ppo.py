@@ -12,6 +12,7 @@ from rlhf_ray.rewards.sources import SourceSpec, check_sources, source_specs
 from rlhf_ray.runtime import driver, preflight
 from rlhf_ray.runtime.layout import planned, role_layout
 from rlhf_ray.runtime.placement import attached, check_fits
+from rlhf_ray.stages import reward
 from rlhf_ray.stages.common import DONE, is_done
 from rlhf_ray.stages.store import ensure_stage, stage_dir
 from rlhf_ray.store.artifacts import ModelRef, share
@@ -37,7 +38,6 @@ def reward_model_path(cfg: Config) -> str:
     """reward.model if set; else the reward stage's output for this config (trained once, cached)."""
     if cfg.reward.model is not None:
         return resolve_model(cfg.reward.model, cfg.cache_dir())
-    from rlhf_ray.stages import reward
 
     directory = ensure_stage(cfg, "reward", reward.run)
     return str(directory / "model")

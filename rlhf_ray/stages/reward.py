@@ -30,8 +30,11 @@ import torch
 from rlhf_ray.algo.preference import bradley_terry_loss
 from rlhf_ray.config.schema import Config, RewardConfig
 from rlhf_ray.data.pairs import load_pairs
+from rlhf_ray.data.prompts import load_text_dataset
 from rlhf_ray.errors import UserError
-from rlhf_ray.models.policy import role_device
+from rlhf_ray.models.assets import resolve_model
+from rlhf_ray.models.policy import attach_lora, load_kwargs, role_device
+from rlhf_ray.rewards.classifier import HEAD_MODULES
 from rlhf_ray.stages.common import begin, finish, prepare_worker, stream_task
 from rlhf_ray.stages.sft import MAX_GRAD_NORM
 from rlhf_ray.store import seeds
@@ -48,7 +51,6 @@ WARMUP_FRACTION = 0.1  # linear warmup then decay: the usual BERT fine-tuning sc
 def labelled_sample(ref: str, split: str, n: int, seed: int) -> tuple[list[str], list[int]]:
     """`n` rows of a split in a seeded order (the embedded IMDB file is sorted by label, so a
     shuffle is what makes the sample balanced)."""
-    from rlhf_ray.data.prompts import load_text_dataset
 
     table = load_text_dataset(ref, split)
     if "label" not in table.column_names:
@@ -148,9 +150,6 @@ def build_reward_model(cfg: Config, backbone: str, device: str, id2label: dict[i
     quantized one + LoRA (method=lora)."""
     from transformers import AutoModelForSequenceClassification
 
-    from rlhf_ray.models.policy import attach_lora, load_kwargs
-    from rlhf_ray.rewards.classifier import HEAD_MODULES
-
     r = cfg.reward
     quant = r.quant if r.method == "lora" else "none"
     kwargs = load_kwargs(quant, device, HEAD_MODULES)
@@ -216,8 +215,6 @@ def fit(model, r: RewardConfig, rows: int, seed: int, loss_of: Callable[[list[in
 def train_reward(cfg: Config) -> Iterator[tuple[str, dict]]:
     """Ray task body: yields ("step", record) per optimizer step, then ("done", {files, metrics})."""
     from transformers import AutoTokenizer
-
-    from rlhf_ray.models.assets import resolve_model
 
     r, seed = cfg.reward.resolved(), cfg.run.seed
     prepare_worker(seed, cfg.cluster.torch_threads)

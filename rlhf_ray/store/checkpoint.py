@@ -16,6 +16,7 @@ import os
 import shutil
 from pathlib import Path, PurePosixPath
 
+from rlhf_ray.errors import UserError
 from rlhf_ray.store.locks import sweep_stale, temp_name
 
 log = logging.getLogger(__name__)
@@ -187,8 +188,6 @@ def check_restorable(path: Path, critic: bool) -> None:
     """A checkpoint the learner can resume from: every file present, and a value head when the
     run trains a critic (resuming GAE with a freshly initialised critic would be silently wrong)."""
     from safetensors import safe_open
-
-    from rlhf_ray.errors import UserError
 
     missing = [name for name in LEARNER_FILES if not (path / name).is_file()]
     if missing:

@@ -74,3 +74,18 @@ def test_algo_imports_torch_only():
 def test_package_root_is_small():
     root = sorted(p.name for p in PACKAGE.glob("*.py"))
     assert len(root) <= 8, root
+
+
+def test_package_imports_sit_at_the_top_of_files():
+    """rlhf_ray's own imports are at module level, where a reader sees a file's dependencies at once
+    (third-party imports may stay inside functions: optional or heavy dependencies)."""
+    inside = []
+    for path in SOURCES:
+        for fn in ast.walk(ast.parse(path.read_text())):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                inside += [
+                    f"{path.relative_to(PACKAGE)}:{node.lineno}"
+                    for node in ast.walk(fn)
+                    if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("rlhf_ray")
+                ]
+    assert not inside, inside
