@@ -17,6 +17,8 @@ SEPARATE_KEYS = {
     "iteration",
     "reward/mean",
     "reward/std",
+    "reward/classifier/mean",  # the default reward source, by name
+    "reward/none_frac",
     "kl/mean",
     "kl/coef",
     "policy/loss",
