@@ -20,7 +20,6 @@ from rlhf_ray.config.schema import Config
 from rlhf_ray.errors import UserError, user_message
 from rlhf_ray.process import install_log_filters
 from rlhf_ray.runtime import rundir, stopping
-from rlhf_ray.runtime.plan import choose_layout, format_plan, make_plan
 from rlhf_ray.stages.common import DONE
 from rlhf_ray.store.checkpoint import latest_checkpoint, read_json
 from rlhf_ray.store.provenance import CONSOLE_LOG, ConsoleLog, collect, write_run_info
@@ -124,6 +123,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def _plan(cfg: Config, args: argparse.Namespace) -> int:
+    # deferred like the stages and tools: the planner imports torch, seconds every other command skips
+    from rlhf_ray.runtime.plan import choose_layout, format_plan, make_plan
 
     plan = make_plan(cfg, args.gpu_memory_gb, choose=False)
     try:

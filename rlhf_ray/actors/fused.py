@@ -34,11 +34,6 @@ class SharedPolicy:
     device: str
 
 
-def fused_gpus(cfg: Config) -> float:
-    """The fused host takes the generator's and the learner's GPU shares together."""
-    return min(1.0, cfg.cluster.generator_gpus + cfg.cluster.learner_gpus)
-
-
 def release_memory() -> None:
     """Return freed activations / KV cache to the device so the next phase can use them."""
     gc.collect()
@@ -50,7 +45,7 @@ class FusedPolicyHost:
     def __init__(self, cfg: Config, policy: ModelRef):
         init_process(cfg)
         policy_path = materialize(policy, cfg.cache_dir())  # on this node: no shared disk assumed
-        device = role_device(fused_gpus(cfg))
+        device = role_device(cfg.fused_gpus())
         torch.manual_seed(cfg.run.seed)  # the same fresh LoRA init as a separate learner with this seed
         shared = SharedPolicy(ppo_numerics(load_policy(cfg, policy_path, device)), load_tokenizer(policy_path), device)
         self.learner = Learner(cfg, policy_path, shared=shared)

@@ -388,6 +388,10 @@ class Config:
             g.reference_logprobs == "auto" and c.generator_gpus == c.learner_gpus == 0
         )
 
+    def fused_gpus(self) -> float:
+        """The fused policy host's GPU share: the generator's and the learner's together."""
+        return min(1.0, self.cluster.generator_gpus + self.cluster.learner_gpus)
+
     def samples_per_prompt(self) -> int:
         """Rollout rows per prompt: group_size for the group baselines (grpo/rloo), 1 for gae."""
         return self.algo.group_size if self.algo.advantage != "gae" else 1

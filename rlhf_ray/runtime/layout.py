@@ -13,7 +13,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlhf_ray.actors.fused import fused_gpus
 from rlhf_ray.config.schema import Config
 from rlhf_ray.runtime.placement import RoleSpec
 from rlhf_ray.runtime.plan import make_plan
@@ -49,7 +48,7 @@ def role_layout(cfg: Config, kind: str | None = None) -> RoleLayout:
     kind = kind or resolved_layout(cfg)
     scorers = tuple(RoleSpec(f"reward-{i}", c.actor_cpus, c.scorer_gpus) for i in range(c.num_scorers))
     if kind == "fused":
-        return RoleLayout(True, (), scorers, (RoleSpec("policy-0", c.actor_cpus, fused_gpus(cfg)),))
+        return RoleLayout(True, (), scorers, (RoleSpec("policy-0", c.actor_cpus, cfg.fused_gpus()),))
     generators = tuple(RoleSpec(f"generator-{i}", c.actor_cpus, c.generator_gpus) for i in range(c.num_generators))
     learners = tuple(RoleSpec(f"learner-{i}", c.actor_cpus, c.learner_gpus) for i in range(c.num_learners))
     return RoleLayout(False, generators, scorers, learners)

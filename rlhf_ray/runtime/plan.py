@@ -28,7 +28,6 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from rlhf_ray.actors.fused import fused_gpus
 from rlhf_ray.config.schema import Config
 from rlhf_ray.errors import UserError
 from rlhf_ray.models.assets import resolve_model
@@ -265,7 +264,7 @@ def gpu_shares(cfg: Config) -> dict[str, float]:
     shares = {
         "generator": c.generator_gpus,
         "learner": c.learner_gpus,
-        "policy": fused_gpus(cfg),
+        "policy": cfg.fused_gpus(),
         "scorer": c.scorer_gpus,
     }
     return shares if any(shares.values()) else dict.fromkeys(shares, 1.0)

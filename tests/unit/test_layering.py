@@ -78,9 +78,11 @@ def test_package_root_is_small():
 
 def test_package_imports_sit_at_the_top_of_files():
     """rlhf_ray's own imports are at module level, where a reader sees a file's dependencies at once
-    (third-party imports may stay inside functions: optional or heavy dependencies)."""
+    (third-party imports may stay inside functions: optional or heavy dependencies). The CLI is the
+    one exception: it imports the stage, tool or planner a command runs only when it runs, so that
+    `rlhf-ray config` and `--help` do not pay for torch."""
     inside = []
-    for path in SOURCES:
+    for path in (p for p in SOURCES if p.name != "cli.py"):
         for fn in ast.walk(ast.parse(path.read_text())):
             if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 inside += [

@@ -61,7 +61,9 @@ def test_token_budget_gives_the_padded_update(tiny_lm, mixed_rollout, advantage)
     for key in ("policy/loss", "policy/approx_kl", "policy/clipfrac", "kl/mean", "entropy/mean", "policy/grad_norm"):
         assert m_packed[key] == pytest.approx(m_padded[key], rel=1e-4, abs=1e-6), key
     a, b = padded.model.state_dict(), packed.model.state_dict()
-    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a if "lora_" in k)
+    # Adam rescales every step, so float-noise-sized gradient differences (packed rows are summed in
+    # another order) reach the weights at ~1e-6 of the ~1e-3 steps; seen up to 3.1e-6 here
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a if "lora_" in k)
 
 
 def test_token_budget_refuses_grad_accum_and_data_parallel():
