@@ -175,8 +175,9 @@ def test_every_job_entrypoint_is_wired_to_its_stage(script, tmp_path):
     stage = script.removesuffix(".py")
     key = {"sft": "sft.lr", "merge": "merge.dtype", "reward": "reward.lr"}.get(stage, "ppo.lr")
     value = "float8" if key == "merge.dtype" else "-1"
+    device = ["--device", "cpu"] if stage == "gpu_check" else []  # it never falls back to the CPU unasked
     out = subprocess.run(
-        [sys.executable, f"jobs/{script}", "--run-dir", str(tmp_path / "r"), f"{key}={value}"],
+        [sys.executable, f"jobs/{script}", *device, "--run-dir", str(tmp_path / "r"), f"{key}={value}"],
         cwd=REPO,
         capture_output=True,
         text=True,
