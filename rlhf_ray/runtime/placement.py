@@ -126,7 +126,8 @@ def autoscaling_limits() -> tuple[list[dict], dict] | None:
     Autoscaler v2 publishes its node types with min/max counts to the GCS. The v1 autoscaler only
     publishes a status report: on a fixed cluster (a local Ray, plain `ray start` nodes) its provider
     is the read-only one, whose node types are named `node_<id>`; any other type means a real
-    provider that can launch nodes, with limits we cannot read (UNKNOWN_LIMITS: wait, never refuse)."""
+    provider that can launch nodes, with limits we cannot read (UNKNOWN_LIMITS: wait, never refuse).
+    No report within AUTOSCALER_REPORT_WAIT_S is unknown too: wait, never refuse."""
     from ray._private.state import state
 
     config = state.get_cluster_config()
@@ -149,7 +150,12 @@ def _v1_autoscaler_can_launch() -> bool:
     while raw is None and time.monotonic() < deadline:
         time.sleep(0.5)
         raw = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
-    report = (json.loads(raw).get("autoscaler_report") or {}) if raw else {}
+    if raw is None:
+        # No report yet (a loaded head, a slow monitor): whether the cluster can grow is unknown, so
+        # placement waits (bounded by cluster.placement_timeout_s) rather than refuse what may fit.
+        log.warning("placement: no autoscaler report within %.0fs; waiting, not refusing", AUTOSCALER_REPORT_WAIT_S)
+        return True
+    report = json.loads(raw).get("autoscaler_report") or {}
     types = {*(report.get("active_nodes") or {}), *(report.get("pending_launches") or {})}
     return any(not re.fullmatch(r"node_[0-9a-f]+", t) for t in types)
 
