@@ -1,6 +1,7 @@
 """Chaos: a smoke run during which role actors are killed (ray.kill, SIGKILL of the process) or
 frozen (SIGSTOP), five faults two iterations apart, then the driver gets SIGTERM (no periodic
-checkpoint before it) and the run is resumed from the checkpoint written on the signal. The final
+checkpoint before it: the stop writes the last completed iteration's, says so in one line and
+releases the actors) and the run is resumed from that checkpoint. The final
 metrics must equal an uninterrupted run's (run beside it) apart from time/* keys, and events.jsonl
 must list a recovery of the right role for every fault. Its cost is process starts, not iterations:
 14 role actors (3, 3 for the reference, 5 replacements, 3 on resume) each import torch, transformers
@@ -10,17 +11,19 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import time
 from pathlib import Path
 
 import pytest
 import ray
-from driver_process import comparable, start_driver, wait_for_iteration, wait_released
+from driver_process import comparable, logged, start_driver, wait_for_iteration, wait_released
 
 from rlhf_ray.cli import main
 from rlhf_ray.runtime.metrics import read_metrics
 from rlhf_ray.runtime.recovery import read_events
+from rlhf_ray.store.checkpoint import latest_checkpoint
 
 pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.slow]
 
@@ -135,8 +138,16 @@ def test_chaos_faults_then_sigterm_then_resume_reproduce_the_uninterrupted_run(t
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+    # SIGTERM (what `ray job stop` sends): one line saying which iteration is checkpointed and how to
+    # resume, that iteration's checkpoint written on the signal (checkpoint_every is 100), the actors
+    # and the placement group released by the driver itself.
     output = (tmp_path / "driver.log").read_text()
-    assert code == 128 + signal.SIGTERM and "is checkpointed: continue with" in output, output[-3000:]
+    stops = [ln for ln in output.splitlines() if ln.startswith("rlhf-ray: stopped by")]
+    assert code == 128 + signal.SIGTERM and len(stops) == 1 and "Traceback" not in output, output[-3000:]
+    done = int(re.search(r"iteration (\d+) is checkpointed", stops[0]).group(1))
+    assert f"rlhf-ray ppo --resume {run}" in stops[0]
+    assert after <= done < ITERATIONS and logged(run / "metrics.jsonl") == set(range(1, done + 1))
+    assert latest_checkpoint(run).name == f"iter-{done:06d}"
     assert wait_released(run.name)
 
     t0 = time.perf_counter()
