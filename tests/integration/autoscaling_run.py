@@ -109,7 +109,7 @@ def run(work: Path) -> dict:
         ray.shutdown()
         os.killpg(head.pid, signal.SIGTERM)  # the head, its autoscaler and the raylets it launched
         try:
-            head.wait(timeout=30)
+            head.wait(timeout=5)  # `ray start --block` can take 30 s to exit on SIGTERM: the group is killed
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
 

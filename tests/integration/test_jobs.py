@@ -79,7 +79,7 @@ def ray_head():
     yield address, env
     os.killpg(head.pid, signal.SIGTERM)
     try:
-        head.wait(timeout=30)
+        head.wait(timeout=5)  # `ray start --block` can take 30 s to exit on SIGTERM: the group is killed
     except subprocess.TimeoutExpired:
         os.killpg(head.pid, signal.SIGKILL)
 
