@@ -312,7 +312,11 @@ class Learner:
         entropy = algo.masked_mean(out.entropy, mask)
         # ent_coef 0: entropy is only a metric; keeping it out of the loss spares its (B, R, vocab) backward
         loss = pg_loss - p.ent_coef * entropy if p.ent_coef else pg_loss
+        if self.cfg.algo.kl_loss_coef:
+            kl_term = algo.kl_loss(out.logprobs, exp.ref_logprobs[rows, :width], mask)
+            loss = loss + self.cfg.algo.kl_loss_coef * kl_term
         stats = {
+            **({"kl/loss": float(kl_term.detach())} if self.cfg.algo.kl_loss_coef else {}),
             "policy/loss": float(pg_loss.detach()),
             "policy/clipfrac": float(pg_stats["clipfrac"]),
             "policy/approx_kl": float(pg_stats["approx_kl"]),

@@ -10,9 +10,10 @@ from typing import Dict, Tuple
 
 import torch
 
+from .kl import kl_penalty
 from .stats import as_bool_mask, masked_mean
 
-__all__ = ["policy_loss", "value_loss", "entropy_from_logits"]
+__all__ = ["policy_loss", "value_loss", "kl_loss", "entropy_from_logits"]
 
 
 def policy_loss(
@@ -53,6 +54,25 @@ def policy_loss(
             "ratio_mean": masked_mean(ratio, m),
         }
     return loss, {name: t.detach() for name, t in stats.items()}
+
+
+def kl_loss(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-token KL to the reference as a loss term (GRPO's ``beta`` term; OpenRLHF/veRL's KL loss).
+
+    ``loss = masked_mean(exp(ref - logp) - (ref - logp) - 1)``, the k3 estimator (Schulman 2020):
+    always >= 0, unbiased, and its gradient ``1 - exp(ref - logp)`` pulls every sampled token's
+    log-prob toward the reference at every optimizer step, where a KL penalty in the reward acts
+    only through the advantages, one iteration late.
+
+    Shapes:
+        logprobs, ref_logprobs, mask: (B, T).
+        returns: 0-d loss.
+    """
+    m = as_bool_mask(mask)
+    zeros = torch.zeros_like(logprobs)
+    # where() before exp(): padding may be inf/nan and must not leak into grads.
+    lp, ref = torch.where(m, logprobs, zeros), torch.where(m, ref_logprobs.to(logprobs.dtype), zeros)
+    return masked_mean(kl_penalty(lp, ref, "k3"), m)
 
 
 def value_loss(

@@ -62,6 +62,7 @@ NON_NEGATIVE = (
     "ppo.micro_batch_tokens",
     "generate.top_k",
     "algo.kl_coef",
+    "algo.kl_loss_coef",
     "ppo.vf_coef",
     "ppo.ent_coef",
     "ppo.max_policy_lag",

@@ -186,6 +186,9 @@ class AlgoConfig:
     kl_target: float = 6.0
     # Samples over which the adaptive controller moves kl_coef (larger = slower).
     kl_horizon: int = 10000
+    # Weight of a per-token KL term (k3) in the loss, as GRPO's beta: it acts at every optimizer step,
+    # beside (or, with kl_coef 0, instead of) the penalty in the reward. 0 = off.
+    kl_loss_coef: float = 0.0
 
 
 @dataclass

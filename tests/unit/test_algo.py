@@ -14,6 +14,7 @@ from rlhf_ray.algo import (
     compute_gae,
     entropy_from_logits,
     group_advantages,
+    kl_loss,
     kl_penalty,
     masked_mean,
     masked_var,
@@ -203,6 +204,17 @@ def test_policy_loss_grad_zero_where_clipped_and_padded():
     # token 0 clipped (r=1.5 > 1.2, A>0) -> no grad; token 2 padded -> no grad;
     # token 1: d/dlp of -A*r/2 = -r/2 = -0.25
     close(lp.grad, [[0.0, -0.25, 0.0]])
+
+
+def test_kl_loss_hand_and_grad():
+    # token 0: p = 0.5, reference 0.25 -> k3 = 0.5 + ln 2 - 1; token 1: equal -> 0; token 2 padded (inf)
+    lp = t([[math.log(0.5), math.log(0.3), INF]]).requires_grad_()
+    ref = t([[math.log(0.25), math.log(0.3), NAN]])
+    loss = kl_loss(lp, ref, t([[1, 1, 0]]))
+    close(loss, (0.5 + math.log(2) - 1) / 2)
+    loss.backward()
+    # d/dlp of (exp(ref - lp) - (ref - lp) - 1) / 2 = (1 - exp(ref - lp)) / 2: 0.25, 0 and none at padding
+    close(lp.grad, [[0.25, 0.0, 0.0]])
 
 
 def test_policy_loss_ratio_one_is_unclipped_surrogate():

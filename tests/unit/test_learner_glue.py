@@ -101,3 +101,21 @@ def test_groups_stay_contiguous_and_aligned_across_generator_shards(tiny_lm):
     groups = seq_reward.view(-1, 2)
     expected = ((groups - groups.mean(1, keepdim=True)) / (groups.std(1, keepdim=True) + 1e-6)).flatten()
     torch.testing.assert_close(exp.advantages[:, 0], expected, atol=1e-3, rtol=1e-3)
+
+
+def test_kl_loss_holds_the_update_near_the_reference(tiny_lm):
+    """algo.kl_loss_coef adds the k3 KL to the loss at every step: the same batch moves the policy
+    less far from the reference with it than without, and its value is reported as kl/loss."""
+    kls = {}
+    for coef in (0.0, 20.0):
+        cfg = load_config(
+            "configs/smoke.yaml", ["ppo.lr=0.02", "ppo.epochs=8", "algo.kl_coef=0", f"algo.kl_loss_coef={coef}"]
+        )
+        learner = Learner(cfg, tiny_lm)
+        gen = Generator(cfg, tiny_lm)
+        gen.load_adapter(learner.adapter())
+        rollout = gen.generate(PROMPTS * 2, iteration=1)[0]
+        metrics, _ = learner.learn([rollout], [torch.linspace(-2.0, 2.0, len(rollout))], iteration=1)
+        assert ("kl/loss" in metrics) == (coef > 0) and metrics.get("kl/loss", 0.0) >= 0.0
+        kls[coef] = float(_per_shard_kl(learner, [rollout], cfg.generate.temperature).abs().mean())
+    assert 0.0 < kls[20.0] < 0.5 * kls[0.0], kls
