@@ -32,6 +32,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         raise errors[0]
     if origin is Literal:
         choices = typing.get_args(tp)
+        if isinstance(value, bool) and {"on", "off"} <= set(choices):  # YAML 1.1 reads on/off as booleans
+            value = "on" if value else "off"
         if value not in choices:
             raise ConfigError(key, f"must be one of {', '.join(map(str, choices))}; got {value!r}")
         return value

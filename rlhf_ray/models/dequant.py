@@ -41,11 +41,12 @@ def dequant_enabled(setting: str, model: torch.nn.Module) -> bool:
     CPU int8 weights fits in a quarter of the machine's memory."""
     if setting == "off" or not int8_layers(model):
         return False
-    return setting == "on" or dequantized_bytes(model) <= machine_memory() // 4
+    return setting == "on" or cache_fits(dequantized_bytes(model))
 
 
-def machine_memory() -> int:
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+def cache_fits(nbytes: int) -> bool:
+    """`auto`'s rule: the fp32 copy takes at most a quarter of the machine's memory."""
+    return nbytes <= os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
 
 
 @contextlib.contextmanager

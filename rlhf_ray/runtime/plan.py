@@ -20,7 +20,9 @@ The estimates, per role:
   tensors stay views into it, so the whole file stays resident in the process (measured: SmolLM2's
   517 MB file adds ~415 MB file-backed RSS); the unquantized part is already in `base`.
 - dequant: bitsandbytes matmuls with gradients (and int8 on CPU) dequantize one whole weight to the
-  activation dtype per call: the largest quantized Linear, transiently.
+  activation dtype per call: the largest quantized Linear, transiently. With the int8 dequant cache
+  (CPU int8, model.dequant_cache on, or auto where it fits: models/dequant.py) a generate or learn
+  call holds one fp32 copy of every quantized Linear instead.
 - overhead: a CUDA context per process on GPU, or the Python/torch runtime per process on CPU."""
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from rlhf_ray.config.schema import Config
 from rlhf_ray.errors import UserError
 from rlhf_ray.models.assets import resolve_model
+from rlhf_ray.models.dequant import cache_fits
 from rlhf_ray.models.policy import target_modules_for
 
 GIB = 2**30
@@ -179,6 +182,17 @@ def _gen_rows(cfg: Config, generators: int) -> int:
     return 2 * rows if cfg.reference_logprobs_on() else rows
 
 
+def dequant_bytes(cfg: Config, s: ModelShape, dense: int, on_gpu: bool) -> int:
+    """One weight dequantized per call, or the whole int8 dequant cache (CPU int8: models/dequant.py)."""
+    if cfg.model.quant == "none":
+        return 0
+    cached = sum(i * o for i, o in s.quantized_linears) * 4
+    if not on_gpu and cfg.model.quant == "8bit" and cfg.model.dequant_cache != "off":
+        if cfg.model.dequant_cache == "on" or cache_fits(cached):
+            return cached
+    return max(i * o for i, o in s.quantized_linears) * dense
+
+
 def policy_roles(cfg: Config, s: ModelShape, dense: int, on_gpu: bool) -> dict[str, RoleBytes]:
     """generator / learner (separate layout) and policy (fused: one base; phases never overlap)."""
     overhead = CUDA_CONTEXT if on_gpu else HOST_RUNTIME
@@ -193,7 +207,7 @@ def policy_roles(cfg: Config, s: ModelShape, dense: int, on_gpu: bool) -> dict[s
     chunk = HEAD_CHUNK_BUFFERS * micro * min(cfg.model.logprob_chunk, cfg.generate.max_new_tokens) * s.vocab * 4
     value_head = (s.hidden + 1) * 16 if cfg.algo.advantage == "gae" else 0  # fp32 weights + grads + AdamW moments
     lora_train = s.lora_params * 16
-    dequant = max(i * o for i, o in s.quantized_linears) * dense if cfg.model.quant != "none" else 0
+    dequant = dequant_bytes(cfg, s, dense, on_gpu)
     common = dict(base=base, dequant=dequant, overhead=overhead)
     train = dict(lora=lora_train, value_head=value_head, activations=acts, lm_head_chunk=chunk)
     return {

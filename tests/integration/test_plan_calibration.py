@@ -43,11 +43,6 @@ class ActorPeaks(threading.Thread):
             time.sleep(0.2)
 
 
-@pytest.mark.xfail(
-    reason="round 4: the plan estimated 4.68 GB against a measured 3.34 GB peak (the default run got "
-    "cheaper: int8 dequant cache, reference log-probs in the decode steps); recalibration not done yet",
-    strict=False,
-)
 def test_plan_estimate_within_25_percent_of_measured_peak_rss(tmp_path):
     # The default policy (SmolLM2 8-bit) and batch; a tiny scorer so the test never trains a classifier.
     overrides = ["ppo.iterations=1", "cluster.layout=separate", "reward.model=tiny-random-bert"]

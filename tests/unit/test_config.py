@@ -68,6 +68,14 @@ def test_bad_values_name_the_key(overrides, key, problem):
     assert "\n" not in message
 
 
+def test_on_and_off_mean_the_words_on_the_command_line_and_in_yaml(tmp_path):
+    """YAML 1.1 reads on/off as booleans; a key whose choices are the words gets the words."""
+    assert load_config(None, ["model.dequant_cache=off"]).model.dequant_cache == "off"
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  dequant_cache: on\n")
+    assert load_config(path).model.dequant_cache == "on"
+
+
 def test_bad_yaml_file_is_a_config_error(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("ppo: [1, 2\n")

@@ -57,9 +57,15 @@ def test_bytes_per_role_match_hand_arithmetic():
     per_layer = 2 * seq * (10 * 64 + 3 * 256 + 4 * seq) * DENSE  # tokens x (10h + 3I + heads x seq)
     assert learner.activations == 2 * per_layer
     assert gen.overhead == HOST_RUNTIME
-    assert gen.dequant == learner.dequant == 64 * 256 * DENSE  # the largest Linear (fc1) dequantized
+    # CPU int8, model.dequant_cache auto: one fp32 copy of every quantized Linear (qkv, dense, fc1, fc2
+    # in 2 layers) for a generate or learn call; off (or 4-bit): the largest one (fc1), per matmul
+    cache = 2 * (64 * 192 + 64 * 64 + 64 * 256 + 256 * 64) * 4
+    assert gen.dequant == learner.dequant == cache
+    for extra in ("model.dequant_cache=off", "model.quant=4bit"):
+        assert make_plan(_cfg(extra)).layouts["separate"].roles["learner"].dequant == 64 * 256 * DENSE, extra
+    assert make_plan(_cfg(), gpu_memory_gb=24).layouts["fused"].roles["policy"].dequant == 64 * 256 * 2  # int8 kernels
     assert learner.total == (
-        INT8_BASE + 16 * LORA + 16 * 65 + 64 * 256 * DENSE + HOST_RUNTIME + 2 * per_layer + learner.lm_head_chunk
+        INT8_BASE + 16 * LORA + 16 * 65 + cache + HOST_RUNTIME + 2 * per_layer + learner.lm_head_chunk
     )
     assert make_plan(_cfg("model.quant=4bit")).layouts["fused"].roles["policy"].base == NF4_BASE == 320032
     # on a GPU the shape's dense tensors are bf16
