@@ -27,7 +27,6 @@ from rlhf_ray.runtime.overlap import RolloutSource
 from rlhf_ray.runtime.recovery import Supervisor, timed_get
 from rlhf_ray.runtime.roles import Roles, sync_adapter
 from rlhf_ray.runtime.rundir import resume_checkpoint
-from rlhf_ray.runtime.stopping import StopRequested
 from rlhf_ray.store.artifacts import ModelRef
 from rlhf_ray.store.checkpoint import read_dir, write_checkpoint
 
@@ -105,7 +104,7 @@ def train(cfg: Config, run_dir: Path, policy_path: str, policy: ModelRef, reward
             run_dir / "metrics.jsonl", keep_through=start - 1 if ckpt else None, sinks=open_sinks(cfg, run_dir)
         )
         metrics = _loop(cfg, run_dir, roles, source, supervisor, log, start)
-    except StopRequested as stop:
+    except KeyboardInterrupt as stop:  # StopRequested, or a Ctrl-C that reached us as a plain KeyboardInterrupt
         if supervisor is not None:  # the iterations done since the last periodic checkpoint are kept
             stop.iteration, path = supervisor.save_latest()
             stop.checkpoint = str(path) if path else None
