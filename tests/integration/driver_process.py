@@ -81,3 +81,19 @@ def wait_released(run_name: str, timeout_s: float = 60) -> bool:
             return True
         time.sleep(0.5)
     return False
+
+
+def run_script(script: str, work: Path) -> dict:
+    """Run tests/integration/SCRIPT WORK in its own process (it starts a Ray cluster of its own);
+    its WORK/result.json."""
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    out = subprocess.run(
+        [sys.executable, str(REPO / "tests/integration" / script), str(work)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return {**json.loads((work / "result.json").read_text()), "stderr": out.stderr[-3000:]}

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from driver_process import run_script
 
 from rlhf_ray.cli import main
 from rlhf_ray.config.schema import ClusterConfig
@@ -22,17 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.mark.slow
 def test_placement_waits_for_the_autoscaler(tmp_path):
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    out = subprocess.run(
-        [sys.executable, str(REPO / "tests/integration/autoscaling_run.py"), str(tmp_path)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    result = json.loads((tmp_path / "result.json").read_text())
+    result = run_script("autoscaling_run.py", tmp_path)
     # 3 CPUs asked of a 1-CPU head: refused on a fixed cluster, here it waited while nodes were added
     assert result["nodes_before"] == 1 and result["nodes_after"] >= 2, result
 

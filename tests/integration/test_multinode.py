@@ -4,32 +4,17 @@ and no actor reading a driver-only path (tests/integration/multinode_run.py, in 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from driver_process import run_script
 
 from rlhf_ray.runtime.metrics import read_metrics
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
 def test_two_nodes_two_learners_no_shared_disk(tmp_path):
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    out = subprocess.run(
-        [sys.executable, str(REPO / "tests/integration/multinode_run.py"), str(tmp_path)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    result = json.loads((tmp_path / "result.json").read_text())
-    assert result["code"] == 0, out.stderr[-3000:]
+    result = run_script("multinode_run.py", tmp_path)
+    assert result["code"] == 0, result["stderr"]
     run = tmp_path / "run"
     assert [r["iteration"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2]
 

@@ -13,12 +13,12 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 import ray
 import torch
+from driver_process import comparable, logged, wait_for_iteration
 from ray.exceptions import RayActorError
 from safetensors.torch import load as st_load
 
@@ -37,10 +37,6 @@ def ppo(run: Path, *overrides: str) -> list[str]:
     return ["ppo", "--config", "configs/smoke.yaml", "--run-dir", str(run), "ppo.iterations=3", *overrides]
 
 
-def comparable(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
-
-
 @pytest.fixture(scope="module")
 def reference_rows(tmp_path_factory) -> list[dict]:
     run = tmp_path_factory.mktemp("reference") / "run"
@@ -51,26 +47,6 @@ def reference_rows(tmp_path_factory) -> list[dict]:
 @pytest.fixture(scope="module")
 def reference(reference_rows) -> list[dict]:
     return comparable(reference_rows)
-
-
-def wait_for_iteration(run: Path, iteration: int, timeout_s: float = 300) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if iteration in _logged(run / "metrics.jsonl"):
-            return
-        time.sleep(0.02)
-    raise TimeoutError(f"iteration {iteration} never reached {run}")
-
-
-def _logged(path: Path) -> set[int]:
-    """Iterations in a metrics.jsonl being written (a line still being appended is ignored)."""
-    done = set()
-    for line in path.read_text().splitlines() if path.exists() else []:
-        try:
-            done.add(json.loads(line)["iteration"])
-        except ValueError:
-            pass
-    return done
 
 
 def actor(role: str):
@@ -119,7 +95,7 @@ def test_resume_after_sigkill_of_the_driver_reproduces_the_metrics(tmp_path, ref
     finally:
         if driver.poll() is None:
             driver.kill()
-    assert _logged(run / "metrics.jsonl") == {1, 2}
+    assert logged(run / "metrics.jsonl") == {1, 2}
     assert main(["ppo", "--resume", str(run)]) == 0
     assert comparable(read_metrics(run / "metrics.jsonl")) == reference
 
