@@ -83,12 +83,15 @@ def wait_released(run_name: str, timeout_s: float = 60) -> bool:
     return False
 
 
-def run_script(script: str, work: Path) -> dict:
-    """Run tests/integration/SCRIPT WORK in its own process (it starts a Ray cluster of its own);
-    its WORK/result.json."""
+def run_script(command: list[str], work: Path, *args: str) -> dict:
+    """`python COMMAND WORK ARGS` in its own process, apart from the test session's Ray (it starts a
+    cluster of its own); its WORK/result.json. COMMAND: a script under tests/integration, or -c CODE."""
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env.pop("RAY_ADDRESS", None)
+    if command[0].endswith(".py"):
+        command = [str(REPO / "tests/integration" / command[0]), *command[1:]]
     out = subprocess.run(
-        [sys.executable, str(REPO / "tests/integration" / script), str(work)],
+        [sys.executable, *command, str(work), *args],
         cwd=REPO,
         env=env,
         capture_output=True,

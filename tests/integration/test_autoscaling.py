@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 from driver_process import run_script
@@ -14,12 +13,10 @@ from rlhf_ray.errors import UserError
 from rlhf_ray.runtime import placement
 from rlhf_ray.runtime.placement import autoscaling_limits, check_fits, role_specs
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 @pytest.mark.slow
 def test_placement_waits_for_the_autoscaler(tmp_path):
-    result = run_script("autoscaling_run.py", tmp_path)
+    result = run_script(["autoscaling_run.py"], tmp_path)
     # 3 CPUs asked of a 1-CPU head: refused on a fixed cluster, here it waited while nodes were added
     assert result["nodes_before"] == 1 and result["nodes_after"] >= 2, result
 

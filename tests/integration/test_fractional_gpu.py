@@ -6,16 +6,12 @@ session's Ray cluster."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from driver_process import run_script
 
 from rlhf_ray.runtime.metrics import read_metrics
 
-REPO = Path(__file__).resolve().parents[2]
 FRACTIONS = {"generator-0": 0.25, "reward-0": 0.25, "learner-0": 0.5}  # one card, shared by all three
 # Starts Ray with one declared GPU on this CPU-only machine, then runs PPO attached to it.
 RUN = """
@@ -37,18 +33,8 @@ json.dump({"code": code}, open(work + "/result.json", "w"))
 def test_roles_share_one_declared_gpu_by_fraction_and_run_on_cpu(tmp_path):
     overrides = ["ppo.iterations=1", "cluster.layout=separate"]
     overrides += [f"cluster.{role.split('-')[0].replace('reward', 'scorer')}_gpus={f}" for role, f in FRACTIONS.items()]
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    env.pop("RAY_ADDRESS", None)
-    out = subprocess.run(
-        [sys.executable, "-c", RUN, str(tmp_path), *overrides],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert json.loads((tmp_path / "result.json").read_text())["code"] == 0, out.stderr[-3000:]
+    result = run_script(["-c", RUN], tmp_path, *overrides)
+    assert result["code"] == 0, result["stderr"]
     run = tmp_path / "run"
     placement = {p["actor"]: p for p in json.loads((run / "placement.json").read_text())}
     assert set(placement) == set(FRACTIONS)

@@ -13,7 +13,7 @@ from rlhf_ray.runtime.metrics import read_metrics
 
 @pytest.mark.slow
 def test_two_nodes_two_learners_no_shared_disk(tmp_path):
-    result = run_script("multinode_run.py", tmp_path)
+    result = run_script(["multinode_run.py"], tmp_path)
     assert result["code"] == 0, result["stderr"]
     run = tmp_path / "run"
     assert [r["iteration"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2]
