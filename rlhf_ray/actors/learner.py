@@ -312,16 +312,16 @@ class Learner:
         entropy = algo.masked_mean(out.entropy, mask)
         # ent_coef 0: entropy is only a metric; keeping it out of the loss spares its (B, R, vocab) backward
         loss = pg_loss - p.ent_coef * entropy if p.ent_coef else pg_loss
-        if self.cfg.algo.kl_loss_coef:
-            kl_term = algo.kl_loss(out.logprobs, exp.ref_logprobs[rows, :width], mask)
-            loss = loss + self.cfg.algo.kl_loss_coef * kl_term
         stats = {
-            **({"kl/loss": float(kl_term.detach())} if self.cfg.algo.kl_loss_coef else {}),
             "policy/loss": float(pg_loss.detach()),
             "policy/clipfrac": float(pg_stats["clipfrac"]),
             "policy/approx_kl": float(pg_stats["approx_kl"]),
             "entropy/mean": float(entropy.detach()),
         }
+        if self.cfg.algo.kl_loss_coef:
+            kl_term = algo.kl_loss(out.logprobs, exp.ref_logprobs[rows, :width], mask)
+            loss = loss + self.cfg.algo.kl_loss_coef * kl_term
+            stats["kl/loss"] = float(kl_term.detach())
         if self.critic:
             v_loss, v_stats = algo.value_loss(
                 out.values, exp.old_values[rows, :width], exp.returns[rows, :width], mask, p.clip_range_value
