@@ -1,10 +1,9 @@
 """Thin Ray wrappers: each role class as an actor, plus `where()` for placement.json.
 
-Nothing else lives here; the roles are plain classes tested without Ray."""
+Nothing else lives here; the roles are plain classes tested without Ray. The scorer's wrapper lives
+in remote_scorer.py (re-exported here) so that its process does not import the policy roles' peft."""
 
 from __future__ import annotations
-
-import os
 
 import ray
 
@@ -12,28 +11,13 @@ from rlhf_ray.actors.dp import free_port
 from rlhf_ray.actors.fused import FusedPolicyHost
 from rlhf_ray.actors.generator import Generator
 from rlhf_ray.actors.learner import Learner
-from rlhf_ray.actors.scorer import RewardScorer
+from rlhf_ray.actors.remote_scorer import RewardScorerActor, where
 
-
-def where() -> dict:
-    """Where the calling actor runs (for placement.json)."""
-    ctx = ray.get_runtime_context()
-    return {
-        "node_id": ctx.get_node_id(),
-        "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
-        "pid": os.getpid(),
-        "hostname": os.uname().nodename,
-    }
+__all__ = ["FusedPolicyActor", "GeneratorActor", "LearnerActor", "RewardScorerActor", "where"]
 
 
 @ray.remote
 class GeneratorActor(Generator):
-    def where(self) -> dict:
-        return where()
-
-
-@ray.remote
-class RewardScorerActor(RewardScorer):
     def where(self) -> dict:
         return where()
 

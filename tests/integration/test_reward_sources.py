@@ -1,6 +1,7 @@
-"""Reward sources on real Ray scorer actors: a function that reads the dataset's columns, two
-weighted sources, an HTTP source against `rlhf-ray serve-reward` (a subprocess on 127.0.0.1) and
-against a flaky local server, and one PPO run with a function source next to the classifier."""
+"""Reward sources on real Ray scorer actors: one actor with a function that reads the dataset's
+columns, weighted sources and a flaky local HTTP judge; an HTTP source against `rlhf-ray
+serve-reward` (a subprocess on 127.0.0.1); and one PPO run with a function source next to the
+classifier. Each source kind's own rules (retries, errors, combination) are unit tests."""
 
 from __future__ import annotations
 
@@ -83,29 +84,56 @@ def score(specs, sample: Rollout | None = None):
         ray.kill(actor)
 
 
-def test_function_source_gets_raw_prompts_and_dataset_columns(functions):
-    spec = spec_of(RewardSourceConfig(kind="function", function=f"{functions}:answer_in_completion"), "s")
-    functions.unlink()  # the actor gets the file's text in its constructor args, never the path
-    scores = score([spec])
-    values = scores.per_source["fn:answer_in_completion"]
-    # rows 0 and 3 hold their answer: len("question ") + row index question marks; rows 1, 2 do not
-    assert values[0] == 9.0 and values[3] == 12.0 and values.isnan()[1:3].all()
-    assert scores.applied.tolist() == [True, False, False, True]
-    assert scores.rewards.tolist() == [9.0, 0.0, 0.0, 12.0]  # a sample no source applied to gets 0
+def test_one_scorer_actor_runs_function_classifier_and_http_sources(functions, tiny_classifier, flaky):
+    """One actor, four sources: a function reading the raw chat prompts and a dataset column, the
+    classifier and a function with weights, an HTTP judge that answers 503 twice before its 200 (retried)
+    and then 422 (not retried: one line that names the source, through Ray)."""
+    import ray
 
+    def imported(_actor) -> list[str]:  # run in the actor's process (a nested function travels by value)
+        import sys
 
-def test_two_weighted_sources_combine_by_hand(functions, tiny_classifier):
+        return [m for m in ("peft", "bitsandbytes", "rlhf_ray.actors.learner") if m in sys.modules]
+
+    server, url = flaky(503, 503, 200, 422)
     specs = [
-        spec_of(RewardSourceConfig(kind="classifier", weight=0.5), "a", model=tiny_classifier),
-        spec_of(RewardSourceConfig(kind="function", function=f"{functions}:shouting", weight=-2.0), "b"),
+        spec_of(RewardSourceConfig(kind="function", function=f"{functions}:answer_in_completion"), "a"),
+        spec_of(RewardSourceConfig(kind="classifier", weight=0.5), "b", model=tiny_classifier),
+        spec_of(RewardSourceConfig(kind="function", function=f"{functions}:shouting", weight=-2.0), "c"),
+        spec_of(RewardSourceConfig(kind="http", url=url, name="judge", retries=3), "d"),
     ]
-    scores = score(specs)
-    sample = rollout()
+    functions.unlink()  # the actor gets the file's text in its constructor args, never the path
+    actor = scorer(specs)
+    try:
+        scores = ray.get(actor.score.remote(rollout()))
+        assert server.calls == 3
+        with pytest.raises(RewardSourceError) as exc:
+            ray.get(actor.score.remote(rollout()))
+        assert server.calls == 4
+        # the scorer's process never loads the policy roles' packages (a third of an actor's start-up)
+        assert ray.get(actor.__ray_call__.remote(imported)) == []
+    finally:
+        ray.kill(actor)
+    line = user_message(exc.value)
+    assert line.startswith("reward source 'judge': ") and "answered HTTP 422 (status 422)" in line
+    assert "\n" not in line
+
+    answer = scores.per_source["fn:answer_in_completion"]
+    # rows 0 and 3 hold their answer: len("question ") + row index question marks; rows 1, 2 do not
+    assert answer[0] == 9.0 and answer[3] == 12.0 and answer.isnan()[1:3].all()
     # the classifier reads prompt + response, the prompt as the policy read it (reward.input default)
+    sample = rollout()
     expected_cls = RewardModel(tiny_classifier).score([p + c for p, c in zip(sample.prompts, COMPLETIONS)])
     torch.testing.assert_close(scores.per_source["classifier"], expected_cls)
     assert scores.per_source["fn:shouting"].tolist() == [0.0, 6.0, 0.0, 2.0]
-    expected = 0.5 * expected_cls - 2.0 * torch.tensor([0.0, 6.0, 0.0, 2.0])
+    assert scores.per_source["judge"].nan_to_num(-9).tolist() == [1.5, -9.0, -1.0, 0.0]
+    # the weighted sum over the sources that applied (a None contributes nothing)
+    expected = (
+        answer.nan_to_num(0)
+        + 0.5 * expected_cls
+        - 2.0 * torch.tensor([0.0, 6.0, 0.0, 2.0])
+        + torch.tensor([1.5, 0.0, -1.0, 0.0])
+    )
     torch.testing.assert_close(scores.rewards, expected)
     assert scores.applied.all()
 
@@ -176,24 +204,6 @@ def flaky():
     for server in servers:
         server.shutdown()
         server.server_close()
-
-
-def test_http_source_retries_5xx_then_succeeds(flaky):
-    server, url = flaky(503, 503, 200)
-    scores = score([spec_of(RewardSourceConfig(kind="http", url=url, name="judge", retries=3), "s")])
-    assert server.calls == 3
-    assert scores.per_source["judge"].nan_to_num(-9).tolist() == [1.5, -9.0, -1.0, 0.0]
-    assert scores.applied.tolist() == [True, False, True, True]
-
-
-def test_http_source_does_not_retry_a_4xx(flaky):
-    server, url = flaky(422)
-    with pytest.raises(RewardSourceError) as exc:
-        score([spec_of(RewardSourceConfig(kind="http", url=url, name="judge", retries=3), "s")])
-    assert server.calls == 1
-    line = user_message(exc.value)
-    assert line.startswith("reward source 'judge': ") and "answered HTTP 422 (status 422)" in line
-    assert "\n" not in line
 
 
 @pytest.mark.slow
