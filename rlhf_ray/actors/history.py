@@ -8,12 +8,15 @@ from __future__ import annotations
 import contextlib
 
 import torch
-from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
 from rlhf_ray.errors import StaleRolloutError
 
 
 def _snapshot(model, value_head) -> dict[str, torch.Tensor]:
+    # peft is imported where it is used (as in models/adapter.py): the driver imports this module
+    # through actors.remote and never needs peft, nor the bitsandbytes it pulls in (seconds per start)
+    from peft import get_peft_model_state_dict
+
     # clone: on CPU, .cpu()/.detach() alias the live parameters that the optimizer is about to change
     state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
     if value_head is not None:
@@ -22,6 +25,8 @@ def _snapshot(model, value_head) -> dict[str, torch.Tensor]:
 
 
 def _load(model, value_head, state: dict[str, torch.Tensor]) -> None:
+    from peft import set_peft_model_state_dict
+
     set_peft_model_state_dict(model, {k: v for k, v in state.items() if not k.startswith("value_head.")})
     if value_head is not None:
         value_head.load_state_dict(

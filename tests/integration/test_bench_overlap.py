@@ -48,16 +48,16 @@ def test_bench_on_the_smoke_config(tmp_path, capsys):
 
 def test_overlapped_rollouts_lag_one_version_within_the_bound(tmp_path):
     on = tmp_path / "overlap"
-    off = tmp_path / "on-policy"
     assert main(["ppo", "--config", SMOKE, "--run-dir", str(on), "ppo.iterations=3", "ppo.overlap=true"]) == 0
-    assert main(["ppo", "--config", SMOKE, "--run-dir", str(off), "ppo.iterations=1", "ppo.checkpoint_every=5"]) == 0
-    rows, plain = read_metrics(on / "metrics.jsonl"), read_metrics(off / "metrics.jsonl")
-    assert [set(r) for r in rows] == [set(plain[0])] * 3  # complete metrics: the on-policy run's keys
+    rows = read_metrics(on / "metrics.jsonl")
+    # complete metrics: the first row is an on-policy iteration's (nothing sampled ahead yet), the
+    # overlapped ones carry the same keys
+    assert [set(r) for r in rows] == [set(rows[0])] * 3
+    assert {"reward/mean", "kl/mean", "policy/loss", "value/loss", "time/generate_s", "sync/bytes"} <= set(rows[0])
     # batch k+1 is sampled while the learner trains on k: from the second batch on, one version behind
     assert [r["policy/sampled_version"] for r in rows] == [0, 0, 1]
     assert [r["policy/lag"] for r in rows] == [0, 1, 1]
-    assert all(r["policy/lag"] <= 1 for r in rows) and [r["policy/version"] for r in rows] == [1, 2, 3]
-    assert plain[0]["policy/lag"] == 0
+    assert [r["policy/version"] for r in rows] == [1, 2, 3]
     # resuming an overlapped run restarts the prompt stream where the learner stopped, not past the batch sampled ahead
     # (the checkpoint after iteration 2 is taken while batch 3 is already drawn and sampling)
     state = json.loads((on / "checkpoints" / "iter-000002" / "driver_state.json").read_text())

@@ -71,13 +71,16 @@ def test_gpu_pack_runs_every_check_on_cpu_without_ray(tmp_path):
         assert r["oom"] is None and r["dtype"] == "float32"  # fp32 on the CPU; bf16 is the GPU's
 
 
-def test_cuda_asked_for_never_falls_back_to_cpu(tmp_path):
-    for device in ("cuda", "auto"):  # auto is the default: the 44-layer shape must not start on the CPU
-        out = _pack(tmp_path, sys.executable, "--device", device, timeout=120)
-        assert out.returncode == 2, out.stderr[-2000:]
-        (line,) = _our_lines(out.stderr)
-        assert f"--device {device}" in line and "sees no CUDA device" in line and "never falls back" in line
-        assert out.stdout == ""  # nothing ran
+def refuses_without_cuda(out: subprocess.CompletedProcess, device: str) -> None:
+    assert out.returncode == 2, out.stderr[-2000:]
+    (line,) = [ln for ln in _our_lines(out.stderr) if "sees no CUDA device" in ln]  # said once
+    assert f"--device {device}" in line and "never falls back" in line
+    assert out.stdout == ""  # nothing ran
+
+
+def test_the_default_device_never_falls_back_to_cpu(tmp_path):
+    """auto is the default: the 44-layer shape must not start on the CPU (--device cuda: below)."""
+    refuses_without_cuda(_pack(tmp_path, sys.executable, timeout=120), "auto")
 
 
 def test_missing_packages_are_named_in_one_line(tmp_path):
@@ -117,9 +120,10 @@ def test_carried_wheels_install_offline_on_top_of_the_system(tmp_path):
         capture_output=True,
         timeout=300,
     )
-    # The runs then fail for want of CUDA, after the install: the probe shows what they could import.
+    # The runs then refuse for want of CUDA, after the install: the probe shows what they could import.
     out = _pack(tmp_path, sys.executable, "--device", "cuda", timeout=300)
     assert "installed gpu_pack_probe-1.0 into" in out.stderr, out.stderr[-2000:]
+    refuses_without_cuda(out, "cuda")
     probe = subprocess.run(
         [sys.executable, "-c", "import gpu_pack_probe; print(gpu_pack_probe.__file__)"],
         env={**os.environ, "PYTHONPATH": str(tmp_path / "site")},

@@ -1,8 +1,11 @@
-"""PPO end to end on a real local Ray cluster (shared per test session) with tiny quantized models."""
+"""PPO end to end on a real local Ray cluster (shared per test session) with tiny quantized models,
+and the run directory it leaves as a new user meets it."""
 
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -41,9 +44,17 @@ def _lora_b(checkpoint_dir) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if "lora_B" in k}
 
 
-def test_gae_smoke_end_to_end_and_resume(tmp_path, capsys):
+def test_gae_smoke_end_to_end_in_a_self_describing_run_directory_then_resume(tmp_path, monkeypatch, capsys, tiny_lm):
+    """The smoke run as a new user meets it: metrics, a trained adapter, placement and samples; provenance,
+    console log and the user's umask; a finished run left alone by --resume, then extended by it; an
+    adapter that loads elsewhere by the base name the user gave."""
     run = tmp_path / "gae"
-    assert main(["ppo", "--config", SMOKE, "--run-dir", str(run)]) == 0
+    old = os.umask(0o002)  # group-writable, as on shared storage
+    try:
+        assert main(["ppo", "--config", SMOKE, "--run-dir", str(run)]) == 0
+    finally:
+        os.umask(old)
+    printed = capsys.readouterr()
     rows = read_metrics(run / "metrics.jsonl")
     assert [r["iteration"] for r in rows] == [1, 2]
     for key in REQUIRED + ["value/loss"]:
@@ -66,7 +77,55 @@ def test_gae_smoke_end_to_end_and_resume(tmp_path, capsys):
 
     assert set(pq.read_table(samples[-1]).column_names) >= {"prompt", "response", "score"}
 
-    # Resume: continue from the latest checkpoint (iteration 2) to iteration 3.
+    # Every file and directory of the run follows the umask (no 0600/0700 temp files renamed in).
+    modes = {str(p.relative_to(run)): stat.S_IMODE(p.stat().st_mode) for p in run.rglob("*")}
+    wrong = {p: oct(m) for p, m in modes.items() if m != (0o775 if (run / p).is_dir() else 0o664)}
+    assert not wrong and "DONE.json" in modes and "placement.json" in modes
+
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["command"]["args"] == ["ppo", "--config", SMOKE, "--run-dir", str(run)]
+    assert {"torch", "transformers", "peft", "bitsandbytes", "ray", "rlhf_ray"} <= set(info["versions"])
+    assert info["machine"]["cpus"] >= 1 and info["git_commit"]
+    reward = info["models"]["reward"]
+    assert reward["configured"] == "tiny-random-bert" and reward["resolved"].endswith("tiny-random-bert-v1")
+    assert info["models"]["policy"]["resolved"] == tiny_lm
+
+    log = (run / "console.log").read_text()
+    assert "ppo 2/2" in log and json.loads(log.strip().splitlines()[-1])["run_dir"] == str(run)
+    assert "Token authentication is enabled" not in printed.err + log
+
+    adapter = latest_checkpoint(run) / "adapter"
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == "tiny-random-llama"
+    assert (adapter / "tokenizer.json").exists()
+    card = (adapter / "README.md").read_text()
+    assert "base_model: tiny-random-llama" in card and "| reward/mean |" in card and "advantage: gae" in card
+
+    # --resume of the complete run: one line, exit 0, DONE.json untouched.
+    done = (run / "DONE.json").read_bytes(), (run / "DONE.json").stat().st_mtime_ns
+    assert main(["ppo", "--resume", str(run)]) == 0
+    assert "is complete (2 of 2 iterations)" in capsys.readouterr().err
+    assert ((run / "DONE.json").read_bytes(), (run / "DONE.json").stat().st_mtime_ns) == done
+
+    # Another machine: an empty cache. The base is found (built) by the name in adapter_config.json.
+    from peft import PeftModel
+
+    from rlhf_ray.models.adapter import load_adapter_model
+    from rlhf_ray.models.policy import load_causal_lm
+
+    fresh = tmp_path / "fresh-cache"
+    with monkeypatch.context() as env:
+        env.setenv("RLHF_RAY_CACHE", str(fresh))
+        moved = load_adapter_model(adapter).eval()
+    assert (fresh / "models" / "tiny-random-llama-v1" / "config.json").exists()
+    here = PeftModel.from_pretrained(load_causal_lm(tiny_lm, "none", "cpu"), str(adapter)).eval()
+    ids = torch.tensor([[5, 17, 42, 99, 7]])
+    with torch.no_grad():
+        got, want = moved(input_ids=ids).logits, here(input_ids=ids).logits
+        with here.disable_adapter():
+            base = here(input_ids=ids).logits
+    assert torch.equal(got, want) and not torch.equal(got, base)  # same base weights, adapter applied
+
+    # --resume of the run with more iterations: from the latest checkpoint (iteration 2) to 3.
     assert latest_checkpoint(run).name == "iter-000002"
     assert main(["ppo", "--resume", str(run), "ppo.iterations=3"]) == 0
     rows = read_metrics(run / "metrics.jsonl")

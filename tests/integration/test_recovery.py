@@ -7,18 +7,15 @@ must reproduce the reference's metrics exactly (apart from time/* keys)."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 import ray
 import torch
-from driver_process import comparable, logged, wait_for_iteration
+from driver_process import comparable, logged, start_driver, wait_for_iteration
 from ray.exceptions import RayActorError
 from safetensors.torch import load as st_load
 
@@ -29,12 +26,13 @@ from rlhf_ray.store.checkpoint import latest_checkpoint
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
-REPO = Path(__file__).resolve().parents[2]
+
+ARGS = ["--config", "configs/smoke.yaml", "ppo.iterations=3"]  # the smoke config for 3 iterations
 
 
 def ppo(run: Path, *overrides: str) -> list[str]:
-    """`rlhf-ray ppo` arguments: the smoke config for 3 iterations."""
-    return ["ppo", "--config", "configs/smoke.yaml", "--run-dir", str(run), "ppo.iterations=3", *overrides]
+    """`rlhf-ray ppo` arguments."""
+    return ["ppo", "--run-dir", str(run), *ARGS, *overrides]
 
 
 @pytest.fixture(scope="module")
@@ -78,18 +76,11 @@ class Faults(threading.Thread):
 
 def test_resume_after_sigkill_of_the_driver_reproduces_the_metrics(tmp_path, reference):
     run = tmp_path / "run"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local Ray, as a user's run
-    env["PYTHONPATH"] = str(REPO)
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "rlhf_ray.cli", *ppo(run)],
-        cwd=REPO,
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    # attached to the session's Ray, as a `ray job submit` driver is to its cluster (Ray then ends
+    # the dead driver's actors itself); its own local Ray only added a head start to the test
+    driver = start_driver(run, ARGS, tmp_path / "driver.log")
     try:
-        wait_for_iteration(run, 2)
+        wait_for_iteration(run, 2, driver)
         driver.send_signal(signal.SIGKILL)  # mid-run: iteration 2 logged, its checkpoint maybe not yet
         driver.wait(timeout=30)
     finally:
