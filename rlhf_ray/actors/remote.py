@@ -1,9 +1,12 @@
 """Thin Ray wrappers: each role class as an actor, plus `where()` for placement.json.
 
-Nothing else lives here; the roles are plain classes tested without Ray. The scorer's wrapper lives
-in remote_scorer.py (re-exported here) so that its process does not import the policy roles' peft."""
+Nothing else lives here; the roles are plain classes tested without Ray. A Ray worker imports this
+module to build its actor, so it imports no model library at its top: each role loads peft,
+bitsandbytes and transformers when it loads a model (the scorer never loads peft for a classifier)."""
 
 from __future__ import annotations
+
+import os
 
 import ray
 
@@ -11,13 +14,28 @@ from rlhf_ray.actors.dp import free_port
 from rlhf_ray.actors.fused import FusedPolicyHost
 from rlhf_ray.actors.generator import Generator
 from rlhf_ray.actors.learner import Learner
-from rlhf_ray.actors.remote_scorer import RewardScorerActor, where
+from rlhf_ray.actors.scorer import RewardScorer
 
-__all__ = ["FusedPolicyActor", "GeneratorActor", "LearnerActor", "RewardScorerActor", "where"]
+
+def where() -> dict:
+    """Where the calling actor runs (for placement.json)."""
+    ctx = ray.get_runtime_context()
+    return {
+        "node_id": ctx.get_node_id(),
+        "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+        "pid": os.getpid(),
+        "hostname": os.uname().nodename,
+    }
 
 
 @ray.remote
 class GeneratorActor(Generator):
+    def where(self) -> dict:
+        return where()
+
+
+@ray.remote
+class RewardScorerActor(RewardScorer):
     def where(self) -> dict:
         return where()
 
