@@ -7,7 +7,7 @@ from .advantages import compute_gae, group_advantages
 from .batching import token_budget_batches
 from .experience import estimate_advantages, sequence_kl
 from .kl import AdaptiveKLController, FixedKLController, kl_penalty, shape_rewards
-from .losses import entropy_from_logits, kl_loss, policy_loss, value_loss
+from .losses import entropy_from_logprobs, kl_loss, policy_loss, value_loss
 from .stats import masked_mean, masked_var, masked_whiten
 
 __all__ = [
@@ -26,5 +26,5 @@ __all__ = [
     "policy_loss",
     "value_loss",
     "kl_loss",
-    "entropy_from_logits",
+    "entropy_from_logprobs",
 ]

@@ -13,7 +13,7 @@ import torch
 from .kl import kl_penalty
 from .stats import as_bool_mask, masked_mean
 
-__all__ = ["policy_loss", "value_loss", "kl_loss", "entropy_from_logits"]
+__all__ = ["policy_loss", "value_loss", "kl_loss", "entropy_from_logprobs"]
 
 
 def policy_loss(
@@ -112,20 +112,16 @@ def value_loss(
     return loss, {name: t.detach() for name, t in stats.items()}
 
 
-def entropy_from_logits(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per-token entropy of ``softmax(logits)``.
-
-    ``H = logsumexp(l) - sum(softmax(l) * l)``, which avoids log(0) of
-    explicit probabilities. Vocabulary entries with probability 0 (e.g. -inf
-    logits) contribute 0 instead of ``0 * -inf = nan``.
+def entropy_from_logprobs(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-token entropy ``H = -sum(p * log p)`` of a distribution given as log-probabilities (a
+    log_softmax's output, which the log-prob of the sampled token is gathered from anyway: no second
+    softmax over the vocabulary). Entries with probability 0 (log-prob -inf) contribute 0 instead of
+    ``0 * -inf = nan``.
 
     Shapes:
-        logits: (B, T, V); mask: (B, T).
+        logprobs: (B, T, V); mask: (B, T).
         returns: (B, T), 0 at padded positions.
     """
-    m = as_bool_mask(mask)
-    safe = torch.where(m[..., None], logits, torch.zeros_like(logits))
-    probs = torch.softmax(safe, dim=-1)
-    finite_logits = torch.where(probs > 0, safe, torch.zeros_like(safe))
-    ent = torch.logsumexp(safe, dim=-1) - (probs * finite_logits).sum(dim=-1)
-    return torch.where(m, ent, torch.zeros_like(ent))
+    finite = logprobs.clamp(min=torch.finfo(logprobs.dtype).min)  # -inf -> the lowest finite value
+    ent = -(logprobs.exp() * finite).sum(dim=-1)
+    return torch.where(as_bool_mask(mask), ent, torch.zeros_like(ent))

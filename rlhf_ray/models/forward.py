@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from rlhf_ray.algo import entropy_from_logits
+from rlhf_ray.algo import entropy_from_logprobs
 from rlhf_ray.models.policy import causal_lm_of
 
 
@@ -48,13 +48,16 @@ def _chunk_stats(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Shapes: h (B, C, H), targets/mask (B, C) -> log-probs (B, C), entropy (B, C) or None.
 
-    The only place the (B, C, V) logits exist."""
-    logits = head(h.to(head.weight.dtype if head.weight.is_floating_point() else h.dtype)).float() / temperature
-    lp = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
+    The only place the (B, C, V) logits exist. `h` is a slice of the (B, T, H) hidden states: made
+    contiguous first, else the head's matmul runs as a broadcast bmm, 2.5x slower on a CPU."""
+    h = h.contiguous()
+    logits = head(h.to(head.weight.dtype if head.weight.is_floating_point() else h.dtype)).float().div_(temperature)
+    logp = torch.log_softmax(logits, dim=-1)
+    lp = logp.gather(-1, targets[..., None]).squeeze(-1)
     if not with_entropy:
         return lp, None
     with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-        return lp, entropy_from_logits(logits, mask)
+        return lp, entropy_from_logprobs(logp, mask)
 
 
 def _head_stats(

@@ -12,7 +12,7 @@ from rlhf_ray.algo import (
     AdaptiveKLController,
     FixedKLController,
     compute_gae,
-    entropy_from_logits,
+    entropy_from_logprobs,
     group_advantages,
     kl_loss,
     kl_penalty,
@@ -257,9 +257,22 @@ def test_entropy_hand():
     logits[1, 0] = t([0.0, math.log(3.0), -INF, -INF, -INF])  # p = [1/4, 3/4, 0...]
     logits[1, 2] = NAN  # padding
     mask = t([[1, 1, 1], [1, 1, 0]])
-    ent = entropy_from_logits(logits, mask)
+    ent = entropy_from_logprobs(torch.log_softmax(logits, -1), mask)
     h2 = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))  # = ln4 - 0.75 ln3
     close(ent, [[math.log(V)] * 3, [h2, math.log(V), 0.0]])
+
+
+def test_entropy_from_logprobs_matches_softmax_definition_with_grad():
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(3, 4, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    mask = t([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]])
+    ent = entropy_from_logprobs(torch.log_softmax(logits, -1), mask)
+    p = torch.softmax(logits, -1)
+    want = -(p * p.log()).sum(-1) * mask
+    close(ent, want)
+    (grad,) = torch.autograd.grad((ent * torch.arange(12.0).view(3, 4)).sum(), logits)
+    (want_grad,) = torch.autograd.grad((want * torch.arange(12.0).view(3, 4)).sum(), logits)
+    close(grad, want_grad)
 
 
 # ---------------------------------------------------------------- controllers
@@ -348,7 +361,7 @@ def test_masked_positions_change_nothing():
         loss, st = value_loss(val, old_, r, mask, 0.2)
         out += [loss, *st.values()]
         out += [
-            entropy_from_logits(lg, mask),
+            entropy_from_logprobs(torch.log_softmax(lg, -1), mask),
             masked_mean(r, mask),
             masked_mean(r, mask, dim=1),
             masked_var(r, mask),

@@ -6,7 +6,6 @@ import pytest
 import torch
 from memtrack import LiveBytes
 
-from rlhf_ray.algo import entropy_from_logits
 from rlhf_ray.models import forward
 from rlhf_ray.models.forward import response_stats
 from rlhf_ray.models.policy import ValueHead, attach_lora, load_causal_lm, ppo_numerics
@@ -48,7 +47,8 @@ def _reference_stats(model, ids, mask, prompt_len, with_entropy):
     hidden = forward.decoder_hidden(model, ids, mask)[:, prompt_len - 1 : -1]
     logits = forward.causal_lm_of(model).get_output_embeddings()(hidden).float()
     lp = torch.log_softmax(logits, -1).gather(-1, ids[:, prompt_len:, None]).squeeze(-1)
-    return lp, entropy_from_logits(logits, mask[:, prompt_len:]) if with_entropy else None
+    p = torch.softmax(logits, -1)
+    return lp, -(p * p.log()).sum(-1) * mask[:, prompt_len:] if with_entropy else None
 
 
 def _grads(model, loss_fn):
