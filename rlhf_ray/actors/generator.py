@@ -6,9 +6,11 @@ from rlhf_ray.actors.common import init_process, load_policy
 from rlhf_ray.batch import AdapterPayload, GenerationInfo, Prompt, Rollout
 from rlhf_ray.config.schema import Config
 from rlhf_ray.data.prompts import rollout_rows
+from rlhf_ray.errors import ConfigError
 from rlhf_ray.models.adapter import import_adapter
 from rlhf_ray.models.assets import materialize
-from rlhf_ray.models.dequant import dequant_enabled, dequantized_int8
+from rlhf_ray.models.decode import LeanDecoder, held_bytes, sample_lean, unsupported
+from rlhf_ray.models.dequant import cache_fits, dequant_enabled, dequantized_int8
 from rlhf_ray.models.generate import sample, sample_with_reference
 from rlhf_ray.models.policy import load_tokenizer, ppo_numerics, role_device
 from rlhf_ray.store import seeds
@@ -32,7 +34,23 @@ class Generator:
             self.tokenizer = load_tokenizer(policy_path)
             self.model = ppo_numerics(load_policy(cfg, policy_path, self.device, gradient_checkpointing=False))
         self.version, self.adapter_hash = -1, ""
+        self.lean: LeanDecoder | None = None
         self.dequant = dequant_enabled(cfg.model.dequant_cache, self.model)
+        self.decoder  # noqa: B018 -- a forced generate.decoder=lean that does not apply fails here, at start
+
+    @property
+    def decoder(self) -> str:
+        """generate.decoder resolved for this model on this role's device: `lean` or `transformers`."""
+        setting = self.cfg.generate.decoder
+        if not self.cfg.reference_logprobs_on() or setting == "transformers":
+            return "transformers"
+        reason = unsupported(self.model, self.device)
+        if reason is None and (setting == "lean" or self.dequant and cache_fits(held_bytes(self.model))):
+            return "lean"
+        if setting == "lean":
+            raise ConfigError("generate.decoder", f"lean does not apply to this policy: {reason}",
+                              "set generate.decoder=auto or transformers")  # fmt: skip
+        return "transformers"
 
     def load_adapter(self, payload: AdapterPayload) -> tuple[int, str]:
         """Install a new adapter after verifying its hash; returns (version, verified hash)."""
@@ -59,7 +77,11 @@ class Generator:
         )
         texts = [p.text if isinstance(p, Prompt) else p for p in prompts]
         with dequantized_int8(self.model, self.dequant):  # bit-identical, one weight dequant per call
-            if self.cfg.reference_logprobs_on():  # the reference pass rides in the decode steps
+            if self.decoder == "lean":  # the reference pass rides in the decode steps, our own loop
+                common.pop("device")
+                self.lean = self.lean or LeanDecoder(self.model)  # the frozen base, laid out once
+                rollout = sample_lean(self.lean, self.tokenizer, texts, **common)
+            elif self.cfg.reference_logprobs_on():  # the reference pass rides in transformers' decode steps
                 rollout = sample_with_reference(self.model, self.tokenizer, texts, **common)
             else:
                 rollout = sample(self.model, self.tokenizer, texts, top_k=g.top_k, top_p=g.top_p, **common)

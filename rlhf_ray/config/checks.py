@@ -292,6 +292,12 @@ def _validate_gpu_use(cfg: Config) -> None:
         "is not yet measured on a GPU (the generator's and the learner's log-probs may differ there): "
         "set it to false, or keep cluster.generator_gpus and cluster.learner_gpus at 0",
     )
+    _check(
+        cfg.generate.decoder != "lean" or cfg.reference_logprobs_on(),
+        "generate.decoder",
+        "lean decodes with the reference rows, which generate.reference_logprobs turns off here: "
+        "set generate.reference_logprobs=true or generate.decoder=auto",
+    )
 
 
 def _validate_sampling_and_logging(cfg: Config) -> None:

@@ -90,6 +90,11 @@ class GenerateConfig:
     # pass. Pays off where a decode step costs about the same for twice the rows. auto: on when the
     # policy roles run on the CPU (measured exact there), off on a GPU (not yet measured there).
     reference_logprobs: bool | Literal["auto"] = "auto"
+    # What runs those decode steps (with reference_logprobs on): lean = rlhf_ray's own decode loop for 8-bit
+    # Llama-architecture policies on a CPU (fused projections, a KV cache allocated once, inverse-CDF draws;
+    # log-probs within 2e-4 of the learner's, a different random stream from transformers' generate);
+    # transformers = one model forward per token. auto: lean where it applies, else transformers.
+    decoder: Literal["auto", "lean", "transformers"] = "auto"
 
 
 # reward.objective -> (dataset, train_size, eval_size) when those keys are None.

@@ -65,7 +65,7 @@ def check_mode(mode: ChatMode, tokenizer, any_messages: bool, source: str) -> No
 
 def render(prompt: str | list[dict[str, Any]], tokenizer, mode: ChatMode) -> str:
     """The text the policy reads. A rendered template already holds every special token it needs,
-    so generation tokenizes it with add_special_tokens=False (models.generate._encode): no second BOS."""
+    so generation tokenizes it with add_special_tokens=False (models.generate.encode_prompts): no second BOS."""
     if isinstance(prompt, str):
         if mode is not True:
             return prompt

@@ -221,7 +221,7 @@ def _render_prompts(cfg: Config, tokenizer, ref: str, part: Split) -> PromptSet:
 
 
 def _token_counts(texts: list[str], tokenizer, chunk: int = 1024) -> list[int]:
-    # as the generator encodes them (models.generate._encode): no special tokens added
+    # as the generator encodes them (models.generate.encode_prompts): no special tokens added
     counts: list[int] = []
     for start in range(0, len(texts), chunk):
         counts += [len(ids) for ids in tokenizer(texts[start : start + chunk], add_special_tokens=False)["input_ids"]]

@@ -94,13 +94,13 @@ def cache_kept(model):
         lm.config.use_cache = saved_use_cache
 
 
-def _encode(tokenizer, prompts: list[str], group_size: int, device: str):
+def encode_prompts(tokenizer, prompts: list[str], group_size: int, device: str):
     tokenizer.padding_side = "left"
     expanded = [p for p in prompts for _ in range(group_size)]
     return expanded, tokenizer(expanded, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
 
 
-def _rollout(
+def make_rollout(
     tokenizer,
     expanded,
     enc,
@@ -147,7 +147,7 @@ def sample(
 
     With `return_logits`, also the processed next-token scores the sampler drew from, (B, R, V)
     log-space (for tests that compare them with the learner's log-probs)."""
-    expanded, enc = _encode(tokenizer, prompts, group_size, device)
+    expanded, enc = encode_prompts(tokenizer, prompts, group_size, device)
     config = sampling_config(
         tokenizer, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p
     )
@@ -156,7 +156,7 @@ def sample(
     with model_defaults_ignored(model), cache_kept(model):
         out = model.generate(**enc, generation_config=config)
     sequences = out.sequences if return_logits else out
-    rollout = _rollout(
+    rollout = make_rollout(
         tokenizer, expanded, enc, sequences[:, enc["input_ids"].shape[1] :], policy_version, group_size, temperature
     )
     if return_logits:
@@ -210,7 +210,7 @@ def sample_with_reference(
     learner's whole reference pass comes nearly free. Sampling is softmax(logits / temperature) with
     torch.multinomial, as `generate` does it; the log-probs are of that same distribution."""
 
-    expanded, enc = _encode(tokenizer, prompts, group_size, device)
+    expanded, enc = encode_prompts(tokenizer, prompts, group_size, device)
     ids, mask = enc["input_ids"], enc["attention_mask"]
     B = ids.shape[0]
     rows_on = torch.arange(2 * B, device=device) < B
@@ -244,6 +244,6 @@ def sample_with_reference(
             mask2 = torch.cat([mask2, torch.ones_like(mask2[:, :1])], dim=1)
             positions = positions[:, -1:] + 1
     responses = torch.stack(tokens, dim=1)
-    return _rollout(
+    return make_rollout(
         tokenizer, expanded, enc, responses, policy_version, group_size, temperature, torch.stack(ref_lps, dim=1)
     )

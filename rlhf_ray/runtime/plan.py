@@ -104,6 +104,7 @@ class ModelShape:
     quantized_linears: list[tuple[int, int]]  # (in, out) of every decoder-layer Linear
     other_params: int  # embeddings, LM head, norms, biases: kept unquantized
     lora_params: int  # r x (in + out) summed over LoRA targets
+    model_type: str = ""  # the config's model_type (the lean decode loop knows llama)
 
 
 def model_shape(config, lora_r: int, targets: list[str] | None) -> ModelShape:
@@ -135,6 +136,7 @@ def model_shape(config, lora_r: int, targets: list[str] | None) -> ModelShape:
         linears,
         other,
         lora,
+        getattr(config, "model_type", ""),
     )
 
 
@@ -193,6 +195,17 @@ def dequant_bytes(cfg: Config, s: ModelShape, dense: int, on_gpu: bool) -> int:
     return max(i * o for i, o in s.quantized_linears) * dense
 
 
+def lean_decode_bytes(cfg: Config, s: ModelShape, on_gpu: bool) -> int:
+    """What the generator's lean decode loop holds (models/decode.py), or 0 where it would not run."""
+    g = cfg.generate
+    if on_gpu or s.model_type != "llama" or cfg.model.quant != "8bit" or not cfg.reference_logprobs_on():
+        return 0
+    held = 2 * sum(i * o for i, o in s.quantized_linears) * 4 + s.vocab * s.hidden * 4
+    if g.decoder == "lean" or (g.decoder == "auto" and cfg.model.dequant_cache != "off" and cache_fits(held)):
+        return held
+    return 0
+
+
 def policy_roles(cfg: Config, s: ModelShape, dense: int, on_gpu: bool) -> dict[str, RoleBytes]:
     """generator / learner (separate layout) and policy (fused: one base; phases never overlap)."""
     overhead = CUDA_CONTEXT if on_gpu else HOST_RUNTIME
@@ -209,14 +222,19 @@ def policy_roles(cfg: Config, s: ModelShape, dense: int, on_gpu: bool) -> dict[s
     lora_train = s.lora_params * 16
     dequant = dequant_bytes(cfg, s, dense, on_gpu)
     common = dict(base=base, dequant=dequant, overhead=overhead)
+    # the generator's lean decode loop keeps the frozen base laid out for the run: the fp32 copy of its
+    # int8 weights, MKL's packed copy and a packed LM head (models/decode.py), instead of the per-call cache
+    lean = lean_decode_bytes(cfg, s, on_gpu)
+    generator = dict(common, dequant=lean) if lean else common
     train = dict(lora=lora_train, value_head=value_head, activations=acts, lm_head_chunk=chunk)
     return {
         "generator": RoleBytes(
-            lora=s.lora_params * 4, kv_cache=sampling(_gen_rows(cfg, cfg.cluster.num_generators)), **common
+            lora=s.lora_params * 4, kv_cache=sampling(_gen_rows(cfg, cfg.cluster.num_generators)), **generator
         ),
         "learner": RoleBytes(**train, **common),
-        # One base for both roles; the host frees the KV cache before training and the grads before sampling.
-        "policy": RoleBytes(kv_cache=sampling(_gen_rows(cfg, 1)), **train, **common),
+        # One base for both roles; the host frees the KV cache before training and the grads before sampling
+        # (the lean loop's layout of the base stays while the learner's per-call cache exists).
+        "policy": RoleBytes(kv_cache=sampling(_gen_rows(cfg, 1)), **train, **dict(common, dequant=dequant + lean)),
     }
 
 

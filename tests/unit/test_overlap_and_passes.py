@@ -91,13 +91,19 @@ def test_on_policy_learner_keeps_no_history(tiny_lm, batch):
 
 def test_reference_logprobs_from_the_generator_skip_the_learners_reference_pass(tiny_lm, tiny_classifier):
     """generate.reference_logprobs: the rollout carries the reference log-probs, the learner runs one
-    forward fewer, and the update matches the learner computing them itself (same samples, same seed)."""
+    forward fewer, and the update matches the learner computing them itself (same samples, same seed:
+    transformers' decode steps, whose draws are generate's; the lean loop's are in test_decode)."""
     prompts = ["This movie was", "The plot", "I loved", "Awful"]
     out = {}
     for on in (False, True):
         cfg = load_config(
             "configs/smoke.yaml",
-            WHOLE_BATCH + [f"generate.reference_logprobs={str(on).lower()}", "generate.temperature=0.7"],
+            WHOLE_BATCH
+            + [
+                f"generate.reference_logprobs={str(on).lower()}",
+                "generate.temperature=0.7",
+                "generate.decoder=transformers",
+            ],
         )
         learner, gen = Learner(cfg, tiny_lm), Generator(cfg, tiny_lm)
         gen.load_adapter(learner.adapter())
