@@ -1,15 +1,17 @@
-"""Int8 weights dequantized once per phase instead of once per call (CPU, train-mode numerics).
+"""Int8 weights dequantized once instead of once per call (CPU, train-mode numerics).
 
 On a CPU, bitsandbytes' train-mode int8 matmul (`MatMul8bitFp`) dequantizes the whole weight on
 every call: `CB.to(dtype) * (SCB / 127)` and then `linear`. A decode step calls every layer once, so
 a 24-token response dequantizes every weight 24 times, and that, not the matmul, is most of a decode
 step (the decode floor in `rlhf-ray bench`). The base weights are frozen for the whole run, so the
-dequantized matrix of one phase (a generate call, a learn call) is the same every time.
+dequantized matrix is the same in every call of every phase.
 
 `dequantized_int8(model)` computes each layer's matrix on its first call inside the block, with the
 very expressions bitsandbytes uses, and answers later calls with `linear(x, W, bias)`: the same
 function bit for bit (tests/unit/test_dequant.py compares samples and log-probs), at the memory cost of
-one fp32 copy of the int8 weights for the length of the block. Gradients reach the input as before
+one fp32 copy of the int8 weights. The copy stays with the layer for later blocks (a role's peak
+holds it anyway, and a fresh 0.4 GB each call cost SmolLM2's learner 0.3-0.9 s of page faults per
+iteration); it is recomputed if the layer's int8 weights are ever replaced. Gradients reach the input as before
 (the weight never needs one). Outside the block, or on a GPU (int8 kernels, no per-call dequant),
 nothing changes."""
 
@@ -62,8 +64,11 @@ def dequantized_int8(model: torch.nn.Module, enabled: bool = True):
             del layer.forward
 
 
+CACHE = "_rlhf_ray_dequantized"  # the layer attribute holding {dtype: (int8 tensor it came from, fp32 weight)}
+
+
 def _cached_forward(layer, original):
-    cache: dict[torch.dtype, torch.Tensor] = {}
+    cache: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor]] = layer.__dict__.setdefault(CACHE, {})
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         if not layer.training:  # eval mode quantizes activations too: keep bitsandbytes' path
@@ -75,9 +80,11 @@ def _cached_forward(layer, original):
             return original(x)
         if layer.bias is not None and layer.bias.dtype != x.dtype:
             layer.bias.data = layer.bias.data.to(x.dtype)
-        if x.dtype not in cache:
+        source, weight = cache.get(x.dtype, (None, None))
+        if source is not state.CB:  # first use, or int8 weights replaced since
             # bitsandbytes MatMul8bitFp.forward's expression, evaluated once
-            cache[x.dtype] = state.CB.data.to(x.dtype).mul_(state.SCB.unsqueeze(1).mul(1.0 / 127.0))
-        return F.linear(x, cache[x.dtype], layer.bias)
+            weight = state.CB.data.to(x.dtype).mul_(state.SCB.unsqueeze(1).mul(1.0 / 127.0))
+            cache[x.dtype] = (state.CB, weight)
+        return F.linear(x, weight, layer.bias)
 
     return forward

@@ -1,4 +1,4 @@
-"""model.dequant_cache: int8 weights dequantized once per call compute the same function as
+"""model.dequant_cache: int8 weights dequantized once compute the same function as
 bitsandbytes' per-matmul dequantization, bit for bit (same samples, same log-probs, same gradients)."""
 
 import pytest
@@ -69,3 +69,29 @@ def test_auto_resolves_by_memory_and_off_is_off(policy):
     assert not dequant_enabled("off", model)
     with dequantized_int8(model, enabled=False) as layers:
         assert layers == 0
+
+
+def test_the_fp32_copy_is_kept_across_blocks_and_redone_for_new_int8_weights(policy):
+    """A role enters the block every iteration: the copy is computed once for the run (the base is
+    frozen), and again only if a layer's int8 weights are replaced."""
+    from rlhf_ray.models.dequant import CACHE
+
+    model, tok = policy
+    rollout = sample(model, tok, PROMPTS, max_new_tokens=4, seed=1)
+    args = (rollout.input_ids, rollout.attention_mask, rollout.prompt_ids.shape[1])
+    layer = int8_layers(model)[0]
+    with dequantized_int8(model):
+        first = response_stats(model, *args).logprobs
+    kept = vars(layer)[CACHE][torch.float32][1]
+    with dequantized_int8(model):
+        assert torch.equal(response_stats(model, *args).logprobs, first)
+    assert vars(layer)[CACHE][torch.float32][1] is kept  # not recomputed
+    saved = layer.state.CB
+    layer.state.CB = saved.clone()  # new int8 weights (same values): the copy follows them
+    try:
+        with dequantized_int8(model):
+            response_stats(model, *args)
+        assert vars(layer)[CACHE][torch.float32][1] is not kept
+        assert torch.equal(vars(layer)[CACHE][torch.float32][1], kept)
+    finally:
+        layer.state.CB = saved
