@@ -161,7 +161,7 @@ def distributed(work: Workload, run_dir: Path) -> dict:
         hardware = hardware_floors(cfg, floor.learner.model, generation, local)
     finally:
         roles.stop()
-    floor_dequant = floor.learner.dequant
+    floor_dequant, floor_decoder = floor.learner.dequant, floor.generator.decoder
     del floor
     gc.collect()
     ray_s = median([m["time/iteration_s"] for m in on_ray])
@@ -174,6 +174,7 @@ def distributed(work: Workload, run_dir: Path) -> dict:
         "samples_per_s": samples / ray_s,
         "reference_logprobs": cfg.reference_logprobs_on(),  # the automatic choices this run made
         "dequant_cache": floor_dequant,
+        "decoder": floor_decoder,
     }
     return {
         "samples_per_iteration": samples,

@@ -98,7 +98,8 @@ def render(report: dict) -> str:
         lines += _floors_table(d["floors"])
     lines += [
         f"(f) samples/s through Ray on this workload: {h['samples_per_s']:.2f} (automatic choices: "
-        f"generate.reference_logprobs={h.get('reference_logprobs')}, model.dequant_cache={h.get('dequant_cache')})"
+        f"generate.reference_logprobs={h.get('reference_logprobs')}, model.dequant_cache={h.get('dequant_cache')}, "
+        f"generate.decoder={h.get('decoder')})"
     ]
     return "\n".join(lines)
 
@@ -153,7 +154,9 @@ def _generation_table(g: dict, h: dict) -> list[str]:
         verdict = _verdict("generator_over_bare", h["generator_over_bare"] >= TARGETS["generator_over_bare"])
         note = f"slower of the two Generators: {h['generator_over_bare']:.3f}x bare ({verdict})"
     if h.get("dequant_cache"):
-        note += "; bare generate dequantizes int8 weights per matmul, the Generators once per call"
+        note += "; bare generate dequantizes int8 weights per matmul, the Generators once"
+    if h.get("decoder") == "lean":
+        note += "; the Generators decode with the lean loop (generate.decoder)"
     return lines[:-1] + [note] + lines[-1:]
 
 
