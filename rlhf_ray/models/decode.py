@@ -5,8 +5,8 @@ transformers forward.
 A decode step of a 135M model on a CPU is mostly small operations, not arithmetic: a transformers
 forward per generated token runs ~1,500 of them (per layer: three projections and their LoRA pairs
 for q, k and v, a cast, the adapter gate, a growing KV cache concatenated anew, ...). Here a layer
-is one fused q|k|v matmul and one fused gate|up matmul over weights dequantized once per call, the
-LoRA pairs computed for the policy rows only, and a KV cache allocated once. The norms and the
+is one fused q|k|v matmul and one fused gate|up matmul over weights dequantized once for the run, the
+LoRA pairs computed for the policy rows only, and a KV cache allocated once per call. The norms and the
 rotary embedding are the model's own modules.
 
 What it computes is the model's function up to float rounding: a fused matmul sums in another order
@@ -19,7 +19,8 @@ exponential draw per vocabulary entry (10% of a step at 49k tokens); it is a dif
 from `generate`'s, so for the same seed the tokens differ from `models.generate.sample`'s.
 
 A LeanDecoder holds the frozen base laid out for this (one fp32 copy of the int8 weights and MKL's
-packed copy, built once per generator); the adapter is read from the model at every call.
+packed copy, built once per generator: `held_bytes`); the adapter is read from the model at every
+call.
 `unsupported(model)` says why the loop does not apply to a model (another architecture, 4-bit or GPU
 weights, a merged adapter): the generator then decodes through transformers
 (models.generate.sample_with_reference)."""
