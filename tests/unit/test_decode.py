@@ -8,32 +8,22 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_sampling import perturbed_policy  # tests/unit is on sys.path under pytest
 
 from rlhf_ray.models.decode import LeanDecoder, decode_with_reference, inverse_cdf_draw, sample_lean, unsupported
 from rlhf_ray.models.forward import response_stats
 from rlhf_ray.models.generate import encode_prompts, make_rollout
-from rlhf_ray.models.policy import attach_lora, load_causal_lm, load_tokenizer, ppo_numerics, reference_mode
+from rlhf_ray.models.policy import load_tokenizer, reference_mode
 
 PROMPTS = ["This movie was", "Honestly the plot of this film", "I"]  # lengths differ: left padding
 TEMPERATURE = 0.7
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def _policy(path, quant="8bit", targets=None):
-    torch.manual_seed(0)
-    model = ppo_numerics(attach_lora(load_causal_lm(path, quant, "cpu"), r=4, alpha=8, dropout=0.0, targets=targets))
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:  # a fresh LoRA equals the base; make the adapter matter
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
-    return model
-
-
 @pytest.fixture(scope="module")
 def policy(tiny_lm):
     """LoRA on every projection: each fused matmul's split and each LoRA delta is exercised."""
-    return _policy(tiny_lm, targets=ALL_PROJECTIONS), load_tokenizer(tiny_lm)
+    return perturbed_policy(tiny_lm, targets=ALL_PROJECTIONS), load_tokenizer(tiny_lm)
 
 
 def _learner(model, rollout, reference: bool) -> torch.Tensor:
@@ -90,7 +80,7 @@ def test_lean_loop_scores_like_the_learner_with_and_without_the_adapter(policy):
 
 def test_a_decoder_built_once_follows_the_adapter_loaded_into_the_model(tiny_lm):
     """The generator keeps one LeanDecoder for the run: a new adapter (a weight sync) must be used."""
-    model, tokenizer = _policy(tiny_lm), load_tokenizer(tiny_lm)
+    model, tokenizer = perturbed_policy(tiny_lm), load_tokenizer(tiny_lm)
     decoder = LeanDecoder(model)
     expanded, enc = encode_prompts(tokenizer, PROMPTS, 1, "cpu")
     with torch.no_grad():  # the adapter changes in place, as import_adapter loads a synced one
@@ -135,10 +125,10 @@ def test_lean_samples_are_seeded_and_stop_at_eos(policy):
 def test_lean_loop_applies_to_8bit_llama_in_train_mode_only(tiny_lm, cache_dir):
     from rlhf_ray.models.assets import resolve_model
 
-    assert "Llama only" in unsupported(_policy(resolve_model("tiny-random-neox", cache_dir)))
-    assert "8-bit" in unsupported(_policy(tiny_lm, quant="none"))
-    assert "8-bit" in unsupported(_policy(tiny_lm, quant="4bit"))
-    evaluating = _policy(tiny_lm).eval()  # eval mode: bitsandbytes quantizes activations too
+    assert "Llama only" in unsupported(perturbed_policy(resolve_model("tiny-random-neox", cache_dir)))
+    assert "8-bit" in unsupported(perturbed_policy(tiny_lm, quant="none"))
+    assert "8-bit" in unsupported(perturbed_policy(tiny_lm, quant="4bit"))
+    evaluating = perturbed_policy(tiny_lm).eval()  # eval mode: bitsandbytes quantizes activations too
     assert "train mode" in unsupported(evaluating)
 
 

@@ -17,9 +17,10 @@ PROMPTS = ["This movie was", "Honestly the plot of this film", "I"]  # lengths d
 TEMPERATURE = 0.7
 
 
-def _perturbed_policy(path, quant="8bit"):
+def perturbed_policy(path, quant="8bit", targets=None):
+    """A policy whose adapter matters (random LoRA B), in PPO's numerics; test_decode uses it too."""
     torch.manual_seed(0)
-    model = ppo_numerics(attach_lora(load_causal_lm(path, quant, "cpu"), r=4, alpha=8, dropout=0.0, targets=None))
+    model = ppo_numerics(attach_lora(load_causal_lm(path, quant, "cpu"), r=4, alpha=8, dropout=0.0, targets=targets))
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -30,7 +31,7 @@ def _perturbed_policy(path, quant="8bit"):
 
 @pytest.fixture(scope="module")
 def policy(tiny_lm):
-    return _perturbed_policy(tiny_lm), load_tokenizer(tiny_lm)
+    return perturbed_policy(tiny_lm), load_tokenizer(tiny_lm)
 
 
 def _learner_logprobs(model, rollout, temperature, chunk=64):
@@ -96,7 +97,7 @@ def test_every_dropout_is_off_including_functional_attention_dropout(tiny_lm, tm
     model = AutoModelForCausalLM.from_pretrained(tiny_lm, config=config)
     model.save_pretrained(tmp_path)
     AutoTokenizer.from_pretrained(tiny_lm).save_pretrained(tmp_path)
-    policy = _perturbed_policy(str(tmp_path), quant="none")
+    policy = perturbed_policy(str(tmp_path), quant="none")
     tokenizer = load_tokenizer(str(tmp_path))
     rollout = sample(policy, tokenizer, PROMPTS, max_new_tokens=4, seed=0)
     assert policy.training  # train-mode numerics (see ppo_numerics), yet deterministic
