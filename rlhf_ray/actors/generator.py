@@ -36,7 +36,7 @@ class Generator:
         self.version, self.adapter_hash = -1, ""
         self.lean: LeanDecoder | None = None
         self.dequant = dequant_enabled(cfg.model.dequant_cache, self.model)
-        self.decoder  # noqa: B018 -- a forced generate.decoder=lean that does not apply fails here, at start
+        _ = self.decoder  # a forced generate.decoder=lean that cannot apply fails here, at start
 
     @property
     def decoder(self) -> str:
@@ -76,7 +76,7 @@ class Generator:
             seed=seeds.sampling(seed, iteration, self.rank),
         )
         texts = [p.text if isinstance(p, Prompt) else p for p in prompts]
-        with dequantized_int8(self.model, self.dequant):  # bit-identical, one weight dequant per call
+        with dequantized_int8(self.model, self.dequant):  # bit-identical, each int8 weight dequantized once
             if self.decoder == "lean":  # the reference pass rides in the decode steps, our own loop
                 common.pop("device")
                 self.lean = self.lean or LeanDecoder(self.model)  # the frozen base, laid out once

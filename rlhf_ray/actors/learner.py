@@ -119,7 +119,7 @@ class Learner:
     def learn(
         self, rollouts: list[Rollout], scores: list[Scores | torch.Tensor], iteration: int
     ) -> tuple[dict, AdapterPayload]:
-        with dequantized_int8(self.model, self.dequant):  # the base is frozen: one weight dequant per call
+        with dequantized_int8(self.model, self.dequant):  # the base is frozen: each int8 weight dequantized once
             return self._learn(rollouts, scores, iteration)
 
     def _learn(

@@ -43,9 +43,9 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     # Tokens per chunk when computing log-probs, bounds the (chunk, vocab) logits in memory.
     logprob_chunk: int = 64
-    # 8-bit layers on a CPU: dequantize each weight once per generate/learn call instead of once per
-    # matmul (bit-identical results; holds one fp32 copy of the int8 weights during the call).
-    # auto: on when that copy fits in a quarter of this machine's memory.
+    # 8-bit layers on a CPU: dequantize each weight once for the run instead of once per matmul
+    # (bit-identical results; holds one fp32 copy of the int8 weights). auto: on when that copy fits
+    # in a quarter of this machine's memory.
     dequant_cache: Literal["auto", "on", "off"] = "auto"
 
 

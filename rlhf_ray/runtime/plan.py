@@ -21,8 +21,9 @@ The estimates, per role:
   517 MB file adds ~415 MB file-backed RSS); the unquantized part is already in `base`.
 - dequant: bitsandbytes matmuls with gradients (and int8 on CPU) dequantize one whole weight to the
   activation dtype per call: the largest quantized Linear, transiently. With the int8 dequant cache
-  (CPU int8, model.dequant_cache on, or auto where it fits: models/dequant.py) a generate or learn
-  call holds one fp32 copy of every quantized Linear instead.
+  (CPU int8, model.dequant_cache on, or auto where it fits: models/dequant.py) a role holds one fp32
+  copy of every quantized Linear instead (kept for the run); the generator's lean decode loop holds
+  two and a packed LM head (models/decode.py).
 - overhead: a CUDA context per process on GPU, or the Python/torch runtime per process on CPU."""
 
 from __future__ import annotations
@@ -223,7 +224,7 @@ def policy_roles(cfg: Config, s: ModelShape, dense: int, on_gpu: bool) -> dict[s
     dequant = dequant_bytes(cfg, s, dense, on_gpu)
     common = dict(base=base, dequant=dequant, overhead=overhead)
     # the generator's lean decode loop keeps the frozen base laid out for the run: the fp32 copy of its
-    # int8 weights, MKL's packed copy and a packed LM head (models/decode.py), instead of the per-call cache
+    # int8 weights, MKL's packed copy and a packed LM head (models/decode.py), instead of the dequant cache
     lean = lean_decode_bytes(cfg, s, on_gpu)
     generator = dict(common, dequant=lean) if lean else common
     train = dict(lora=lora_train, value_head=value_head, activations=acts, lm_head_chunk=chunk)
@@ -233,7 +234,7 @@ def policy_roles(cfg: Config, s: ModelShape, dense: int, on_gpu: bool) -> dict[s
         ),
         "learner": RoleBytes(**train, **common),
         # One base for both roles; the host frees the KV cache before training and the grads before sampling
-        # (the lean loop's layout of the base stays while the learner's per-call cache exists).
+        # (the lean loop's layout of the base stays beside the learner's dequant cache).
         "policy": RoleBytes(kv_cache=sampling(_gen_rows(cfg, 1)), **train, **dict(common, dequant=dequant + lean)),
     }
 
