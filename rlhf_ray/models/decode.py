@@ -79,9 +79,10 @@ class Projections:
 
     The fp32 weight is bitsandbytes' train-mode dequantization `CB * (SCB / 127)` of each part (the
     expression of models.dequant), stacked by output row. `pack(rows)` also lays it out once for
-    MKL's matmul at that many input rows: the same products (tested), without MKL re-packing the
-    weight inside every call. LoRA factors are looked up per call (`bind`), so an adapter loaded into
-    the model is the one used."""
+    MKL's matmul at that many input rows, without MKL re-packing the weight inside every call (equal
+    to `linear` on the single matmuls checked; the loop's log-probs are tested against the
+    learner's). LoRA factors are looked up per call (`bind`), so an adapter loaded into the model is
+    the one used."""
 
     def __init__(self, modules: list):
         self.modules = modules
