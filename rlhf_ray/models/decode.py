@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from rlhf_ray.batch import Rollout
-from rlhf_ray.models.dequant import dequantized_bytes, int8_layers
+from rlhf_ray.models.dequant import dequantized_bytes, int8_layers, int8_state
 from rlhf_ray.models.forward import position_ids
 from rlhf_ray.models.generate import encode_prompts, make_rollout
 from rlhf_ray.models.policy import causal_lm_of
@@ -86,11 +86,7 @@ class Projections:
 
     def __init__(self, modules: list):
         self.modules = modules
-        bases = [_split(m)[0] for m in modules]
-        for base in bases:  # as Linear8bitLt.forward: move the int8 state on first use
-            if base.weight.CB is not None:
-                base.init_8bit_state()
-        states = [base.state for base in bases]
+        states = [int8_state(_split(m)[0]) for m in modules]
         self.sizes = [st.CB.shape[0] for st in states]
         self.weight = torch.empty(sum(self.sizes), states[0].CB.shape[1])
         row = 0
@@ -222,9 +218,8 @@ def unsupported(model, device: str = "cpu") -> str | None:
             base, _ = _split(getattr(block.self_attn if name in PROJECTIONS[:4] else block.mlp, name))
             if id(base) not in quantized or not base.training:  # train-mode int8 only (models.dequant)
                 return "base projections that are not 8-bit in train mode (model.quant=8bit)"
-            if base.weight.CB is not None:  # as Linear8bitLt.forward: move the int8 state on first use
-                base.init_8bit_state()
-            if base.state.CB is None or base.state.has_fp16_weights:
+            state = int8_state(base)
+            if state.CB is None or state.has_fp16_weights:
                 return "8-bit projections without int8 weights"
     return None
 

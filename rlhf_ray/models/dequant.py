@@ -64,6 +64,14 @@ def dequantized_int8(model: torch.nn.Module, enabled: bool = True):
             del layer.forward
 
 
+def int8_state(layer):
+    """The layer's bitsandbytes state, its int8 weights moved into it first as Linear8bitLt.forward does
+    on first use (they start on `weight.CB`)."""
+    if layer.weight.CB is not None:
+        layer.init_8bit_state()
+    return layer.state
+
+
 CACHE = "_rlhf_ray_dequantized"  # the layer attribute holding {dtype: (int8 tensor it came from, fp32 weight)}
 
 
@@ -73,9 +81,7 @@ def _cached_forward(layer, original):
     def forward(x: torch.Tensor) -> torch.Tensor:
         if not layer.training:  # eval mode quantizes activations too: keep bitsandbytes' path
             return original(x)
-        if layer.weight.CB is not None:  # as Linear8bitLt.forward: move the int8 state on first use
-            layer.init_8bit_state()
-        state = layer.state
+        state = int8_state(layer)
         if state.CB is None or state.has_fp16_weights:
             return original(x)
         if layer.bias is not None and layer.bias.dtype != x.dtype:
