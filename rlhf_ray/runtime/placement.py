@@ -143,21 +143,29 @@ def _v1_autoscaler_can_launch() -> bool:
     from ray._private import ray_constants
     from ray.experimental.internal_kv import _internal_kv_get
 
-    # A fresh cluster's autoscaler publishes its first report a few seconds after start: wait for it
-    # rather than take a cluster that can grow for a fixed one.
+    # A fresh cluster's autoscaler publishes status before it knows its nodes: no report at first
+    # (no load metrics yet), then reports whose nodes are missing while their heartbeats are late (a
+    # loaded head; seen in CI). Only a report that names node types tells; wait for one.
     deadline = time.monotonic() + AUTOSCALER_REPORT_WAIT_S
-    raw = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
-    while raw is None and time.monotonic() < deadline:
-        time.sleep(0.5)
+    while True:
         raw = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
-    if raw is None:
-        # No report yet (a loaded head, a slow monitor): whether the cluster can grow is unknown, so
-        # placement waits (bounded by cluster.placement_timeout_s) rather than refuse what may fit.
-        log.warning("placement: no autoscaler report within %.0fs; waiting, not refusing", AUTOSCALER_REPORT_WAIT_S)
-        return True
-    report = json.loads(raw).get("autoscaler_report") or {}
-    types = {*(report.get("active_nodes") or {}), *(report.get("pending_launches") or {})}
-    return any(not re.fullmatch(r"node_[0-9a-f]+", t) for t in types)
+        report = (json.loads(raw).get("autoscaler_report") or {}) if raw else {}
+        types = {
+            *(report.get("active_nodes") or {}),
+            *(report.get("pending_launches") or {}),
+            *(report.get("node_type_mapping") or {}).values(),
+        }
+        if types:
+            return any(not re.fullmatch(r"node_[0-9a-f]+", t) for t in types)
+        if time.monotonic() >= deadline:
+            # Whether the cluster can grow is unknown, so placement waits (bounded by
+            # cluster.placement_timeout_s) rather than refuse what may fit.
+            log.warning(
+                "placement: no autoscaler report naming nodes within %.0fs; waiting, not refusing",
+                AUTOSCALER_REPORT_WAIT_S,
+            )
+            return True
+        time.sleep(0.5)
 
 
 def check_fits(specs: list[RoleSpec]) -> bool:

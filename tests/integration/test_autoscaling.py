@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -22,16 +23,11 @@ def test_placement_waits_for_the_autoscaler(tmp_path):
 
 
 def test_fixed_cluster_refuses_an_impossible_request_in_one_line(ray_session, tmp_path, capsys, monkeypatch):
-    from ray.experimental.internal_kv import _internal_kv_get
-
-    # The (read-only) autoscaler's first status report, as on a cluster that has run for a while:
-    # published every few seconds, later on a loaded machine. Without it the check below would
-    # wait (placement.AUTOSCALER_REPORT_WAIT_S, then placement) instead of reading that the cluster is fixed.
-    deadline = time.monotonic() + 180
-    while _internal_kv_get("__autoscaling_status") is None and time.monotonic() < deadline:
-        time.sleep(1)
-    assert _internal_kv_get("__autoscaling_status") is not None, "no autoscaler status report within 180 s"
-    assert autoscaling_limits() is None  # a local Ray cannot grow
+    # The (read-only) autoscaler's first report that names the nodes, as on a cluster that has run
+    # for a while: published every few seconds, later on a loaded machine. Without it the check
+    # below would wait (AUTOSCALER_REPORT_WAIT_S, then placement) instead of reading that the cluster is fixed.
+    monkeypatch.setattr(placement, "AUTOSCALER_REPORT_WAIT_S", 180.0)
+    assert autoscaling_limits() is None, "a local Ray cannot grow (or no autoscaler report named its nodes in 180 s)"
     cpus = ray_session.cluster_resources()["CPU"]
     with pytest.raises(UserError, match="the Ray cluster has"):
         check_fits(role_specs(ClusterConfig(num_generators=int(cpus) * 4, actor_cpus=1.0)))
@@ -55,3 +51,23 @@ def test_no_autoscaler_report_means_wait_not_refuse(monkeypatch):
     monkeypatch.setattr(kv, "_internal_kv_get", lambda key: None)
     monkeypatch.setattr(placement, "AUTOSCALER_REPORT_WAIT_S", 0.0)
     assert placement._v1_autoscaler_can_launch() is True
+
+
+@pytest.mark.parametrize(
+    ("report", "can_launch"),
+    [
+        ({}, True),  # status without a report (no load metrics yet): unknown, wait
+        ({"autoscaler_report": {"active_nodes": {}, "pending_launches": {}}}, True),  # heartbeats late (CI)
+        ({"autoscaler_report": {"active_nodes": {"node_0a1b": 1}}}, False),  # the read-only provider: fixed
+        ({"autoscaler_report": {"active_nodes": {}, "node_type_mapping": {"10.0.0.1": "node_0a1b"}}}, False),
+        ({"autoscaler_report": {"active_nodes": {"ray.head.default": 1}}}, True),  # a provider that launches
+    ],
+)
+def test_only_a_report_naming_nodes_decides(monkeypatch, report, can_launch):
+    """A report that names no node (the head's heartbeat late on a loaded machine) once read as a
+    fixed cluster, and an autoscaling one was refused (CI, 2026-11-30)."""
+    import ray.experimental.internal_kv as kv
+
+    monkeypatch.setattr(kv, "_internal_kv_get", lambda key: json.dumps(report).encode())
+    monkeypatch.setattr(placement, "AUTOSCALER_REPORT_WAIT_S", 0.0)
+    assert placement._v1_autoscaler_can_launch() is can_launch
