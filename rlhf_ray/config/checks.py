@@ -388,9 +388,9 @@ def _validate_reward_objective(cfg: Config) -> None:
         )
     # The default source under pairwise is the scalar model: its one output is the reward, no probability.
     _check(
-        not (r.objective == "pairwise" and not r.sources and r.score == "prob"),
+        not (r.objective == "pairwise" and not r.sources and r.score in ("prob", "log_prob")),
         "reward.score",
-        "prob needs a 2-label classifier; reward.objective=pairwise trains a scalar model: use logit_margin",
+        f"{r.score} needs a 2-label classifier; reward.objective=pairwise trains a scalar model: use logit_margin",
     )
 
 

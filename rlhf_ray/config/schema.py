@@ -106,8 +106,9 @@ class RewardConfig:
     # Trained reward model directory (a classifier; under objective=pairwise a scalar model); None -> the reward
     # stage's output for this config (trained once, cached).
     model: str | None = None
-    # Reward from the classifier: positive-minus-negative logit margin, or the positive probability.
-    score: Literal["logit_margin", "prob"] = "logit_margin"
+    # Reward from the classifier: positive-minus-negative logit margin, the positive probability, or its
+    # log (log_prob: a clearly negative text costs in proportion, a clearly positive one gains ~nothing more).
+    score: Literal["logit_margin", "prob", "log_prob"] = "logit_margin"
     # What the classifier reads: the response alone, or prompt + response (the whole review).
     input: Literal["response", "prompt_response"] = "prompt_response"
     # Texts per scoring batch in the reward scorer.

@@ -65,7 +65,8 @@ def load_classifier(path: str, quant: str = "none", device: str = "cpu"):
 
 
 class RewardModel:
-    """Scores texts with a classifier: `logit_margin` (positive logit minus the best other) or `prob`."""
+    """Scores texts with a classifier: `logit_margin` (positive logit minus the best other), `prob` (of
+    the positive label) or `log_prob` (its log)."""
 
     def __init__(
         self,
@@ -85,8 +86,8 @@ class RewardModel:
         self.batch_size, self.max_length = batch_size, max_length
         config = self.model.config
         self.pos = positive_index(config)
-        if config.num_labels < 2 and score == "prob":
-            raise UserError("reward.score=prob needs a classifier with >= 2 labels; use logit_margin")
+        if config.num_labels < 2 and score in ("prob", "log_prob"):
+            raise UserError(f"reward.score={score} needs a classifier with >= 2 labels; use logit_margin")
 
     @torch.no_grad()
     def score(self, texts: list[str]) -> torch.Tensor:
@@ -116,5 +117,7 @@ class RewardModel:
             return logits[:, 0]
         if self.score_kind == "prob":
             return logits.softmax(-1)[:, self.pos]
+        if self.score_kind == "log_prob":
+            return logits.log_softmax(-1)[:, self.pos]
         others = torch.cat([logits[:, : self.pos], logits[:, self.pos + 1 :]], dim=-1)
         return logits[:, self.pos] - others.max(dim=-1).values

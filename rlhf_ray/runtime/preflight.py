@@ -90,10 +90,10 @@ def check_reward_labels(cfg: Config, path: str) -> None:
 
     config = AutoConfig.from_pretrained(path)
     labels = [str(v).lower() for v in (config.id2label or {}).values()]
-    if cfg.reward.score == "prob" and config.num_labels < 2:
+    if cfg.reward.score in ("prob", "log_prob") and config.num_labels < 2:
         raise ConfigError(
             "reward.score",
-            f"prob needs a classifier with >= 2 labels; {path} has {config.num_labels} (use logit_margin)",
+            f"{cfg.reward.score} needs a classifier with >= 2 labels; {path} has {config.num_labels}: use logit_margin",
         )
     if config.num_labels > 2 and not any(label.startswith("pos") for label in labels):
         raise ConfigError(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -117,7 +118,8 @@ def _sample_and_score(cfg: Config, model, tokenizer, scorer, prompts: list[Promp
 
 
 def summarize(rows: dict, score_kind: str) -> dict:
-    threshold = 0.5 if score_kind == "prob" else 0.0  # probability of 'positive', or the logit margin
+    # positive: a probability of 'positive' over 0.5 (its log over log 0.5), a logit margin over 0
+    threshold = {"prob": 0.5, "log_prob": math.log(0.5)}.get(score_kind, 0.0)
 
     def mean(values) -> float:
         return sum(float(v) for v in values) / len(values)

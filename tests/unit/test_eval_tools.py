@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 
 import pytest
 
@@ -31,6 +32,8 @@ def test_summary_positive_rate_uses_the_score_kind_threshold():
     assert margin["reward/positive_rate"] == 0.75 and margin["reward/mean"] == pytest.approx(0.5)
     assert margin["kl/to_reference"] == 1.0 and margin["response/length_mean"] == 5.0
     assert summarize(rows, "prob")["reward/positive_rate"] == 0.5  # probabilities: > 0.5 is positive
+    logs = {**rows, "score": [math.log(0.4), math.log(0.6), math.log(0.2), math.log(0.9)]}
+    assert summarize(logs, "log_prob")["reward/positive_rate"] == 0.5  # their logs: > log 0.5
 
 
 def test_line_progress_prints_one_line_per_step(capsys):

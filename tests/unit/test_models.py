@@ -148,6 +148,8 @@ def test_reward_model_scores_and_rejects_nan(tiny_classifier):
     rm = RewardModel(tiny_classifier, score="prob", batch_size=2)
     scores = rm.score(["great film", "awful film", "fine"])
     assert scores.shape == (3,) and bool(((scores >= 0) & (scores <= 1)).all())
+    log_prob = RewardModel(tiny_classifier, score="log_prob").score(["great film", "awful film", "fine"])
+    torch.testing.assert_close(log_prob, scores.log())
     margin = RewardModel(tiny_classifier, score="logit_margin")
     logits = margin.model(**margin.tokenizer(["great film"], return_tensors="pt")).logits[0]
     torch.testing.assert_close(margin.score(["great film"])[0], logits[1] - logits[0])
