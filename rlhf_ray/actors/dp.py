@@ -8,9 +8,11 @@ With world size 1 every method is the identity, so the single learner runs the s
 
 from __future__ import annotations
 
+import random
 import socket
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -76,10 +78,28 @@ class DataParallel:
                 dist.broadcast(p.data, src=0)
 
 
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
+    """A TCP port free now, below the OS's ephemeral range where Linux says where that is. A port
+    the OS hands out (bind to 0) is released before its user binds it again, and meanwhile any
+    process's next outgoing connection may take it: a Ray head's agent then failed to start (seen
+    in the test suite). Below the range, only a process that asks for that very port can."""
+    try:
+        low = int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 0
+    draw = random.Random()  # its own stream: the run's seeded generators are not touched
+    candidates = [draw.randrange(max(1024, low - 12000), low) for _ in range(32)] if low > 2048 else []
+    for port in [*candidates, 0]:
+        with socket.socket() as s:
+            try:
+                s.bind(("", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise OSError("no free TCP port")
 
 
 def init_method(host: str, port: int) -> str:

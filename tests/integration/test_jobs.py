@@ -6,7 +6,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,22 +13,17 @@ from pathlib import Path
 
 import pytest
 
+from rlhf_ray.actors.dp import free_port
 from rlhf_ray.runtime.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ray_head():
     """A head node in its own process group; killing the group tears the whole cluster down."""
-    port, dash = _free_port(), _free_port()
+    port, dash = free_port(), free_port()
     # The head (and so every job entrypoint) runs with the project venv first on PATH, as a user
     # who activated it would. Ray 2.59+ heads use token auth; a fresh machine has no token yet, so
     # head, job drivers and the `ray job submit` client share one made for this test.
@@ -54,7 +48,7 @@ def ray_head():
             # The session's local Ray (other tests) holds the default agent ports: without its own, this
             # head's job agent cannot start and every submission answers "No available agent".
             *[
-                f"--{flag}={_free_port()}"
+                f"--{flag}={free_port()}"
                 for flag in (
                     "dashboard-agent-listen-port",
                     "dashboard-agent-grpc-port",

@@ -3,12 +3,15 @@ the same step as one learner on the whole minibatch, and end with bit-identical 
 
 from __future__ import annotations
 
+import random
+import socket
+
 import pytest
 import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load as st_load
 
-from rlhf_ray.actors.dp import free_port
+from rlhf_ray.actors.dp import EPHEMERAL_RANGE, free_port
 from rlhf_ray.batch import Rollout
 from rlhf_ray.config.load import load_config
 
@@ -61,3 +64,19 @@ def test_two_learners_take_the_single_learner_step(tiny_lm, tmp_path):
         assert ranks[0]["metrics"][key] == pytest.approx(metrics[key], rel=1e-4, abs=1e-6), key
         assert ranks[1]["metrics"][key] == ranks[0]["metrics"][key], key  # whole-batch statistics on every rank
     assert ranks[0]["kl_coef"] == ranks[1]["kl_coef"] == pytest.approx(single.kl_ctl.value)
+
+
+def test_free_port_is_outside_the_ephemeral_range_and_bindable():
+    """Ports the OS hands to outgoing connections never come back from free_port (a Ray head's agent
+    once lost its port to one); the run's seeded `random` stream is not touched."""
+    random.seed(5)
+    expected = random.random()
+    random.seed(5)
+    ports = {free_port() for _ in range(5)}
+    assert random.random() == expected
+    if EPHEMERAL_RANGE.exists():
+        low = int(EPHEMERAL_RANGE.read_text().split()[0])
+        assert all(1024 <= p < low for p in ports), (ports, low)
+    for port in ports:
+        with socket.socket() as s:
+            s.bind(("", port))
