@@ -9,7 +9,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from rlhf_ray.config.help import one_of
-from rlhf_ray.config.schema import Config
+from rlhf_ray.config.schema import PROBABILITY_SCORES, Config
 from rlhf_ray.errors import ConfigError
 from rlhf_ray.store.refs import is_asset_name, looks_like_path
 
@@ -388,7 +388,7 @@ def _validate_reward_objective(cfg: Config) -> None:
         )
     # The default source under pairwise is the scalar model: its one output is the reward, no probability.
     _check(
-        not (r.objective == "pairwise" and not r.sources and r.score in ("prob", "log_prob")),
+        not (r.objective == "pairwise" and not r.sources and r.score in PROBABILITY_SCORES),
         "reward.score",
         f"{r.score} needs a 2-label classifier; reward.objective=pairwise trains a scalar model: use logit_margin",
     )

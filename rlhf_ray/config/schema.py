@@ -101,6 +101,10 @@ class GenerateConfig:
 REWARD_DEFAULTS = {"classifier": ("imdb", 1600, 500), "pairwise": ("imdb-pairs", 800, 250)}
 
 
+# reward.score kinds read from the probability of the positive label: a classifier with >= 2 labels only
+PROBABILITY_SCORES = ("prob", "log_prob")
+
+
 @dataclass
 class RewardConfig:
     # Trained reward model directory (a classifier; under objective=pairwise a scalar model); None -> the reward

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from rlhf_ray.config.schema import PROBABILITY_SCORES
 from rlhf_ray.errors import NonFiniteError, UserError
 from rlhf_ray.models.policy import load_kwargs, quiet_warnings
 
@@ -86,7 +87,7 @@ class RewardModel:
         self.batch_size, self.max_length = batch_size, max_length
         config = self.model.config
         self.pos = positive_index(config)
-        if config.num_labels < 2 and score in ("prob", "log_prob"):
+        if config.num_labels < 2 and score in PROBABILITY_SCORES:
             raise UserError(f"reward.score={score} needs a classifier with >= 2 labels; use logit_margin")
 
     @torch.no_grad()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from rlhf_ray.config.schema import Config
+from rlhf_ray.config.schema import PROBABILITY_SCORES, Config
 from rlhf_ray.data.prompts import longest_prompt, prompt_set
 from rlhf_ray.errors import ConfigError, UserError
 from rlhf_ray.models.assets import resolve_model
@@ -90,7 +90,7 @@ def check_reward_labels(cfg: Config, path: str) -> None:
 
     config = AutoConfig.from_pretrained(path)
     labels = [str(v).lower() for v in (config.id2label or {}).values()]
-    if cfg.reward.score in ("prob", "log_prob") and config.num_labels < 2:
+    if cfg.reward.score in PROBABILITY_SCORES and config.num_labels < 2:
         raise ConfigError(
             "reward.score",
             f"{cfg.reward.score} needs a classifier with >= 2 labels; {path} has {config.num_labels}: use logit_margin",
