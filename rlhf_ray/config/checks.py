@@ -95,6 +95,7 @@ def validate(cfg: Config, given: tuple[set[str], ...] = ()) -> None:
     _validate_data(cfg)
     _validate_reward_objective(cfg)
     _validate_reward_sources(cfg)
+    _validate_judges(cfg)
     for key in MODEL_REFS:
         if value_of(cfg, key) is not None:
             check_model_ref(key, value_of(cfg, key))
@@ -328,9 +329,37 @@ SOURCE_TARGETS = {"classifier": ("model",), "model": ("model",), "function": ("f
 def _validate_reward_sources(cfg: Config) -> None:
     """Each entry names what it needs and nothing another kind reads; names are unique; weights finite.
     Whether a function file/name exists is checked by the ppo stage (rlhf_ray.rewards.sources.check_sources)."""
-    seen: dict[str, str] = {}
     for i, src in enumerate(cfg.reward.sources):
-        key = f"reward.sources[{i}]"
+        _check(
+            src.threshold is None,
+            f"reward.sources[{i}].threshold",
+            "is read only by eval.judges (a judge's positive cut); remove it",
+        )
+    _validate_entries(cfg, cfg.reward.sources, "reward.sources", judge=False)
+
+
+def _validate_judges(cfg: Config) -> None:
+    """eval.judges: the same entries as reward.sources, each scored on its own (no weight) against its own
+    model; the function files/names are checked by `eval` (rlhf_ray.rewards.sources.check_judges)."""
+    for i, judge in enumerate(cfg.eval.judges):
+        key = f"eval.judges[{i}]"
+        _check(
+            judge.weight == 1.0,
+            f"{key}.weight",
+            "a judge is reported on its own, never combined or trained against; remove it",
+        )
+        _check(
+            judge.threshold is None or math.isfinite(judge.threshold),
+            f"{key}.threshold",
+            f"must be a finite number (or null for the default); got {judge.threshold}",
+        )
+    _validate_entries(cfg, cfg.eval.judges, "eval.judges", judge=True)
+
+
+def _validate_entries(cfg: Config, entries: list, prefix: str, judge: bool) -> None:
+    seen: dict[str, str] = {}
+    for i, src in enumerate(entries):
+        key = f"{prefix}[{i}]"
         _check(math.isfinite(src.weight), f"{key}.weight", f"must be a finite number; got {src.weight}")
         needed = SOURCE_TARGETS[src.kind]
         for target in ("model", "function", "url"):
@@ -342,10 +371,12 @@ def _validate_reward_sources(cfg: Config) -> None:
                 f"is not read by kind {src.kind} (only by {one_of(_kinds_reading(target))}); remove it",
             )
         # The kind the reward stage trains (classifier, or model under objective=pairwise) may leave `model`
-        # unset: reward.model, else the reward stage's output.
-        if src.kind != _trained_kind(cfg):
+        # unset: reward.model, else the reward stage's output. A judge always names its own.
+        if judge or src.kind != _trained_kind(cfg):
             problem = f"kind {src.kind} needs it; set it"
-            if src.kind == "classifier":
+            if judge and src.kind in ("classifier", "model"):
+                problem = "a judge needs its own model (the training reward is no independent judge); set it"
+            elif src.kind == "classifier":
                 problem = "kind classifier needs it under reward.objective=pairwise (its output is a scalar model: "
                 problem += "use kind model), or set it"
             _check(getattr(src, needed[0]) is not None, f"{key}.{needed[0]}", problem)
@@ -360,10 +391,11 @@ def _validate_reward_sources(cfg: Config) -> None:
         _check(src.name is None or src.name.strip() != "", f"{key}.name", "must not be empty (or null for a default)")
         name = src.resolved_name()
         if name in seen:
+            what = "judge" if judge else "reward source"
             raise ConfigError(
                 f"{key}.name",
-                f"duplicate reward source name {name!r} (also {seen[name]})",
-                "give each source a distinct `name`",
+                f"duplicate {what} name {name!r} (also {seen[name]})",
+                f"give each {what} a distinct `name`",
             )
         seen[name] = key
 

@@ -340,6 +340,11 @@ class EvalConfig:
     num_prompts: int = 128
     # Prompts per generate/score batch.
     batch_size: int = 32
+    # Independent judges: reward sources of any kind (keys: eval.judges[].*, as reward.sources[] plus threshold)
+    # that `eval` scores the reference's and the policy's responses with and reports beside the training reward
+    # (mean and positive rate per judge); never used in training. A classifier or model judge needs its own
+    # `model`. Set it in the YAML file; on the command line only as a whole list in YAML flow style.
+    judges: list[RewardSourceConfig] = field(default_factory=list)
 
 
 @dataclass

@@ -55,6 +55,16 @@ def spec_of(src: RewardSourceConfig, key: str, model: ModelRef | None = None) ->
     )
 
 
+def judge_specs(cfg: Config) -> list[SourceSpec]:
+    """eval.judges as specs for scoring in this process: a classifier or model judge's model resolved to a
+    local directory (or a hub id) here."""
+    specs = []
+    for i, judge in enumerate(cfg.eval.judges):
+        model = resolve_model(judge.model, cfg.cache_dir()) if judge.model is not None else None
+        specs.append(spec_of(judge, f"eval.judges[{i}]", model))
+    return specs
+
+
 def classifier_spec(model: ModelRef) -> SourceSpec:
     """The default: one sentiment classifier, weight 1 (what every run did before reward.sources)."""
     return SourceSpec("classifier", "classifier", 1.0, "reward.model", model)
@@ -118,8 +128,12 @@ class RewardSources:
     def names(self) -> list[str]:
         return list(self.sources)
 
+    def values(self, batch: RewardBatch) -> dict[str, torch.Tensor]:
+        """Each source's (B,) values, NaN where it returned None (eval's judges: never combined)."""
+        return {name: source(batch).float() for name, source in self.sources.items()}
+
     def score(self, batch: RewardBatch) -> Scores:
-        per_source = {name: source(batch).float() for name, source in self.sources.items()}
+        per_source = self.values(batch)
         rewards, applied = combine(per_source, self.weights)
         return Scores(rewards, applied, per_source)
 
@@ -127,10 +141,19 @@ class RewardSources:
 def check_sources(cfg: Config) -> None:
     """Up front, on the driver (no Ray, no weights): each function source's file or module imports
     and names a callable; each local model source is a sequence classifier with one output."""
+    _check_entries(cfg, cfg.reward.sources, "reward.sources")
+
+
+def check_judges(cfg: Config) -> None:
+    """eval.judges as check_sources checks reward.sources (run by `eval` before any model loads)."""
+    _check_entries(cfg, cfg.eval.judges, "eval.judges")
+
+
+def _check_entries(cfg: Config, entries: list[RewardSourceConfig], prefix: str) -> None:
     from transformers import AutoConfig
 
-    for i, src in enumerate(cfg.reward.sources):
-        key = f"reward.sources[{i}]"
+    for i, src in enumerate(entries):
+        key = f"{prefix}[{i}]"
         if src.kind == "function":
             load_function(function_ref(f"{key}.function", src.function), Path(cfg.cache_dir()))
         if src.kind == "model" and src.model is not None:  # None: the pairwise reward stage's output

@@ -4,7 +4,9 @@ Held-out prompts (by default the rows of data.dataset that PPO never draws: open
 reviews for IMDB; or eval.dataset), rendered as in training, are continued by the reference
 (adapter disabled, which is also the policy before its first update) and by the trained policy,
 with the run's sampling settings; the run's reward sources score both (each source's mean is
-reported too). Runs in-process: one policy and the reward sources, no Ray."""
+reported too), and so does each of eval.judges: scorers never trained against, reported beside the
+reward (mean and positive rate) so a policy that learned what its reward model likes rather than
+the task shows up as a gap. Runs in-process: one policy, the reward sources and the judges, no Ray."""
 
 from __future__ import annotations
 
@@ -18,12 +20,14 @@ from pathlib import Path
 from rlhf_ray.actors.scorer import RewardScorer
 from rlhf_ray.batch import Prompt
 from rlhf_ray.config.schema import Config
+from rlhf_ray.config.sources import score_threshold
 from rlhf_ray.data.prompts import prompt_stream, rollout_rows
 from rlhf_ray.models.forward import response_stats
 from rlhf_ray.models.generate import sample
-from rlhf_ray.models.policy import reference_mode
+from rlhf_ray.models.policy import reference_mode, role_device
 from rlhf_ray.rewards.arithmetic import EXACT_ANSWER
-from rlhf_ray.rewards.sources import check_sources
+from rlhf_ray.rewards.base import RewardBatch
+from rlhf_ray.rewards.sources import RewardSources, check_judges, check_sources, judge_specs
 from rlhf_ray.runtime.metrics import sample_scores
 from rlhf_ray.stages.ppo import reward_sources
 from rlhf_ray.store import seeds
@@ -79,8 +83,11 @@ def distinct_n(texts: list[str], n: int) -> float:
     return len(grams) / total if total else 0.0
 
 
-def _sample_and_score(cfg: Config, model, tokenizer, scorer, prompts: list[Prompt], reference: bool) -> dict:
-    """Responses, scores and per-sequence KL to the reference (k1, summed over tokens, own samples)."""
+def _sample_and_score(
+    cfg: Config, model, tokenizer, scorer, prompts: list[Prompt], reference: bool, judges: RewardSources | None = None
+) -> dict:
+    """Responses, scores, judges' values (`judge/<name>`, None where a judge returned None) and per-sequence
+    KL to the reference (k1, summed over tokens, own samples)."""
     import torch
 
     g, rows = cfg.generate, {"prompt": [], "response": [], "score": [], "kl": [], "length": []}
@@ -112,14 +119,19 @@ def _sample_and_score(cfg: Config, model, tokenizer, scorer, prompts: list[Promp
         rows["score"] += combined
         for source, values in per_source.items():
             rows.setdefault(f"score/{source}", []).extend(values)
+        if judges is not None:
+            for judge, values in judges.values(RewardBatch.of(rollout)).items():
+                rows.setdefault(f"judge/{judge}", []).extend(None if math.isnan(v) else v for v in values.tolist())
         rows["kl"] += kl.tolist()
         rows["length"] += mask.sum(1).tolist()
     return rows
 
 
-def summarize(rows: dict, score_kind: str) -> dict:
+def summarize(rows: dict, score_kind: str, judge_thresholds: dict[str, float] | None = None) -> dict:
+    """The eval figures of one model's rows; each judge's (`judge/<name>` rows) mean and positive rate (a
+    value above its entry in `judge_thresholds`, default 0) over the samples it returned a value for."""
     # positive: a probability of 'positive' over 0.5 (its log over log 0.5), a logit margin over 0
-    threshold = {"prob": 0.5, "log_prob": math.log(0.5)}.get(score_kind, 0.0)
+    threshold = score_threshold(score_kind)
 
     def mean(values) -> float:
         return sum(float(v) for v in values) / len(values)
@@ -137,6 +149,11 @@ def summarize(rows: dict, score_kind: str) -> dict:
     for key in (k for k in rows if k.startswith("score/")):  # each source over the samples it applied to
         values = [v for v in rows[key] if v is not None]
         out[f"reward/{key.removeprefix('score/')}/mean"] = mean(values) if values else None
+    for key in (k for k in rows if k.startswith("judge/")):
+        name, values = key.removeprefix("judge/"), [v for v in rows[key] if v is not None]
+        cut = (judge_thresholds or {}).get(name, 0.0)
+        out[f"judge/{name}/mean"] = mean(values) if values else None
+        out[f"judge/{name}/positive_rate"] = mean([v > cut for v in values]) if values else None
     return out
 
 
@@ -145,9 +162,12 @@ def evaluate(cfg: Config, adapter, out: Path) -> dict:
     import pyarrow.parquet as pq
 
     check_sources(cfg)  # a reward function's file and name, before any model loads
+    check_judges(cfg)
     model, tokenizer = load_trained_policy(cfg, adapter)
     specs, _ = reward_sources(cfg, publish=False)  # local paths: this process scores
     scorer = RewardScorer(cfg, specs)
+    judges = RewardSources(judge_specs(cfg), cfg, role_device(cfg.cluster.scorer_gpus)) if cfg.eval.judges else None
+    thresholds = {j.resolved_name(): j.positive_threshold(cfg.reward.score) for j in cfg.eval.judges}
     prompts = heldout_prompts(cfg, tokenizer)
     log.info("eval: %d held-out prompts, adapter %s", len(prompts), adapter.path)
     tables, result = (
@@ -161,13 +181,19 @@ def evaluate(cfg: Config, adapter, out: Path) -> dict:
                 {"name": x.name, "kind": x.kind, "weight": x.weight, "function": x.function and x.function.spec}
                 for x in specs
             ],
+            # scored beside the reward, never trained against; `threshold`: above it a value counts as positive
+            "judges": [
+                {"name": j.resolved_name(), "kind": j.kind, "threshold": thresholds[j.resolved_name()]}
+                | {k: getattr(j, k) for k in ("model", "function", "url") if getattr(j, k) is not None}
+                for j in cfg.eval.judges
+            ],
         },
     )
     # a task with checkable answers: the exact-answer source's mean is the held-out accuracy
     exact = next((x.name for x in specs if x.function is not None and x.function.spec == EXACT_ANSWER), None)
     for name in ("reference", "policy"):
-        rows = _sample_and_score(cfg, model, tokenizer, scorer, prompts, reference=name == "reference")
-        result[name] = summarize(rows, cfg.reward.score)
+        rows = _sample_and_score(cfg, model, tokenizer, scorer, prompts, name == "reference", judges)
+        result[name] = summarize(rows, cfg.reward.score, thresholds)
         if exact is not None:
             result[name]["accuracy"] = result[name][f"reward/{exact}/mean"]
         tables.append(pa.table({"model": [name] * len(prompts), **rows}))
@@ -183,7 +209,7 @@ def format_table(result: dict) -> str:
     # each reward source's own mean when there are several (one source's mean is the reward's)
     sources = [k for k in pol if k.startswith("reward/") and k.endswith("/mean") and k != "reward/mean"]
     rows = ROWS[:1] + [(k, f"mean reward: {k[len('reward/') : -len('/mean')]}") for k in sources if len(sources) > 1]
-    rows += ROWS[1:]
+    rows += ROWS[1:2] + _judge_rows(result) + ROWS[2:]  # the judges beside the reward's positive rate
     if "accuracy" in pol:
         rows.insert(0, ("accuracy", "accuracy (exact answer)"))
     if ref.get("reward/none_frac") or pol.get("reward/none_frac"):
@@ -192,6 +218,17 @@ def format_table(result: dict) -> str:
     for key, label in rows:
         lines.append(f"| {label} | {_figure(ref.get(key))} | {_figure(pol.get(key))} |")
     return "\n".join(lines)
+
+
+def _judge_rows(result: dict) -> list[tuple[str, str]]:
+    """Each judge's mean and positive rate (with its threshold when eval.json records it)."""
+    cuts = {j["name"]: j["threshold"] for j in result.get("judges", [])}
+    rows = []
+    for key in (k for k in result["policy"] if k.startswith("judge/") and k.endswith("/mean")):
+        judge = key[len("judge/") : -len("/mean")]
+        cut = f" (> {cuts[judge]:g})" if judge in cuts else ""
+        rows += [(key, f"judge {judge}: mean"), (f"judge/{judge}/positive_rate", f"judge {judge}: positive rate{cut}")]
+    return rows
 
 
 def _figure(value) -> str:

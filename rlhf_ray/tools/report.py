@@ -71,6 +71,9 @@ def _config_section(run_dir: Path) -> list[str]:
     sources = [RewardSourceConfig(**entry) for entry in (cfg.get("reward", {}).get("sources") or [])]
     if sources:  # name and weight of each; the combined reward is their weighted sum
         lines.append(f"| `reward.sources` | {', '.join(f'{s.resolved_name()} x {s.weight:g}' for s in sources)} |")
+    judges = [RewardSourceConfig(**entry) for entry in (cfg.get("eval", {}).get("judges") or [])]
+    if judges:  # scored by `eval` only, never trained against
+        lines.append(f"| `eval.judges` | {', '.join(f'{j.resolved_name()} ({j.kind})' for j in judges)} |")
     return lines
 
 
@@ -112,11 +115,18 @@ def _eval_section(run_dir: Path) -> list[str]:
     if not path.is_file():
         return [f"Not evaluated yet: run `rlhf-ray eval {run_dir}`."]
     result = json.loads(path.read_text())
-    return [
-        f"{result['num_prompts']} held-out prompts (IMDB test-split openings); adapter `{result['adapter']}`.",
-        "",
-        format_table(result),
-    ]
+    lines = [f"{result['num_prompts']} held-out prompts (IMDB test-split openings); adapter `{result['adapter']}`."]
+    judges = result.get("judges") or []
+    if judges:
+        named = ", ".join(
+            f"`{j['name']}` ({j.get('function') or j.get('model') or j.get('url') or j['kind']})" for j in judges
+        )
+        lines += [
+            "",
+            f"Judges: {named}; they score the same responses and were never trained against, so a policy that "
+            "learned what its reward model likes rather than the task shows as a gap between the two.",
+        ]
+    return lines + ["", format_table(result)]
 
 
 def _samples_section(run_dir: Path) -> list[str]:

@@ -16,6 +16,11 @@ pytestmark = pytest.mark.usefixtures("ray_session")
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EVAL_PROMPTS = 12  # at 8 tokens each: enough draws for the trained adapter to change some of them
+# eval.judges: the shipped VADER function and a classifier judge (the tiny classifier, its default cut)
+JUDGES = (
+    "eval.judges=[{kind: function, name: vader, function: 'rlhf_ray.rewards.lexicon:vader', threshold: 0.05}, "
+    "{kind: classifier, name: tiny, model: tiny-random-bert}]"
+)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +41,7 @@ def evaluated(smoke_run) -> str:
     """`eval` of the smoke run, once for every test that needs eval.json: its printed table."""
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        assert main(["eval", str(smoke_run), f"eval.num_prompts={EVAL_PROMPTS}", "eval.batch_size=4"]) == 0
+        assert main(["eval", str(smoke_run), f"eval.num_prompts={EVAL_PROMPTS}", "eval.batch_size=4", JUDGES]) == 0
     return out.getvalue()
 
 
@@ -68,6 +73,28 @@ def test_eval_scores_reference_and_policy_on_heldout_prompts(smoke_run, evaluate
     assert [r["response"] for r in table[:EVAL_PROMPTS]] != [r["response"] for r in table[EVAL_PROMPTS:]]
 
 
+def test_eval_reports_each_judge_beside_the_reward(smoke_run, evaluated):
+    from rlhf_ray.rewards.lexicon import vader
+
+    assert "| judge vader: positive rate (> 0.05) |" in evaluated and "| judge tiny: mean |" in evaluated
+    result = json.loads((smoke_run / "eval.json").read_text())
+    assert [(j["name"], j["kind"], j["threshold"]) for j in result["judges"]] == [
+        ("vader", "function", 0.05),
+        ("tiny", "classifier", 0.0),  # the smoke config's reward.score is logit_margin: margin 0
+    ]
+    table = pq.read_table(smoke_run / "eval_responses.parquet").to_pylist()
+    for name in ("reference", "policy"):
+        rows = [r for r in table if r["model"] == name]
+        values = vader([r["prompt"] for r in rows], [r["response"] for r in rows])  # the whole review
+        assert [r["judge/vader"] for r in rows] == pytest.approx(values)
+        assert result[name]["judge/vader/mean"] == pytest.approx(sum(values) / len(values))
+        assert result[name]["judge/vader/positive_rate"] == sum(v > 0.05 for v in values) / len(values)
+        tiny = [r["judge/tiny"] for r in rows]
+        assert result[name]["judge/tiny/positive_rate"] == sum(v > 0 for v in tiny) / len(tiny)
+        # a judge is never part of the reward: the combined score is the run's own classifier's
+        assert "score/vader" not in rows[0] and result[name]["reward/mean"] is not None
+
+
 def test_generate_with_and_without_the_trained_adapter(smoke_run, tmp_path, capsys):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("This movie was\n\nThe plot\n")
@@ -90,3 +117,6 @@ def test_report_writes_plot_and_markdown(smoke_run, evaluated):
         assert heading in text
     assert "| `reward/mean` |" in text and "![metrics](metrics.png)" in text
     assert "| positive rate |" in text and "iteration 1 (policy v0 = reference)" in text  # eval.json's table
+    assert (
+        "| judge vader: positive rate (> 0.05) |" in text and "Judges: `vader` (rlhf_ray.rewards.lexicon:vader)" in text
+    )
