@@ -76,7 +76,8 @@ PLAN_HELP = "memory plan: bytes per role for the separate and fused layouts (no 
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """Every command; the options of a tool only when `command` is that tool."""
+    """Every command; the options of a tool, and the key list of a stage's --help, only when `command`
+    is that tool or stage (the key lists cost a tenth of a second each)."""
     parser = argparse.ArgumentParser(
         prog="rlhf-ray",
         description="RLHF (PPO) with quantized LoRA models on Ray. Every subcommand takes --config, "
@@ -88,7 +89,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         **STAGES,
         "config": "print the resolved config (after overrides), or explain its keys",
     }.items():
-        epilog = _keys_epilog(name) if name in STAGE_SECTIONS else None
+        epilog = _keys_epilog(name) if name in STAGE_SECTIONS and name == command else None
         p = sub.add_parser(
             name,
             help=help_text,
@@ -224,6 +225,13 @@ def main(argv: list[str] | None = None) -> int:
     run_dir: Path | None = None
     with contextlib.ExitStack() as console:
         try:
+            held = None
+            if args.command not in ("config", "plan"):
+                run_dir = _run_dir(args)
+                # One writer per run directory: one that holds a run is locked before anything in it
+                # (its config, checkpoints, metrics) is read; a second writer gets one line naming the holder.
+                if (held := rundir.lock_first(run_dir, resume=bool(getattr(args, "resume", None)))) is not None:
+                    console.callback(held.release)
             cfg = _load(args)
             logging.basicConfig(
                 level=cfg.run.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -233,7 +241,6 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             if args.command == "plan":
                 return _plan(cfg, args)
-            run_dir = _run_dir(args)
             resume = bool(getattr(args, "resume", None))
             if args.command == "ppo" and resume and (done := finished_run(run_dir, cfg)) is not None:
                 print(
@@ -251,7 +258,9 @@ def main(argv: list[str] | None = None) -> int:
                 stage.check(cfg)  # cheap up-front checks (models, data), before the run dir or Ray exist
             warn_job_relative(run_dir)
             # One writer per run directory, for the whole run (--overwrite clears it only once locked).
-            console.callback(rundir.claim(run_dir, resume=resume, overwrite=args.overwrite, strict=strict).release)
+            lock = rundir.claim(run_dir, resume=resume, overwrite=args.overwrite, strict=strict, held=held)
+            if held is None:
+                console.callback(lock.release)
             console.enter_context(stopping.handling_stops())  # SIGINT/SIGTERM: checkpoint, clean up, one line
             console.enter_context(ConsoleLog(run_dir / CONSOLE_LOG))  # from here on, output is also saved
             # Under `ray job submit` this runs on the head node, in Ray's copy of the repo: say where.

@@ -14,6 +14,7 @@ from rlhf_ray.config.checks import validate
 from rlhf_ray.config.parse import build, flatten, merge, parse_overrides
 from rlhf_ray.config.schema import Config
 from rlhf_ray.errors import ConfigError
+from rlhf_ray.store.checkpoint import atomic_write
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
@@ -45,4 +46,5 @@ def config_from_dict(data: dict[str, Any]) -> Config:
 
 
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    """Written whole (temp file + rename): `eval` or `report` reading a live run never sees half a config."""
+    atomic_write(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())

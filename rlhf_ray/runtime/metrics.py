@@ -3,6 +3,7 @@ lines, Parquet sample tables, and the run's metrics plot (also the plot of `rlhf
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import sys
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from rlhf_ray.store.checkpoint import atomic_write
 
 
 class MetricsLog:
@@ -131,7 +134,16 @@ def _iteration(line: str) -> float:
 
 
 def read_metrics(path: Path) -> list[dict]:
-    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    """Every complete line: a run that is still writing (or a killed one) may leave its last line
+    half-written, and `report` reads live runs."""
+    text = path.read_text()
+    lines = text.splitlines()
+    if lines and not text.endswith("\n"):
+        try:
+            json.loads(lines[-1])
+        except ValueError:
+            lines.pop()  # being appended right now
+    return [json.loads(ln) for ln in lines if ln.strip()]
 
 
 def write_samples(
@@ -148,7 +160,9 @@ def write_samples(
     path.parent.mkdir(parents=True, exist_ok=True)
     columns = {"iteration": [iteration] * len(prompts), "prompt": prompts, "response": responses, "score": scores}
     columns.update({f"score/{name}": values for name, values in (sources or {}).items()})
-    pq.write_table(pa.table(columns), path)
+    buffer = pa.BufferOutputStream()
+    pq.write_table(pa.table(columns), buffer)
+    atomic_write(path, buffer.getvalue().to_pybytes())  # whole or absent: `report` may read a live run
     return path
 
 
@@ -249,8 +263,10 @@ def plot_metrics(path: Path, out: Path, title: str | None = None) -> Path | None
     stamp = time.strftime("%Y-%m-%d", time.localtime(path.stat().st_mtime))
     fig.suptitle(f"{title or path.parent.name}: {len(rows)} PPO iterations ({stamp})", fontsize=11)
     fig.tight_layout()
-    fig.savefig(out, dpi=72)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=72)
     plt.close(fig)
+    atomic_write(out, png.getvalue())  # the run and `report` both draw it: a reader never sees half of one
     return out
 
 

@@ -6,7 +6,11 @@
   directory, and is refused when the config reads an input from inside the directory.
 - --resume needs a restorable checkpoint and a config equal to the saved one, apart from the
   keys in MUTABLE_KEYS (how long to run and how to run it, never what is computed).
-- One process writes a run directory at a time: `claim` takes RUN_DIR/.lock for the whole run."""
+- One process writes a run directory at a time: RUN_DIR/.lock is held for the whole run. A
+  directory that holds (or held) a run is locked before anything in it is read (`lock_first`: its
+  config, checkpoints, metrics), so a second writer is refused in one line naming the holder
+  whatever the live run is doing, never by a traceback over a checkpoint pruned under it; a new
+  directory is locked by `claim` once the run's checks passed (a refused run creates nothing)."""
 
 from __future__ import annotations
 
@@ -115,26 +119,43 @@ def _refuse_existing(run_dir: Path) -> None:
     )
 
 
-def claim(run_dir: Path, *, resume: bool, overwrite: bool, strict: bool = True) -> FileLock:
-    """Make the run directory and lock it for this process (call after `prepare` and the stage's
-    own checks, so a refused run deletes and creates nothing); --overwrite clears it only now,
-    under the lock, so a run still writing there is never deleted from under it."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+def take(run_dir: Path) -> FileLock:
+    """RUN_DIR/.lock for this process, or a UserError naming the process that holds it."""
     lock = FileLock(run_dir / LOCK)
     try:
-        lock.acquire()
+        return lock.acquire()
     except LockHeld as held:
         raise UserError(
             f"{run_dir} is in use by another rlhf-ray process (pid {held.holder.get('pid', '?')} on "
             f"{held.holder.get('host', '?')}): wait for it to end or stop it, or choose another --run-dir"
         ) from None
+
+
+def lock_first(run_dir: Path, *, resume: bool) -> FileLock | None:
+    """Lock `run_dir` before anything in it is read, when it holds (or held) a run or is to be resumed;
+    None for a directory with nothing of a run in it (or none yet): `claim` locks it once made."""
+    if run_dir.is_dir() and (resume or holds_run(run_dir) or (run_dir / LOCK).exists()):
+        return take(run_dir)
+    return None
+
+
+def claim(
+    run_dir: Path, *, resume: bool, overwrite: bool, strict: bool = True, held: FileLock | None = None
+) -> FileLock:
+    """Make the run directory and lock it for this process (call after `prepare` and the stage's
+    own checks, so a refused run deletes and creates nothing), or keep the lock `held` that
+    `lock_first` took; --overwrite clears it only now, under the lock, so a run still writing there
+    is never deleted from under it."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = held or take(run_dir)
     try:
         if overwrite:
             clear(run_dir)
         elif strict and not resume and holds_run(run_dir):
             _refuse_existing(run_dir)  # another run finished here since `prepare` looked
     except BaseException:
-        lock.release()
+        if held is None:
+            lock.release()
         raise
     return lock
 
@@ -162,9 +183,10 @@ def clear(run_dir: Path) -> None:
     for name in RUN_OUTPUTS:
         path = run_dir / name
         if name == "ppo" and path.is_dir() and not path.is_symlink():
-            clear(path)  # the pipeline's PPO run: only its outputs, then the folder if empty
-            if not any(p.name != LOCK for p in path.iterdir()):
-                shutil.rmtree(path)
+            with take(path):  # the pipeline's PPO run (`rlhf-ray ppo --resume RUN_DIR/ppo` may hold it)
+                clear(path)  # only its outputs, then the folder if empty
+                if not any(p.name != LOCK for p in path.iterdir()):
+                    shutil.rmtree(path)
         elif path.is_symlink() or path.is_file():
             path.unlink()
         elif path.is_dir():

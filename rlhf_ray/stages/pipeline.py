@@ -14,6 +14,7 @@ from pathlib import Path
 from rlhf_ray.config.load import save_config
 from rlhf_ray.config.schema import Config
 from rlhf_ray.errors import UserError
+from rlhf_ray.runtime import rundir
 from rlhf_ray.runtime.rundir import changed_keys
 from rlhf_ray.stages import merge, ppo, reward, sft
 from rlhf_ray.stages.common import DONE, is_done
@@ -61,7 +62,15 @@ def run(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
 def _run_ppo(cfg: Config, ppo_dir: Path) -> dict:
     """Skip a finished PPO run, resume an interrupted (or extended: more ppo.iterations) one. The
     rules of --resume apply: a PPO stage trained with a different config (its merged base included)
-    is never continued; the rerun is refused, naming the keys (--overwrite starts it afresh)."""
+    is never continued; the rerun is refused, naming the keys (--overwrite starts it afresh).
+    RUN_DIR/ppo is locked as a run directory of its own first: `rlhf-ray ppo --resume RUN_DIR/ppo`
+    and the pipeline never write it at once."""
+    ppo_dir.mkdir(parents=True, exist_ok=True)
+    with rundir.take(ppo_dir):
+        return _continue_ppo(cfg, ppo_dir)
+
+
+def _continue_ppo(cfg: Config, ppo_dir: Path) -> dict:
     checkpoint = latest_checkpoint(ppo_dir)
     if checkpoint is not None and (changed := changed_keys(ppo_dir, cfg)):
         raise UserError(
@@ -72,6 +81,5 @@ def _run_ppo(cfg: Config, ppo_dir: Path) -> dict:
     if is_done(ppo_dir) and reached >= cfg.ppo.iterations:
         log.info("stage ppo: already finished in %s", ppo_dir)
         return read_json(ppo_dir / DONE)
-    ppo_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, ppo_dir / "config.yaml")
     return ppo.run(cfg, ppo_dir, resume=checkpoint is not None)

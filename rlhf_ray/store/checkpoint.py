@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from rlhf_ray.errors import UserError
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 MANIFEST = "MANIFEST.json"
 # What a PPO checkpoint needs to be resumed (its manifest must list each of them).
 LEARNER_FILES = ("learner_state.json", "policy.safetensors", "optimizer.pt", "driver_state.json")
+READ_TRIES = 20  # how often a reader of a live run retries a checkpoint pruned under it
 
 
 def inside(root: Path, name: str) -> Path:
@@ -141,12 +143,23 @@ def _prune(root: Path, keep: int) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def checkpoint_problem(path: Path) -> str | None:
-    """Why the checkpoint at `path` cannot be trusted (None when every file matches its manifest)."""
-    if not (path / MANIFEST).is_file():
+def _file(path: Path, name: str) -> bytes | None:
+    """The bytes of checkpoint file `name`, None when it is absent (or removed while being read)."""
+    file = path / name
+    try:
+        return None if file.is_symlink() else file.read_bytes()
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return None
+
+
+def files_problem(read: Callable[[str], bytes | None]) -> str | None:
+    """Why a checkpoint whose files `read(name)` returns (None: absent) cannot be trusted; None when
+    every file matches its manifest."""
+    raw = read(MANIFEST)
+    if raw is None:
         return "no MANIFEST.json (written last: the checkpoint is incomplete)"
     try:
-        manifest = json.loads((path / MANIFEST).read_text())
+        manifest = json.loads(raw)
     except ValueError:
         return "MANIFEST.json is not valid JSON"
     if not isinstance(manifest, dict):
@@ -155,24 +168,62 @@ def checkpoint_problem(path: Path) -> str | None:
         return f"MANIFEST.json does not list {', '.join(missing)} (a checkpoint needs them)"
     for name, digest in manifest.items():
         try:
-            file = inside(path, name)
+            inside(Path("."), name)
         except ValueError as exc:
             return f"MANIFEST.json: {exc}"
-        if file.is_symlink() or not file.is_file():
+        data = read(name)
+        if data is None:
             return f"{name} is missing"
-        if hashlib.sha256(file.read_bytes()).hexdigest() != digest:
+        if hashlib.sha256(data).hexdigest() != digest:
             return f"{name} does not match its sha256 in MANIFEST.json (truncated or corrupt)"
     return None
 
 
+def checkpoint_problem(path: Path) -> str | None:
+    """Why the checkpoint at `path` cannot be trusted (None when every file matches its manifest).
+    A checkpoint deleted while it is read (a live run pruning it) is missing files: never an error."""
+    return files_problem(lambda name: _file(path, name))
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest checkpoint that passes its manifest check; broken newer ones are skipped with a warning."""
+    """The newest checkpoint that passes its manifest check; broken newer ones are skipped with a
+    warning (one a live run pruned while it was read, without one: it is simply gone)."""
     for path in sorted((run_dir / "checkpoints").glob("iter-*"), reverse=True):
         problem = checkpoint_problem(path)
         if problem is None:
             return path
-        log.warning("skipping checkpoint %s: %s", path, problem)
+        if path.is_dir():
+            log.warning("skipping checkpoint %s: %s", path, problem)
+        else:
+            log.info("checkpoint %s was pruned while it was read: taking an older one", path)
     return None
+
+
+def read_latest(run_dir: Path, tries: int = READ_TRIES) -> tuple[Path, dict[str, bytes]] | None:
+    """The newest intact checkpoint read whole into memory and checked against its manifest there,
+    for readers of a run that may still be writing (eval, generate, report): a checkpoint pruned
+    under the reader is passed over for the newest intact one, never half-read. None: no intact one."""
+    seen = None
+    for _ in range(tries):
+        paths = sorted((run_dir / "checkpoints").glob("iter-*"), reverse=True)
+        if not paths or paths == seen:
+            return None  # none, or every one is broken and none came or went while they were read
+        seen = paths
+        for path in paths:
+            try:
+                files = read_dir(path)
+            except (FileNotFoundError, NotADirectoryError):
+                files = {}  # pruned while it was read
+            problem = files_problem(files.get)
+            if problem is None:
+                return path, files
+            if path.is_dir():
+                log.warning("skipping checkpoint %s: %s", path, problem)
+            else:
+                log.info("checkpoint %s was pruned while it was read: taking an older one", path)
+    raise UserError(
+        f"{run_dir}: its checkpoints were replaced faster than they could be read ({tries} tries): try again"
+    )
 
 
 def read_dir(path: Path) -> dict[str, bytes]:

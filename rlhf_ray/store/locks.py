@@ -24,6 +24,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+HOLDER_WAIT_S = 0.5  # how long a refused lock waits for its holder's record to appear
 STALE_AFTER_S = 3600.0  # a temp dir untouched this long, whose writer is gone, is removed
 TMP_MARK = ".tmp-"
 
@@ -47,10 +48,7 @@ class FileLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            os.close(fd)
-            raise LockHeld(self.path, read_holder(self.path)) from None
+            self._flock(fd, wait)
         except BaseException:
             os.close(fd)
             raise
@@ -59,6 +57,20 @@ class FileLock:
         os.pwrite(fd, record, 0)
         self.fd = fd
         return self
+
+    def _flock(self, fd: int, wait: bool) -> None:
+        """Lock `fd`, or raise LockHeld naming the holder. The holder's record is written just after
+        its flock (and cleared just before its release), so an empty record is read again briefly."""
+        deadline = time.monotonic() + HOLDER_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+                return
+            except BlockingIOError:
+                holder = read_holder(self.path)
+                if holder or time.monotonic() > deadline:
+                    raise LockHeld(self.path, holder) from None
+                time.sleep(0.01)  # taken this instant and not yet recorded, or being released: try again
 
     def release(self) -> None:
         if self.fd is not None:

@@ -14,6 +14,7 @@ import pytest
 
 from rlhf_ray import cli
 from rlhf_ray import process as noise
+from rlhf_ray.runtime.rundir import LOCK
 from rlhf_ray.store.checkpoint import atomic_write, write_checkpoint, write_dir
 from rlhf_ray.store.provenance import ConsoleLog, collect, model_reference, write_run_info
 
@@ -132,7 +133,9 @@ def test_resume_of_a_finished_run_exits_at_once(tmp_path, monkeypatch, capsys):
     assert f"{run} is complete (2 of 2 iterations)" in out.err
     assert f"rlhf-ray ppo --resume {run} ppo.iterations=N" in out.err and len(out.err.strip().splitlines()) == 1
     assert json.loads(out.out)["final"]["reward/mean"] == 1.5
-    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.iterdir() if p.is_file()} == before
+    # nothing written; the run's lock (every real run has RUN_DIR/.lock) was taken to read it
+    after = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.iterdir() if p.is_file() and p.name != LOCK}
+    assert after == before
 
 
 def test_resume_with_more_iterations_runs_the_stage(tmp_path, monkeypatch, capsys):
