@@ -9,6 +9,7 @@ import torch
 
 from rlhf_ray.config.schema import PROBABILITY_SCORES
 from rlhf_ray.errors import NonFiniteError, UserError
+from rlhf_ray.models.loading import load_with_head
 from rlhf_ray.models.policy import load_kwargs, quiet_warnings
 
 # Classification heads stay in full precision: they are tiny and their outputs are the reward.
@@ -54,9 +55,16 @@ def load_classifier(path: str, quant: str = "none", device: str = "cpu"):
 
         labels = json.loads((root / "labels.json").read_text()) if (root / "labels.json").exists() else {}
         # The trained head comes with the adapter (modules_to_save): a head of another size in the
-        # base (a 2-label classifier under a scalar reward model) is replaced, not an error.
-        base = AutoModelForSequenceClassification.from_pretrained(
-            base_path, num_labels=len(labels) or 2, id2label=labels or None, ignore_mismatched_sizes=True, **kwargs
+        # base (a 2-label classifier under a scalar reward model) is replaced, not an error, and
+        # transformers' report of the base's missing head is held back (any other key still shows).
+        base, _ = load_with_head(
+            AutoModelForSequenceClassification,
+            base_path,
+            HEAD_MODULES,
+            num_labels=len(labels) or 2,
+            id2label=labels or None,
+            ignore_mismatched_sizes=True,
+            **kwargs,
         )
         model = PeftModel.from_pretrained(base, str(root))
     else:

@@ -52,7 +52,8 @@ def stream_task(
     desc: str,
     jsonl: Path,
 ) -> dict:
-    """Run generator `fn` as a Ray task yielding ("step", record) ... ("done", result).
+    """Run generator `fn` as a Ray task yielding ("step", record) ... ("done", result), and ("info", line)
+    for a line to log on the driver.
 
     Step records go to `jsonl` and a driver-side progress bar as they arrive; returns the result.
     A Ray started here is shut down again, as the ppo stage does."""
@@ -72,6 +73,11 @@ def _consume(stream, total: int, desc: str, jsonl: Path) -> dict:
             kind, payload = ray.get(ref)
             if kind == "done":
                 return payload
+            if kind == "info":  # what the task does before its first step, said on the driver
+                bar.clear()
+                log.info("%s", payload)
+                bar.refresh()
+                continue
             sink.write(json.dumps(payload) + "\n")
             sink.flush()
             bar.update(1)

@@ -33,6 +33,7 @@ from rlhf_ray.data.pairs import load_pairs
 from rlhf_ray.data.prompts import load_text_dataset
 from rlhf_ray.errors import UserError
 from rlhf_ray.models.assets import resolve_model
+from rlhf_ray.models.loading import load_with_head
 from rlhf_ray.models.policy import attach_lora, load_kwargs, role_device
 from rlhf_ray.rewards.classifier import HEAD_MODULES
 from rlhf_ray.stages.common import begin, finish, prepare_worker, stream_task
@@ -146,8 +147,9 @@ OBJECTIVES = {"classifier": ClassifierObjective, "pairwise": PairwiseObjective}
 
 
 def build_reward_model(cfg: Config, backbone: str, device: str, id2label: dict[int, str]):
-    """A sequence classifier with len(id2label) outputs: the full encoder (method=full) or a
-    quantized one + LoRA (method=lora)."""
+    """(model, new head keys): a sequence classifier with len(id2label) outputs, the full encoder
+    (method=full) or a quantized one + LoRA (method=lora); the keys of the head it got fresh (empty
+    when the backbone's own head fits)."""
     from transformers import AutoModelForSequenceClassification
 
     r = cfg.reward
@@ -156,9 +158,12 @@ def build_reward_model(cfg: Config, backbone: str, device: str, id2label: dict[i
     if r.method == "full" and device == "cuda":
         kwargs["dtype"] = torch.float32  # every weight trains: keep fp32 master weights
     # A backbone without a head (e.g. MiniLM's BertModel), or with one of another size (a 2-label
-    # classifier as a pairwise backbone), gets a fresh one.
-    model = AutoModelForSequenceClassification.from_pretrained(
+    # classifier as a pairwise backbone), gets a fresh one: expected, so transformers' table of
+    # "MISSING" keys is held back for one line of ours (a report of any other key still shows).
+    model, head = load_with_head(
+        AutoModelForSequenceClassification,
         backbone,
+        HEAD_MODULES,
         num_labels=len(id2label),
         id2label=id2label,
         label2id={v: k for k, v in id2label.items()},
@@ -171,7 +176,34 @@ def build_reward_model(cfg: Config, backbone: str, device: str, id2label: dict[i
         model = attach_lora(
             model, cfg.model.lora_r, cfg.model.lora_alpha, cfg.model.lora_dropout, None, task_type="SEQ_CLS"
         )
-    return model
+    return model, head
+
+
+def head_line(r: RewardConfig, outputs: int, head: list[str]) -> str:
+    """The one line that replaces transformers' LOAD REPORT of a fresh head."""
+    what = "a new scalar head (1 output)" if r.objective == "pairwise" else f"a new {outputs}-label head"
+    return (
+        f"reward stage: {what} on {r.backbone} ({', '.join(head)} start random: the backbone has no head "
+        "of this size); training it is what this stage does"
+    )
+
+
+def plan_line(r: RewardConfig, steps: int) -> str:
+    """What the reward stage is about to do, said before the task starts (its first step waits for
+    the backbone to load and the held-out set to be scored)."""
+    weights = (
+        "the whole encoder and the head" if r.method == "full" else f"a LoRA on the {r.quant} encoder and the head"
+    )
+    if r.objective == "pairwise":
+        what, rows, held = "a scalar reward model", f"{r.train_size} preference pairs", f"{r.eval_size} pairs"
+    else:
+        what, rows, held = "the sentiment classifier", f"{r.train_size} labelled reviews", f"{r.eval_size} reviews"
+    epochs = f"{r.epochs} epoch" + ("s" if r.epochs != 1 else "")
+    return (
+        f"reward stage: training {what} on {r.backbone} ({weights}) with {rows} of {r.dataset}: up to "
+        f"{steps} steps ({epochs} in batches of {r.train_batch_size}); held-out accuracy on {held} is "
+        "measured before the first step and after the last"
+    )
 
 
 def save_reward_model(model, tokenizer, method: str, id2label: dict[int, str], directory: Path) -> Path:
@@ -213,7 +245,8 @@ def fit(model, r: RewardConfig, rows: int, seed: int, loss_of: Callable[[list[in
 
 
 def train_reward(cfg: Config) -> Iterator[tuple[str, dict]]:
-    """Ray task body: yields ("step", record) per optimizer step, then ("done", {files, metrics})."""
+    """Ray task body: yields ("info", line) for what it does before its first step, ("step", record)
+    per optimizer step, then ("done", {files, metrics})."""
     from transformers import AutoTokenizer
 
     r, seed = cfg.reward.resolved(), cfg.run.seed
@@ -226,11 +259,21 @@ def train_reward(cfg: Config) -> Iterator[tuple[str, dict]]:
     # IMDB, Sun et al. 2019), and a pair's two texts differ in the response, after the prompt.
     # Saved with the tokenizer, so the scorer truncates the same side.
     tokenizer.truncation_side = "left"
-    model = build_reward_model(cfg, backbone, device, objective.labels)
+    model, head = build_reward_model(cfg, backbone, device, objective.labels)
+    if head:
+        yield "info", head_line(r, len(objective.labels), head)
     if tokenizer.pad_token is None:  # a decoder backbone: pad with EOS, the head pools the last real token
         tokenizer.pad_token = tokenizer.eos_token
         model.config.pad_token_id = tokenizer.pad_token_id
+    t0 = time.perf_counter()
     before = objective.evaluate(model, tokenizer, r, device)
+    yield (
+        "info",
+        (
+            f"reward stage: held-out accuracy before training {before['accuracy']:.3f} "
+            f"({objective.eval_size()} scored in {time.perf_counter() - t0:.0f} s); training"
+        ),
+    )
     start, step = time.perf_counter(), 0
     loss_of = functools.partial(objective.loss, model, tokenizer, max_length=r.train_max_length, device=device)
     for record in fit(model, r, len(objective), seed, loss_of):
@@ -270,6 +313,7 @@ def run(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
     r = cfg.reward.resolved()
     options = {"num_gpus": cfg.cluster.scorer_gpus, "num_cpus": cfg.cluster.actor_cpus}
     steps = r.epochs * -(-r.train_size // r.train_batch_size)  # upper bound: the split may hold fewer rows
+    log.info(plan_line(r, steps))
     result = stream_task(
         cfg.cluster, train_reward, options, (cfg,), total=steps, desc="reward", jsonl=run_dir / "metrics.jsonl"
     )
