@@ -1,6 +1,8 @@
 """Payloads that cross the Ray object store. Tensors are CPU tensors; shapes in comments.
 
-Sequence layout everywhere: [left-padded prompt (P) | right-padded response (R)]."""
+Sequence layout everywhere: [left-padded prompt (P) | right-padded response (R)]. In a multi-turn
+episode the response is the policy's turns and the environment's observations interleaved, token ids
+exactly as sampled; `action_mask` tells them apart (only actions are scored and credited)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,22 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+# Why an episode ended: the env said done, the turn or token limit, a step past env.step_timeout_s, or
+# the environment raised.
+STOP_REASONS = ("done", "max_turns", "max_tokens", "timeout", "env_error")
+
+
+@dataclass
+class Episode:
+    """How one multi-turn episode went (generator -> scorer, driver, samples; small)."""
+
+    messages: list[dict]  # the turns after the prompt as chat messages: assistant, then tool/user observations
+    stop: str  # done | max_turns | max_tokens | timeout | env_error
+    turns: int  # policy turns taken
+    tool_calls: int = 0  # tool calls parsed from the policy's turns (tool environments)
+    reward: float | None = None  # the environment's episode reward (get_reward(), else the sum of step rewards)
+    error: str | None = None  # env_error / timeout: what happened, for events.jsonl
 
 
 @dataclass
@@ -34,6 +52,10 @@ class Rollout:
     # template, and every other column of the row (e.g. {"answer": [...]}) for reward functions.
     raw_prompts: list[Any] | None = None  # B items; None: the prompts are plain strings (`prompts`)
     columns: dict[str, list[Any]] = field(default_factory=dict)  # column -> B values
+    # (B, R) 1 = a token the policy sampled (an action), 0 = an observation or padding; None: every real
+    # response token is an action (single-turn). The loss, KL, advantages and lengths count actions only.
+    action_mask: torch.Tensor | None = None
+    episodes: list[Episode] | None = None  # B multi-turn episodes; None: single-turn
 
     def __len__(self) -> int:
         return self.prompt_ids.shape[0]
@@ -45,6 +67,10 @@ class Rollout:
     @property
     def attention_mask(self) -> torch.Tensor:  # (B, P + R)
         return torch.cat([self.prompt_mask, self.response_mask], dim=1)
+
+    @property
+    def loss_mask(self) -> torch.Tensor:  # (B, R) 1 = a response token the policy sampled
+        return self.response_mask if self.action_mask is None else self.response_mask * self.action_mask
 
     @property
     def lengths(self) -> torch.Tensor:  # (B,) real prompt + response tokens per row
@@ -64,6 +90,7 @@ class Rollout:
             response_ids=self.response_ids[:, :r],
             response_mask=self.response_mask[:, :r],
             ref_logprobs=ref,
+            action_mask=None if self.action_mask is None else self.action_mask[:, :r],
         )
 
     def select(self, idx: torch.Tensor) -> "Rollout":
@@ -81,6 +108,8 @@ class Rollout:
             None if self.ref_logprobs is None else self.ref_logprobs[idx],
             None if self.raw_prompts is None else [self.raw_prompts[i] for i in rows],
             {k: [v[i] for i in rows] for k, v in self.columns.items()},
+            None if self.action_mask is None else self.action_mask[idx],
+            None if self.episodes is None else [self.episodes[i] for i in rows],
         )
 
     @staticmethod
@@ -93,6 +122,8 @@ class Rollout:
         with_ref = {p.ref_logprobs is not None for p in parts}
         if len(with_ref) != 1:
             raise ValueError("rollout shards disagree on carrying reference log-probs")
+        if len({p.episodes is None for p in parts}) != 1:
+            raise ValueError("rollout shards mix single-turn and multi-turn samples")
         P = max(p.prompt_ids.shape[1] for p in parts)
         R = max(p.response_ids.shape[1] for p in parts)
 
@@ -117,6 +148,8 @@ class Rollout:
             if any(p.raw_prompts is None for p in parts)
             else [r for p in parts for r in p.raw_prompts],
             columns={k: [v for p in parts for v in p.columns[k]] for k in parts[0].columns},
+            action_mask=torch.cat([right(p.loss_mask, R, 0) for p in parts]) if parts[0].episodes is not None else None,
+            episodes=None if parts[0].episodes is None else [e for p in parts for e in p.episodes],
         )
 
 

@@ -67,3 +67,27 @@ def ray_session():
     yield ray
     if started:
         ray.shutdown()
+
+
+# A ChatML-like template over the tiny model's own tokens: multi-turn tests need a chat model.
+TINY_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<eos>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_lm(tiny_lm, cache_dir) -> str:
+    """tiny-random-llama with a chat template (a copy in the model cache)."""
+    import json
+    import shutil
+
+    path = cache_dir / "models" / "tiny-random-llama-chat-test"
+    if not (path / "tokenizer_config.json").is_file():
+        tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+        shutil.copytree(tiny_lm, tmp, dirs_exist_ok=True)
+        config = json.loads((tmp / "tokenizer_config.json").read_text())
+        (tmp / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": TINY_CHAT_TEMPLATE}))
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+    return str(path)

@@ -2,4 +2,4 @@
 `@ray.remote` wrappers in `remote.py`; data parallelism among learners (`dp`) and the learner's
 adapter history. No PPO math here: that is `algo`.
 
-May import: algo, errors, batch, process, store, config, data, models, rewards."""
+May import: algo, errors, batch, process, store, config, data, models, rewards, envs."""

@@ -19,6 +19,7 @@ from rlhf_ray.actors.generator import Generator
 from rlhf_ray.actors.learner import Learner
 from rlhf_ray.batch import AdapterPayload, GenerationInfo, Rollout
 from rlhf_ray.config.schema import Config
+from rlhf_ray.envs.runner import EnvSpec
 from rlhf_ray.models.adapter import AdapterIntegrityError
 from rlhf_ray.models.assets import materialize
 from rlhf_ray.models.policy import load_tokenizer, ppo_numerics, role_device
@@ -42,14 +43,14 @@ def release_memory() -> None:
 
 
 class FusedPolicyHost:
-    def __init__(self, cfg: Config, policy: ModelRef):
+    def __init__(self, cfg: Config, policy: ModelRef, env: EnvSpec | None = None):
         init_process(cfg)
         policy_path = materialize(policy, cfg.cache_dir())  # on this node: no shared disk assumed
         device = role_device(cfg.fused_gpus())
         torch.manual_seed(cfg.run.seed)  # the same fresh LoRA init as a separate learner with this seed
         shared = SharedPolicy(ppo_numerics(load_policy(cfg, policy_path, device)), load_tokenizer(policy_path), device)
         self.learner = Learner(cfg, policy_path, shared=shared)
-        self.generator = Generator(cfg, policy_path, shared=shared)
+        self.generator = Generator(cfg, policy_path, shared=shared, env=env)
 
     # ------------------------------------------------------------------ generator role
     def load_adapter(self, payload: AdapterPayload) -> tuple[int, str]:

@@ -6,6 +6,7 @@ from rlhf_ray.actors.common import init_process, load_policy
 from rlhf_ray.batch import AdapterPayload, GenerationInfo, Prompt, Rollout
 from rlhf_ray.config.schema import Config
 from rlhf_ray.data.prompts import rollout_rows
+from rlhf_ray.envs.runner import EnvRunner, EnvSpec
 from rlhf_ray.errors import ConfigError
 from rlhf_ray.models.adapter import import_adapter
 from rlhf_ray.models.assets import materialize
@@ -22,8 +23,9 @@ class StaleAdapterError(RuntimeError):
 
 
 class Generator:
-    def __init__(self, cfg: Config, policy: ModelRef, rank: int = 0, shared=None):
-        """shared: a SharedPolicy (fused layout) to sample from instead of loading a base of our own."""
+    def __init__(self, cfg: Config, policy: ModelRef, rank: int = 0, shared=None, env: EnvSpec | None = None):
+        """shared: a SharedPolicy (fused layout) to sample from instead of loading a base of our own;
+        env: the run's environments (multi-turn episodes), None for one response per prompt."""
         init_process(cfg)
         policy_path = materialize(policy, cfg.cache_dir())  # on this node: no shared disk assumed
         self.cfg, self.rank = cfg, rank
@@ -36,6 +38,7 @@ class Generator:
         self.version, self.adapter_hash = -1, ""
         self.lean: LeanDecoder | None = None
         self.dequant = dequant_enabled(cfg.model.dequant_cache, self.model)
+        self.env = EnvRunner(env, cfg, self.tokenizer) if env is not None else None
         _ = self.decoder  # a forced generate.decoder=lean that cannot apply fails here, at start
 
     @property
@@ -65,33 +68,50 @@ class Generator:
         rollout carries each one's raw prompt and dataset columns for reward functions."""
         if self.version < 0:
             raise StaleAdapterError(f"generator-{self.rank} has no adapter yet: sync one before generating")
-        g, seed = self.cfg.generate, self.cfg.run.seed
-        group = self.cfg.samples_per_prompt()
-        common = dict(
-            max_new_tokens=g.max_new_tokens,
-            temperature=g.temperature,
-            group_size=group,
-            policy_version=self.version,
-            device=self.device,
-            seed=seeds.sampling(seed, iteration, self.rank),
-        )
-        texts = [p.text if isinstance(p, Prompt) else p for p in prompts]
+        g, group = self.cfg.generate, self.cfg.samples_per_prompt()
+        seed = seeds.sampling(self.cfg.run.seed, iteration, self.rank)
         with dequantized_int8(self.model, self.dequant):  # bit-identical, each int8 weight dequantized once
-            if self.decoder == "lean":  # the reference pass rides in the decode steps, our own loop
-                common.pop("device")
-                self.lean = self.lean or LeanDecoder(self.model)  # the frozen base, laid out once
-                rollout = sample_lean(self.lean, self.tokenizer, texts, **common)
-            elif self.cfg.reference_logprobs_on():  # the reference pass rides in transformers' decode steps
-                rollout = sample_with_reference(self.model, self.tokenizer, texts, **common)
+            if self.env is None:
+                texts = [p.text if isinstance(p, Prompt) else p for p in prompts]
+                rollout = self._sample(texts, group, g.max_new_tokens, seed)
             else:
-                rollout = sample(self.model, self.tokenizer, texts, top_k=g.top_k, top_p=g.top_p, **common)
+                rollout = self._episodes(prompts, group, iteration, seed)
         rollout.raw_prompts, rollout.columns = rollout_rows(prompts, group)
         info = GenerationInfo(
             self.version,
             self.adapter_hash,
             len(rollout),
-            float(rollout.response_mask.sum(1).float().mean()),
+            float(rollout.loss_mask.sum(1).float().mean()),
             rollout.prompts if with_texts else None,
             rollout.responses if with_texts else None,
         )
         return rollout, info
+
+    def _sample(self, prompts: list[str] | list[list[int]], group: int, max_new_tokens: int, seed: int) -> Rollout:
+        """One sampling call through this generator's decode path (prompts as text, or as token ids)."""
+        g = self.cfg.generate
+        common = dict(max_new_tokens=max_new_tokens, temperature=g.temperature, group_size=group,
+                      policy_version=self.version, seed=seed)  # fmt: skip
+        if self.decoder == "lean":  # the reference pass rides in the decode steps, our own loop
+            self.lean = self.lean or LeanDecoder(self.model)  # the frozen base, laid out once
+            return sample_lean(self.lean, self.tokenizer, prompts, **common)
+        if self.cfg.reference_logprobs_on():  # the reference pass rides in transformers' decode steps
+            return sample_with_reference(self.model, self.tokenizer, prompts, device=self.device, **common)
+        return sample(self.model, self.tokenizer, prompts, top_k=g.top_k, top_p=g.top_p, device=self.device, **common)
+
+    def _episodes(self, prompts: list[Prompt] | list[str], group: int, iteration: int, seed: int) -> Rollout:
+        """Multi-turn episodes, batched turn by turn through `_sample`; each prompt's episodes reset
+        from one seed of (run.seed, iteration, prompt), so a group starts alike and a resume replays it."""
+
+        def sample_turn(contexts: list[list[int]], max_new_tokens: int, turn: int):
+            r = self._sample(contexts, 1, max_new_tokens, seeds.turn_sampling(seed, turn))
+            n = r.response_mask.sum(1).tolist()
+            actions = [r.response_ids[i, : n[i]].tolist() for i in range(len(r))]
+            refs = None if r.ref_logprobs is None else [r.ref_logprobs[i, : n[i]].tolist() for i in range(len(r))]
+            return actions, refs
+
+        starts = [seeds.episode(self.cfg.run.seed, iteration, self.rank * 100_003 + j) for j in range(len(prompts))]
+        return self.env.run(
+            prompts, group, starts, sample_turn, policy_version=self.version,
+            temperature=self.cfg.generate.temperature, with_ref=self.cfg.reference_logprobs_on(),
+        )  # fmt: skip

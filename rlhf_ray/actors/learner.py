@@ -16,7 +16,7 @@ from rlhf_ray import algo
 from rlhf_ray.actors.common import init_process, load_policy
 from rlhf_ray.actors.dp import DataParallel, join, token_share
 from rlhf_ray.actors.history import AdapterHistory
-from rlhf_ray.batch import AdapterPayload, Experience, Rollout, Scores
+from rlhf_ray.batch import STOP_REASONS, AdapterPayload, Episode, Experience, Rollout, Scores
 from rlhf_ray.config.schema import Config
 from rlhf_ray.errors import NonFiniteError
 from rlhf_ray.models.adapter import export_adapter, import_adapter, save_adapter
@@ -133,7 +133,7 @@ class Learner:
         shards = [s if isinstance(s, Scores) else Scores(s, torch.ones(len(s), dtype=torch.bool)) for s in scores]
         scores_t = torch.cat([s.rewards for s in shards]).float()  # (B,)
         _require_finite("reward", scores_t, iteration)
-        lengths = batch.response_mask.sum(1).float()  # (B,) as sampled, before unscored rows leave the loss
+        lengths = batch.loss_mask.sum(1).float()  # (B,) policy tokens as sampled, before unscored rows leave the loss
         applied = torch.cat([s.applied for s in shards])  # (B,) False: no reward source applied to the sample
         if not applied.all():  # such samples stay out of the loss: no response token of theirs counts
             batch.response_mask = batch.response_mask * applied[:, None].to(batch.response_mask.dtype)
@@ -165,6 +165,7 @@ class Learner:
             "time/experience_s": t1 - t0,
             "time/update_s": time.perf_counter() - t1,
             **stats,
+            **episode_metrics(batch.episodes),
         }
         self.last_metrics = {
             "iteration": iteration,
@@ -207,7 +208,8 @@ class Learner:
         # computed by the generator while sampling (the whole batch, on every rank), or here by shards
         ref = batch.ref_logprobs.to(self.device) if batch.ref_logprobs is not None else self.dp.combine(ref)
         values = self.dp.combine(values) if self.critic else None
-        mask = batch.response_mask.to(self.device)  # payloads arrive on the CPU
+        # only the policy's own tokens are scored and credited: observations are context (payloads arrive on the CPU)
+        mask = batch.loss_mask.to(self.device)
         a = self.cfg.algo
         with torch.no_grad():
             adv, returns, kl = algo.estimate_advantages(
@@ -240,7 +242,7 @@ class Learner:
         p = self.cfg.ppo
         if not p.micro_batch_tokens:
             return [(rows, 1.0 / p.grad_accum) for rows in mb.split(p.mini_batch_size // p.grad_accum)]
-        tokens = batch.response_mask.sum(1).float()
+        tokens = batch.loss_mask.sum(1).float()
         total = float(tokens[mb].sum().clamp(min=1))
         return [(rows, float(tokens[rows].sum()) / total) for rows in self._chunks(batch, mb)]
 
@@ -300,7 +302,7 @@ class Learner:
         """Forward + backward of one micro-batch, its loss scaled by `weight`; its stats, scaled alike."""
         p = self.cfg.ppo
         shard = self.dp.shard(rows)
-        weight *= token_share(exp.rollout.response_mask, rows, shard)  # x 1.0 for a single learner
+        weight *= token_share(exp.rollout.loss_mask, rows, shard)  # x 1.0 for a single learner
         rows, part = shard, self._part(exp.rollout, shard)
         width = part.response_ids.shape[1]  # the whole R, or R' of a trimmed micro-batch
         mask = exp.mask[rows, :width]
@@ -330,6 +332,22 @@ class Learner:
             stats.update({"value/loss": float(v_loss.detach()), "value/clipfrac": float(v_stats["clipfrac"])})
         (loss * weight).backward()
         return {key: value * weight for key, value in stats.items()}
+
+
+def episode_metrics(episodes: list[Episode] | None) -> dict:
+    """env/*: how multi-turn episodes went (nothing for single-turn rollouts)."""
+    if not episodes:
+        return {}
+    n = len(episodes)
+    out = {
+        "env/turns_mean": sum(e.turns for e in episodes) / n,
+        "env/tool_calls_mean": sum(e.tool_calls for e in episodes) / n,
+        **{f"env/stop/{r}": sum(e.stop == r for e in episodes) / n for r in STOP_REASONS},
+    }
+    rewarded = [e.reward for e in episodes if e.reward is not None]
+    if rewarded:
+        out["env/reward_mean"] = sum(rewarded) / len(rewarded)
+    return out
 
 
 def _require_finite(what: str, value: torch.Tensor, iteration: int | None) -> None:

@@ -323,7 +323,7 @@ def _validate_sampling_and_logging(cfg: Config) -> None:
 
 
 # The keys each kind of reward source reads (besides kind, name and weight); any other one set is a mistake.
-SOURCE_TARGETS = {"classifier": ("model",), "model": ("model",), "function": ("function",), "http": ("url",)}
+SOURCE_TARGETS = {"classifier": ("model",), "model": ("model",), "function": ("function",), "http": ("url",), "env": ()}
 
 
 def _validate_reward_sources(cfg: Config) -> None:
@@ -372,7 +372,7 @@ def _validate_entries(cfg: Config, entries: list, prefix: str, judge: bool) -> N
             )
         # The kind the reward stage trains (classifier, or model under objective=pairwise) may leave `model`
         # unset: reward.model, else the reward stage's output. A judge always names its own.
-        if judge or src.kind != _trained_kind(cfg):
+        if needed and (judge or src.kind != _trained_kind(cfg)):
             problem = f"kind {src.kind} needs it; set it"
             if judge and src.kind in ("classifier", "model"):
                 problem = "a judge needs its own model (the training reward is no independent judge); set it"
@@ -386,6 +386,12 @@ def _validate_entries(cfg: Config, entries: list, prefix: str, judge: bool) -> N
             _check_function_spec(f"{key}.function", src.function)
         if src.kind == "http":
             _check_url(f"{key}.url", src.url)
+        _check(
+            src.kind != "env" or cfg.env.enabled(),
+            f"{key}.kind",
+            "env reads the environment's episode reward, but no environment is set: set env.factory, env.tools "
+            "or env.kind=openenv",
+        )
         _check(src.timeout_s > 0, f"{key}.timeout_s", f"must be > 0; got {src.timeout_s}")
         _check(src.retries >= 0, f"{key}.retries", f"must be >= 0; got {src.retries}")
         _check(src.name is None or src.name.strip() != "", f"{key}.name", "must not be empty (or null for a default)")

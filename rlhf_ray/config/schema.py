@@ -202,6 +202,37 @@ class AlgoConfig:
 
 
 @dataclass
+class EnvConfig:
+    # Where episodes come from: python (env.factory, or env.tools alone) or openenv (a running OpenEnv
+    # server at env.url). Episodes are on when env.factory or env.tools is set, or with kind openenv;
+    # otherwise every rollout is one prompt and one response.
+    kind: Literal["python", "openenv"] = "python"
+    # A class or function that makes one environment per episode: "path/to/file.py:Name" (the file travels
+    # to the generators as text) or "package.module:Name". It has reset(seed, **row) -> observation | None and
+    # step(action) -> (observation, reward, done) or a mapping with those keys; get_reward() optional; sync or async.
+    factory: str | None = None
+    # Plain Python functions the policy may call, each "file.py:name" or "package.module:name" (a docstring and
+    # typed arguments required): a tool environment, or tools beside env.factory's environment.
+    tools: list[str] = field(default_factory=list)
+    # Most policy turns in one episode.
+    max_turns: int = 4
+    # Token budget of a whole episode's response: the policy's tokens and the observations' together.
+    max_tokens: int = 256
+    # One observation longer than this many tokens is cut to it (the rest never reaches the policy).
+    max_observation_tokens: int = 64
+    # Seconds one reset or step may take; past it the episode ends with stop reason `timeout`.
+    step_timeout_s: float = 10.0
+    # openenv: the server's URL (e.g. http://127.0.0.1:8000).
+    url: str | None = None
+    # openenv: "file.py" or "package.module" with action(text) -> the env's Action and observation(obs) -> str
+    # (the glue between text and the env's types); None: Action(message=text), the observation's text fields.
+    glue: str | None = None
+
+    def enabled(self) -> bool:
+        return bool(self.factory or self.tools) or self.kind == "openenv"
+
+
+@dataclass
 class PPOConfig:
     # PPO iterations (generate -> score -> learn -> sync); --resume continues up to this number.
     iterations: int = 20
@@ -379,6 +410,8 @@ class Config:
     reward: RewardConfig = field(default_factory=RewardConfig)
     # Advantages and KL penalty.
     algo: AlgoConfig = field(default_factory=AlgoConfig)
+    # Multi-turn episodes: an environment or tools answer each policy turn (off by default).
+    env: EnvConfig = field(default_factory=EnvConfig)
     # The PPO loop and its optimizer.
     ppo: PPOConfig = field(default_factory=PPOConfig)
     # Ray: actors, replicas, GPU and CPU shares.

@@ -15,8 +15,9 @@ class RewardSourceConfig:
     """One entry of reward.sources or eval.judges (a mapping in the YAML list)."""
 
     # classifier: the sentiment classifier (as reward.model); model: a reward model with one output (e.g. trained
-    # on preference pairs); function: a Python function; http: a reward service (e.g. `rlhf-ray serve-reward`).
-    kind: Literal["classifier", "model", "function", "http"] = "classifier"
+    # on preference pairs); function: a Python function; http: a reward service (e.g. `rlhf-ray serve-reward`);
+    # env: the environment's episode reward (multi-turn runs: env.*).
+    kind: Literal["classifier", "model", "function", "http", "env"] = "classifier"
     # Name in the metrics (reward/<name>/mean; a judge's judge/<name>/...) and samples; None -> classifier,
     # model:<dir>, fn:<function>, http:<host:port>. Names must be unique.
     name: str | None = None
@@ -49,6 +50,8 @@ class RewardSourceConfig:
             return f"fn:{str(self.function).rpartition(':')[2]}"
         if self.kind == "http":
             return f"http:{urlsplit(str(self.url)).netloc}"
+        if self.kind == "env":
+            return "env"
         return "classifier"
 
     def positive_threshold(self, score: str) -> float:

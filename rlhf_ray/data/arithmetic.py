@@ -9,6 +9,8 @@ Named `arithmetic` (the defaults) or `arithmetic:KEY=VALUE,...` with keys
   heldout percent of the problems held out from PPO for `rlhf-ray eval` (default 10, as for every
           dataset; an easy task has few problems, and more of them are needed for a held-out figure)
   seed    which problems are drawn (default 0; independent of run.seed, so the held-out set is fixed)
+  shots   worked exchanges before the question that use the `calculator` tool (default 0): for
+          tool environments (configs/calculator.yaml); each shows a call, its result and the answer
 e.g. `data.dataset=arithmetic:ops=+-,max=20,n=500`.
 
 Rows: `prompt`, one user message ("What is 17 + 25? Answer with the number only."), and `answer`,
@@ -47,6 +49,7 @@ class ArithmeticSpec:
     n: int = 2000
     heldout: int = TEST_PERCENT
     seed: int = 0
+    shots: int = 0
 
     def problems_of(self, op: str) -> int:
         v = self.max
@@ -73,9 +76,9 @@ def parse(ref: str) -> ArithmeticSpec:
     for item in filter(None, (p.strip() for p in params.split(","))):
         key, eq, value = item.partition("=")
         key, value = key.strip(), value.strip()
-        if not eq or key not in ("ops", "max", "n", "heldout", "seed"):
+        if not eq or key not in ("ops", "max", "n", "heldout", "seed", "shots"):
             raise UserError(
-                f"dataset {ref!r}: {item!r} is not one of ops=, max=, n=, heldout=, seed= "
+                f"dataset {ref!r}: {item!r} is not one of ops=, max=, n=, heldout=, seed=, shots= "
                 f"(e.g. {NAME}:ops=+-,max=20,heldout=40)"
             )
         if key in fields:
@@ -103,6 +106,8 @@ def _check(ref: str, spec: ArithmeticSpec) -> None:
         raise UserError(f"dataset {ref!r}: max={spec.max} must be between 1 and {MAX_OPERAND}")
     if not 1 <= spec.heldout <= 90:
         raise UserError(f"dataset {ref!r}: heldout={spec.heldout} must be a percentage between 1 and 90")
+    if not 0 <= spec.shots <= len(SHOTS):
+        raise UserError(f"dataset {ref!r}: shots={spec.shots} must be between 0 and {len(SHOTS)}")
     if spec.n < 1:
         raise UserError(f"dataset {ref!r}: n={spec.n} yields no problems: set n to at least 1 (e.g. n=2000)")
     if spec.n > MAX_N:
@@ -148,9 +153,25 @@ def indices(spec: ArithmeticSpec, count: int):
             yield index
 
 
+# Worked exchanges with the calculator tool (rlhf_ray.envs.tasks:calculator, the text protocol of
+# rlhf_ray.envs.tools): a call, its result, the answer copied from it.
+SHOTS = [(12, "*", 34), (56, "*", 78)]
+
+
+def shot(a: int, op: str, b: int) -> list[dict]:
+    result = OPS[op](a, b)
+    return [
+        {"role": "user", "content": question(a, op, b)},
+        {"role": "assistant", "content": f'<tool_call>calculator(expression="{a} {op} {b}")</tool_call>'},
+        {"role": "tool", "content": str(result)},
+        {"role": "assistant", "content": str(result)},
+    ]
+
+
 def row(spec: ArithmeticSpec, index: int) -> dict:
     a, op, b = problem(spec, index)
-    return {"prompt": [{"role": "user", "content": question(a, op, b)}], "answer": str(OPS[op](a, b))}
+    examples = [m for s in SHOTS[: spec.shots] for m in shot(*s)]
+    return {"prompt": [*examples, {"role": "user", "content": question(a, op, b)}], "answer": str(OPS[op](a, b))}
 
 
 def rows(spec: ArithmeticSpec) -> list[dict]:

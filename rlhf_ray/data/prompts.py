@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from rlhf_ray.batch import Prompt
 from rlhf_ray.config.schema import Config
-from rlhf_ray.data import arithmetic, chat
+from rlhf_ray.data import arithmetic, chat, guess
 from rlhf_ray.data.tables import TEST_PERCENT, file_stamp, is_heldout, read_table, split_key
 from rlhf_ray.errors import UserError
 from rlhf_ray.store import seeds
@@ -39,7 +39,10 @@ def _in_split(key: str, split: Split, percent: int = TEST_PERCENT) -> bool:
 @functools.lru_cache(maxsize=4)
 def _table(ref: str, stamp: tuple | None, text_columns: tuple[str, ...]) -> pa.Table:
     """Read once per process: stages read both splits, and the embedded CSV takes seconds to parse.
-    `text_columns`: the columns a CSV keeps as text (see tables.read_table). `arithmetic[:...]` is generated."""
+    `text_columns`: the columns a CSV keeps as text (see tables.read_table). `arithmetic[:...]` and
+    `guess[:...]` are generated."""
+    if guess.is_guess(ref):
+        return guess.table(ref)
     return arithmetic.table(ref) if arithmetic.is_arithmetic(ref) else read_table(ref, text_columns)
 
 

@@ -94,8 +94,21 @@ def cache_kept(model):
         lm.config.use_cache = saved_use_cache
 
 
-def encode_prompts(tokenizer, prompts: list[str], group_size: int, device: str):
+def encode_prompts(tokenizer, prompts: list[str] | list[list[int]], group_size: int, device: str):
+    """Left-padded prompt ids and mask, each prompt repeated `group_size` times, and the prompts as text.
+
+    Prompts given as token ids (a multi-turn episode's context: its turns as sampled) are used as they
+    are, never decoded and re-encoded; their text is decoded for display only."""
     tokenizer.padding_side = "left"
+    if prompts and not isinstance(prompts[0], str):
+        ids = [list(p) for p in prompts for _ in range(group_size)]
+        width = max(len(row) for row in ids)
+        pad = tokenizer.pad_token_id
+        enc = {
+            "input_ids": torch.tensor([[pad] * (width - len(r)) + r for r in ids], dtype=torch.long, device=device),
+            "attention_mask": torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in ids], device=device),
+        }
+        return tokenizer.batch_decode(ids, skip_special_tokens=False), enc
     expanded = [p for p in prompts for _ in range(group_size)]
     return expanded, tokenizer(expanded, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
 

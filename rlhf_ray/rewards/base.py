@@ -28,6 +28,8 @@ class RewardBatch:
     completions: list[str]  # the decoded responses
     columns: dict[str, list[Any]] = field(default_factory=dict)  # the rows' other dataset columns
     texts: list[str] | None = None  # the prompts as the policy read them (chat template applied); None: prompts
+    # multi-turn runs: each episode's reward from its environment (None where it gave none); None: single-turn
+    env_rewards: list[float | None] | None = None
 
     def __post_init__(self):
         if self.texts is None:
@@ -35,15 +37,27 @@ class RewardBatch:
 
     @staticmethod
     def of(rollout: Rollout) -> "RewardBatch":
+        """A multi-turn episode's completion is its transcript: the turns after the prompt as chat
+        messages (TRL's conversational form; the policy's last turn is the last message)."""
         prompts = rollout.raw_prompts if rollout.raw_prompts is not None else rollout.prompts
-        return RewardBatch(list(prompts), list(rollout.responses), dict(rollout.columns), list(rollout.prompts))
+        if rollout.episodes is None:
+            return RewardBatch(list(prompts), list(rollout.responses), dict(rollout.columns), list(rollout.prompts))
+        completions = [e.messages for e in rollout.episodes]
+        rewards = [e.reward for e in rollout.episodes]
+        return RewardBatch(list(prompts), completions, dict(rollout.columns), list(rollout.prompts), rewards)
 
     def __len__(self) -> int:
         return len(self.completions)
 
+    @property
+    def completion_texts(self) -> list[str]:
+        """The completions as text (a transcript's messages one per line), for scorers that read text."""
+        return [prompt_text(c) for c in self.completions]
+
     def row(self, i: int) -> "RewardBatch":
+        env = None if self.env_rewards is None else [self.env_rewards[i]]
         return RewardBatch(
-            [self.prompts[i]], [self.completions[i]], {k: [v[i]] for k, v in self.columns.items()}, [self.texts[i]]
+            [self.prompts[i]], [self.completions[i]], {k: [v[i]] for k, v in self.columns.items()}, [self.texts[i]], env
         )
 
     def describe(self, i: int) -> str:

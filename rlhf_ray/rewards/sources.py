@@ -16,7 +16,7 @@ from rlhf_ray.batch import Scores
 from rlhf_ray.config.schema import Config, RewardSourceConfig
 from rlhf_ray.errors import ConfigError, UserError
 from rlhf_ray.models.assets import materialize, resolve_model
-from rlhf_ray.rewards.base import RewardBatch
+from rlhf_ray.rewards.base import RewardBatch, RewardSourceError, to_values
 from rlhf_ray.rewards.classifier import RewardModel
 from rlhf_ray.rewards.functions import FunctionRef, FunctionSource, function_ref, load_function
 from rlhf_ray.rewards.http_client import HttpSource
@@ -89,8 +89,23 @@ class ModelSource:
 
     def __call__(self, batch: RewardBatch) -> torch.Tensor:
         if self.input == "response":
-            return self.model.score(batch.completions)
-        return self.model.score([p + c for p, c in zip(batch.texts, batch.completions)])
+            return self.model.score(batch.completion_texts)
+        return self.model.score([p + c for p, c in zip(batch.texts, batch.completion_texts)])
+
+
+class EnvSource:
+    """env: the environment's episode reward of each multi-turn sample (None where it gave none)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __call__(self, batch: RewardBatch) -> torch.Tensor:
+        if batch.env_rewards is None:
+            raise RewardSourceError(
+                f"reward source {self.name!r} (kind env) got single-turn samples: it needs env.factory, env.tools "
+                "or env.kind=openenv"
+            )
+        return to_values(self.name, batch.env_rewards, batch)
 
 
 def build_source(spec: SourceSpec, cfg: Config, device: str):
@@ -100,6 +115,8 @@ def build_source(spec: SourceSpec, cfg: Config, device: str):
         return FunctionSource(spec.name, spec.function, Path(cfg.cache_dir()))
     if spec.kind == "http":
         return HttpSource(spec.name, spec.url, spec.timeout_s, spec.retries)
+    if spec.kind == "env":
+        return EnvSource(spec.name)
     raise ValueError(f"unknown reward source kind {spec.kind!r}")  # config validation refuses it first
 
 

@@ -77,14 +77,17 @@ def run_iteration(cfg: Config, roles: Roles, source: RolloutSource, iteration: i
     return metrics, samples
 
 
-def train(cfg: Config, run_dir: Path, policy_path: str, policy: ModelRef, reward: ModelRef, resume: bool) -> dict:
-    """policy_path: the driver's own copy (its tokenizer cuts prompts); policy/reward: what actors load.
+def train(
+    cfg: Config, run_dir: Path, policy_path: str, policy: ModelRef, reward: ModelRef, resume: bool, env=None
+) -> dict:
+    """policy_path: the driver's own copy (its tokenizer cuts prompts); policy/reward: what actors load;
+    env: the run's EnvSpec (multi-turn episodes), None for single-turn.
     On a stop signal the last completed iteration is checkpointed before the roles are released."""
     stopping.reclaim()  # ray.init (attached by the caller) replaced our SIGTERM handler
     tokenizer = load_tokenizer(policy_path)
     stream = prompt_stream(cfg, tokenizer, "train")  # Prompt items: rendered text, raw prompt, the row's columns
     ckpt = resume_checkpoint(run_dir, cfg) if resume else None
-    roles = Roles.start(cfg, policy, reward, run_dir)
+    roles = Roles.start(cfg, policy, reward, run_dir, env)
     supervisor: Supervisor | None = None
     log: MetricsLog | None = None
     try:

@@ -10,6 +10,7 @@ import ray
 
 from rlhf_ray.actors.remote import LearnerActor
 from rlhf_ray.config.schema import Config
+from rlhf_ray.envs.runner import EnvSpec
 from rlhf_ray.store.artifacts import ModelRef
 
 
@@ -37,13 +38,17 @@ class LearnerGroup:
         self.actors = actors
 
     @staticmethod
-    def start(cfg: Config, policy: ModelRef, options: list[dict], actor_cls=LearnerActor) -> "LearnerGroup":
+    def start(
+        cfg: Config, policy: ModelRef, options: list[dict], actor_cls=LearnerActor, env: EnvSpec | None = None
+    ) -> "LearnerGroup":
         """One learner actor per entry of `options`; with more than one, join them into a process group.
-        actor_cls: LearnerActor, or the fused layout's policy host (which is the generator too)."""
+        actor_cls: LearnerActor, or the fused layout's policy host (which is the generator too, and
+        gets the run's environments `env`)."""
+        extra = (env,) if env is not None and actor_cls is not LearnerActor else ()
         actors: list = []
         try:  # a rank failing to start must not leave the others running (a restart reuses their names)
             for opts in options:
-                actors.append(actor_cls.options(**opts).remote(cfg, policy))
+                actors.append(actor_cls.options(**opts).remote(cfg, policy, *extra))
             if len(actors) > 1:
                 host, port = ray.get(actors[0].dp_address.remote())
                 ray.get([a.join_group.remote(host, port, rank, len(actors)) for rank, a in enumerate(actors)])

@@ -19,6 +19,7 @@ from ray.util.placement_group import remove_placement_group
 
 from rlhf_ray.actors.remote import FusedPolicyActor, GeneratorActor, LearnerActor, RewardScorerActor
 from rlhf_ray.config.schema import Config
+from rlhf_ray.envs.runner import EnvSpec
 from rlhf_ray.errors import StaleGeneratorError
 from rlhf_ray.runtime.layout import RoleLayout, role_layout
 from rlhf_ray.runtime.learner_group import LearnerGroup
@@ -40,19 +41,20 @@ class Roles:
     start_timeout_s: float  # a (re)started role must have loaded its model within this
 
     @staticmethod
-    def start(cfg: Config, policy: ModelRef, reward: ModelRef, run_dir: Path) -> "Roles":
-        """Start every role of the planned layout in one placement group; wait until all models are loaded."""
+    def start(cfg: Config, policy: ModelRef, reward: ModelRef, run_dir: Path, env: EnvSpec | None = None) -> "Roles":
+        """Start every role of the planned layout in one placement group; wait until all models are loaded.
+        env: the run's environments, for whichever actors generate (None: single-turn)."""
         layout = role_layout(cfg)
         run = run_id(run_dir)  # actor and placement group names are per run: concurrent jobs never collide
         pg = create_placement(layout.bundles, cfg.cluster, name=f"rlhf_ray/{run}")
         opts = {s.name: actor_options(s, pg, i, cfg.cluster.namespace, run) for i, s in enumerate(layout.bundles)}
-        makers = {s.name: partial(make_actor, GeneratorActor, opts[s.name], (cfg, policy, rank))
+        makers = {s.name: partial(make_actor, GeneratorActor, opts[s.name], (cfg, policy, rank, None, env))
                   for rank, s in enumerate(layout.generators)}  # fmt: skip
         makers.update(
             {s.name: partial(make_actor, RewardScorerActor, opts[s.name], (cfg, reward)) for s in layout.scorers}
         )
         host = FusedPolicyActor if layout.fused else LearnerActor
-        group = partial(LearnerGroup.start, cfg, policy, [opts[s.name] for s in layout.learners], host)
+        group = partial(LearnerGroup.start, cfg, policy, [opts[s.name] for s in layout.learners], host, env)
         makers.update({s.name: group for s in layout.learners})
         started: list = []
         try:  # an actor failing in its constructor must not leak the group or the other actors

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from rlhf_ray.config.schema import Config
+from rlhf_ray.envs.runner import env_spec
 from rlhf_ray.errors import UserError
 from rlhf_ray.models.assets import resolve_model
 from rlhf_ray.rewards.sources import SourceSpec, check_sources, source_specs
@@ -88,6 +89,6 @@ def run(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
         record_models(run_dir, {"policy": model_reference(cfg.model.policy, policy_path), **reward_records})
         # Assets travel by name, local directories through cluster.storage or the object store.
         policy = shared(cfg, cfg.model.policy)
-        summary = driver.train(cfg, run_dir, policy_path, policy, reward, resume)
+        summary = driver.train(cfg, run_dir, policy_path, policy, reward, resume, env_spec(cfg))
     atomic_write(run_dir / DONE, json.dumps(summary).encode())
     return summary

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import torch
 
 MIX_BITS = 29  # 32 bits that torch's CPU generators keep, less 3 for the stream
-SAMPLING, EVAL_SAMPLING, LEARNER_STEP, PROMPT_ORDER, PROMPT_LENGTH = range(5)
+SAMPLING, EVAL_SAMPLING, LEARNER_STEP, PROMPT_ORDER, PROMPT_LENGTH, EPISODE, TURN = range(7)
 
 
 def _stream(stream: int, mix: int) -> int:
@@ -26,6 +26,18 @@ def _stream(stream: int, mix: int) -> int:
 def sampling(run_seed: int, iteration: int, rank: int) -> int:
     """A generator replica's sampling draws for one iteration: reproducible per (run, iteration, shard)."""
     return _stream(SAMPLING, run_seed * 1_000_003 + iteration * 1_009 + rank)
+
+
+def episode(run_seed: int, iteration: int, prompt: int) -> int:
+    """The seed an environment's reset gets: one per prompt of an iteration (`prompt`: its place in the
+    batch), so every member of a GRPO/RLOO group starts from the same state, and a resumed run too."""
+    return _stream(EPISODE, run_seed * 1_000_003 + iteration * 1_009 + prompt)
+
+
+def turn_sampling(first: int, turn: int) -> int:
+    """Draws of a multi-turn episode's later turns: turn 0 draws from `first` (the call's sampling
+    seed), turn t > 0 from its own mix of it."""
+    return first if turn == 0 else _stream(TURN, first * 31 + turn)
 
 
 def eval_sampling(run_seed: int, first_prompt: int) -> int:

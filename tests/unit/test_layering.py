@@ -19,6 +19,7 @@ LAYERS = [
     {"data"},
     {"models"},
     {"rewards"},
+    {"envs"},
     {"actors"},
     {"runtime"},
     {"stages"},

@@ -62,7 +62,7 @@ def test_function_module_that_does_not_import(capsys, tmp_path):
 
 def test_unknown_kind(capsys, tmp_path):
     err = refused(capsys, tmp_path, [{"kind": "lambda", "function": "x.py:f"}])
-    assert "'reward.sources[0].kind': must be one of classifier, model, function, http; got 'lambda'" in err
+    assert "'reward.sources[0].kind': must be one of classifier, model, function, http, env; got 'lambda'" in err
 
 
 def test_unknown_key_inside_an_entry_suggests_the_right_one(capsys, tmp_path, fn_file):
