@@ -199,6 +199,8 @@ class GenerationInfo:
     # Decoded texts, only on iterations whose samples are saved (strings are small; tensors stay put).
     prompts: list[str] | None = None
     responses: list[str] | None = None
+    # Multi-turn: each episode that ended with env_error or timeout, as {"stop", "error"} (for events.jsonl).
+    env_errors: list[dict] = field(default_factory=list)
 
 
 @dataclass

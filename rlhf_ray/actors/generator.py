@@ -6,6 +6,7 @@ from rlhf_ray.actors.common import init_process, load_policy
 from rlhf_ray.batch import AdapterPayload, GenerationInfo, Prompt, Rollout
 from rlhf_ray.config.schema import Config
 from rlhf_ray.data.prompts import rollout_rows
+from rlhf_ray.envs.episodes import turn_of
 from rlhf_ray.envs.runner import EnvRunner, EnvSpec
 from rlhf_ray.errors import ConfigError
 from rlhf_ray.models.adapter import import_adapter
@@ -84,6 +85,7 @@ class Generator:
             float(rollout.loss_mask.sum(1).float().mean()),
             rollout.prompts if with_texts else None,
             rollout.responses if with_texts else None,
+            [{"stop": e.stop, "error": e.error} for e in rollout.episodes or [] if e.error],
         )
         return rollout, info
 
@@ -104,11 +106,7 @@ class Generator:
         from one seed of (run.seed, iteration, prompt), so a group starts alike and a resume replays it."""
 
         def sample_turn(contexts: list[list[int]], max_new_tokens: int, turn: int):
-            r = self._sample(contexts, 1, max_new_tokens, seeds.turn_sampling(seed, turn))
-            n = r.response_mask.sum(1).tolist()
-            actions = [r.response_ids[i, : n[i]].tolist() for i in range(len(r))]
-            refs = None if r.ref_logprobs is None else [r.ref_logprobs[i, : n[i]].tolist() for i in range(len(r))]
-            return actions, refs
+            return turn_of(self._sample(contexts, 1, max_new_tokens, seeds.turn_sampling(seed, turn)))
 
         starts = [seeds.episode(self.cfg.run.seed, iteration, self.rank * 100_003 + j) for j in range(len(prompts))]
         return self.env.run(

@@ -18,6 +18,10 @@ POSITIVE = (
     "model.lora_alpha",
     "model.logprob_chunk",
     "generate.max_new_tokens",
+    "env.max_turns",
+    "env.max_tokens",
+    "env.max_observation_tokens",
+    "env.step_timeout_s",
     "generate.temperature",
     "reward.batch_size",
     "reward.max_length",
@@ -95,6 +99,7 @@ def validate(cfg: Config, given: tuple[set[str], ...] = ()) -> None:
     _validate_data(cfg)
     _validate_reward_objective(cfg)
     _validate_reward_sources(cfg)
+    _validate_env(cfg)
     _validate_judges(cfg)
     for key in MODEL_REFS:
         if value_of(cfg, key) is not None:
@@ -324,6 +329,29 @@ def _validate_sampling_and_logging(cfg: Config) -> None:
 
 # The keys each kind of reward source reads (besides kind, name and weight); any other one set is a mistake.
 SOURCE_TARGETS = {"classifier": ("model",), "model": ("model",), "function": ("function",), "http": ("url",), "env": ()}
+
+
+def _validate_env(cfg: Config) -> None:
+    """Whether the factory and tools import (and have docstrings) is checked by the ppo stage (envs.runner)."""
+    e = cfg.env
+    if e.factory is not None:
+        _check_function_spec("env.factory", e.factory)
+    for i, spec in enumerate(e.tools):
+        _check_function_spec(f"env.tools[{i}]", spec)
+    if e.kind == "openenv":
+        _check(
+            e.url is not None, "env.url", "env.kind=openenv needs the server's URL; set it (e.g. http://127.0.0.1:8000)"
+        )
+        _check(e.factory is None, "env.factory", "env.kind=openenv takes its environment from env.url; remove it")
+    else:
+        for key in ("url", "glue"):
+            _check(getattr(e, key) is None, f"env.{key}", "is read only with env.kind=openenv; remove it or set that")
+    _check(
+        not e.enabled() or cfg.generate.max_new_tokens < e.max_tokens,
+        "env.max_tokens",
+        f"an episode's budget ({e.max_tokens}) must exceed one turn's generate.max_new_tokens "
+        f"({cfg.generate.max_new_tokens}) to leave room for an observation and a second turn",
+    )
 
 
 def _validate_reward_sources(cfg: Config) -> None:

@@ -443,6 +443,11 @@ class Config:
         """The fused policy host's GPU share: the generator's and the learner's together."""
         return min(1.0, self.cluster.generator_gpus + self.cluster.learner_gpus)
 
+    def response_tokens(self) -> int:
+        """The longest response: one turn's generate.max_new_tokens, or a whole episode's env.max_tokens
+        (the policy's turns and the observations) in multi-turn runs."""
+        return self.env.max_tokens if self.env.enabled() else self.generate.max_new_tokens
+
     def samples_per_prompt(self) -> int:
         """Rollout rows per prompt: group_size for the group baselines (grpo/rloo), 1 for gae."""
         return self.algo.group_size if self.algo.advantage != "gae" else 1

@@ -38,6 +38,16 @@ class Limits:
 SampleTurn = Callable[[list[list[int]], int, int], tuple[list[list[int]], list[list[float]] | None]]
 
 
+def turn_of(rollout: Rollout) -> tuple[list[list[int]], list[list[float]] | None]:
+    """A SampleTurn's answer from one sampling call's Rollout: each row's ids through its EOS, and the
+    reference's log-probs of them where the decode path computed them."""
+    n = rollout.response_mask.sum(1).tolist()
+    actions = [rollout.response_ids[i, : n[i]].tolist() for i in range(len(rollout))]
+    if rollout.ref_logprobs is None:
+        return actions, None
+    return actions, [rollout.ref_logprobs[i, : n[i]].tolist() for i in range(len(rollout))]
+
+
 @dataclass
 class State:
     env: Any

@@ -31,7 +31,10 @@ from rlhf_ray.store.artifacts import ModelRef
 from rlhf_ray.store.checkpoint import read_dir, write_checkpoint
 
 
-def run_iteration(cfg: Config, roles: Roles, source: RolloutSource, iteration: int) -> tuple[dict, dict | None]:
+def run_iteration(
+    cfg: Config, roles: Roles, source: RolloutSource, iteration: int
+) -> tuple[dict, dict | None, list[dict]]:
+    """-> (metrics, samples to save or None, events: episodes the environment failed, for events.jsonl)"""
     timeout = cfg.cluster.call_timeout_s  # every wait is bounded: a hung actor is restarted, not waited on
     t0 = time.perf_counter()
     # 1. generate: one prompt shard per generator, rollouts stay in the object store (with ppo.overlap
@@ -74,7 +77,8 @@ def run_iteration(cfg: Config, roles: Roles, source: RolloutSource, iteration: i
             "scores": combined,
             "sources": per_source,
         }
-    return metrics, samples
+    events = [{"event": "episode_failed", "iteration": iteration, **e} for i in infos for e in i.env_errors]
+    return metrics, samples, events
 
 
 def train(
@@ -129,8 +133,10 @@ def _loop(cfg: Config, run_dir: Path, roles: Roles, source, supervisor: Supervis
     bar = progress(range(start, cfg.ppo.iterations + 1), desc="ppo", initial=start - 1, total=cfg.ppo.iterations)
     last: dict = {}
 
-    def record(result: tuple[dict, dict | None]) -> None:
-        metrics, samples = result
+    def record(result: tuple[dict, dict | None, list[dict]]) -> None:
+        metrics, samples, events = result
+        for event in events:
+            supervisor.events.write(**event)
         log.write({**metrics, "time/snapshot_s": supervisor.snapshot_s})
         bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics['kl/mean']:.3f}")
         if samples is not None:

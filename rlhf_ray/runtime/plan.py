@@ -211,14 +211,14 @@ def policy_roles(cfg: Config, s: ModelShape, dense: int, on_gpu: bool) -> dict[s
     """generator / learner (separate layout) and policy (fused: one base; phases never overlap)."""
     overhead = CUDA_CONTEXT if on_gpu else HOST_RUNTIME
     base = base_bytes(s, cfg.model.quant, dense)
-    seq = cfg.data.prompt_max_tokens + cfg.generate.max_new_tokens
+    seq = cfg.data.prompt_max_tokens + cfg.response_tokens()  # multi-turn: the episode's token budget
 
     def sampling(rows: int) -> int:  # KV cache + fp32 logits of one decode step (and a processed copy)
         return 2 * s.layers * rows * seq * s.kv_width * dense + 2 * rows * s.vocab * 4
 
     micro = cfg.ppo.mini_batch_size // cfg.ppo.grad_accum
     acts = train_activation_bytes(s, micro, seq, dense, cfg.model.gradient_checkpointing)
-    chunk = HEAD_CHUNK_BUFFERS * micro * min(cfg.model.logprob_chunk, cfg.generate.max_new_tokens) * s.vocab * 4
+    chunk = HEAD_CHUNK_BUFFERS * micro * min(cfg.model.logprob_chunk, cfg.response_tokens()) * s.vocab * 4
     value_head = (s.hidden + 1) * 16 if cfg.algo.advantage == "gae" else 0  # fp32 weights + grads + AdamW moments
     lora_train = s.lora_params * 16
     dequant = dequant_bytes(cfg, s, dense, on_gpu)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from rlhf_ray.config.schema import PROBABILITY_SCORES, Config
 from rlhf_ray.data.prompts import longest_prompt, prompt_set
+from rlhf_ray.envs.runner import EnvRunner, env_spec
 from rlhf_ray.errors import ConfigError, UserError
 from rlhf_ray.models.assets import resolve_model
 from rlhf_ray.models.policy import load_tokenizer, target_modules_for
@@ -21,6 +22,7 @@ def check_ppo(cfg: Config) -> None:
     policy = resolve_model(cfg.model.policy, cfg.cache_dir())
     if Path(policy, "config.json").is_file():  # a hub id is checked when it is fetched (and its prompts then)
         check_policy(cfg, policy, check_prompts(cfg, policy))
+        check_env(cfg, policy)
     if cfg.reward.model is not None:
         reward = resolve_model(cfg.reward.model, cfg.cache_dir())
         if Path(reward, "config.json").is_file():
@@ -36,6 +38,14 @@ def check_prompts(cfg: Config, policy_path: str) -> tuple[int, str]:
     prompts = prompt_set(cfg, tokenizer, "train")
     key = "data.prompt_max_tokens" if prompts.raws is None else "data.max_prompt_tokens"  # openings / whole
     return longest_prompt(cfg, prompts, tokenizer), key
+
+
+def check_env(cfg: Config, policy_path: str) -> None:
+    """Multi-turn runs: the factory and tools import and are what they must be, and the policy's chat
+    template can carry an episode (prefix-preserving), as a generator will find them."""
+    spec = env_spec(cfg)
+    if spec is not None:
+        EnvRunner(spec, cfg, load_tokenizer(policy_path))
 
 
 def check_local_gpus(cfg: Config) -> None:
@@ -70,11 +80,12 @@ def check_policy(cfg: Config, path: str, longest_prompt: tuple[int, str]) -> Non
     config = AutoConfig.from_pretrained(path)
     context = getattr(config, "max_position_embeddings", None)
     tokens, key = longest_prompt
-    if context is not None and tokens + cfg.generate.max_new_tokens > context:
+    if context is not None and tokens + cfg.response_tokens() > context:
+        budget = "env.max_tokens" if cfg.env.enabled() else "generate.max_new_tokens"
         raise ConfigError(
             key,
-            f"a prompt of {tokens} tokens plus generate.max_new_tokens="
-            f"{cfg.generate.max_new_tokens} exceeds the model's context of {context} tokens",
+            f"a prompt of {tokens} tokens plus {budget}={cfg.response_tokens()} exceeds the model's context of "
+            f"{context} tokens",
         )
     with torch.device("meta"):  # module names only: no weights are read or allocated
         skeleton = AutoModelForCausalLM.from_config(config)

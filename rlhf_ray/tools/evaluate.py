@@ -18,10 +18,12 @@ from collections import Counter
 from pathlib import Path
 
 from rlhf_ray.actors.scorer import RewardScorer
-from rlhf_ray.batch import Prompt
+from rlhf_ray.batch import STOP_REASONS, Prompt
 from rlhf_ray.config.schema import Config
 from rlhf_ray.config.sources import score_threshold
 from rlhf_ray.data.prompts import prompt_stream, rollout_rows
+from rlhf_ray.envs.episodes import turn_of
+from rlhf_ray.envs.runner import EnvRunner, env_spec
 from rlhf_ray.models.forward import response_stats
 from rlhf_ray.models.generate import sample
 from rlhf_ray.models.policy import reference_mode, role_device
@@ -84,7 +86,14 @@ def distinct_n(texts: list[str], n: int) -> float:
 
 
 def _sample_and_score(
-    cfg: Config, model, tokenizer, scorer, prompts: list[Prompt], reference: bool, judges: RewardSources | None = None
+    cfg: Config,
+    model,
+    tokenizer,
+    scorer,
+    prompts: list[Prompt],
+    reference: bool,
+    judges: RewardSources | None = None,
+    env: EnvRunner | None = None,
 ) -> dict:
     """Responses, scores, judges' values (`judge/<name>`, None where a judge returned None) and per-sequence
     KL to the reference (k1, summed over tokens, own samples)."""
@@ -95,16 +104,9 @@ def _sample_and_score(
         part = prompts[start : start + cfg.eval.batch_size]
         seed = seeds.eval_sampling(cfg.run.seed, start)
         with torch.no_grad(), reference_mode(model) if reference else contextlib.nullcontext():
-            rollout = sample(
-                model,
-                tokenizer,
-                [p.text for p in part],
-                max_new_tokens=g.max_new_tokens,
-                temperature=g.temperature,
-                seed=seed,
-            )
+            rollout = _draw(cfg, model, tokenizer, part, seed, start, env)
         rollout.raw_prompts, rollout.columns = rollout_rows(part, 1)  # as a generator fills them, for the scorer
-        mask = rollout.response_mask.float()
+        mask = rollout.loss_mask.float()  # the policy's own tokens (multi-turn: not the observations)
         kl = torch.zeros(len(rollout))
         if not reference:
             with torch.no_grad():
@@ -124,7 +126,30 @@ def _sample_and_score(
                 rows.setdefault(f"judge/{judge}", []).extend(None if math.isnan(v) else v for v in values.tolist())
         rows["kl"] += kl.tolist()
         rows["length"] += mask.sum(1).tolist()
+        for e in rollout.episodes or []:  # multi-turn: how each held-out episode went
+            for key, value in (("turns", e.turns), ("tool_calls", e.tool_calls), ("stop", e.stop),
+                               ("env_reward", e.reward)):  # fmt: skip
+                rows.setdefault(key, []).append(value)
     return rows
+
+
+def _draw(cfg: Config, model, tokenizer, part: list[Prompt], seed: int, start: int, env: EnvRunner | None):
+    """One response per prompt, or with environments one episode per prompt (reset from a seed of its
+    place in the held-out set: the reference and the policy play the same games)."""
+    g = cfg.generate
+    if env is None:
+        return sample(
+            model, tokenizer, [p.text for p in part], max_new_tokens=g.max_new_tokens, temperature=g.temperature,
+            seed=seed,
+        )  # fmt: skip
+
+    def sample_turn(contexts: list[list[int]], max_new_tokens: int, turn: int):
+        lm_seed = seeds.turn_sampling(seed, turn)
+        return turn_of(sample(model, tokenizer, contexts, max_new_tokens=max_new_tokens, temperature=g.temperature,
+                              seed=lm_seed))  # fmt: skip
+
+    starts = [seeds.eval_sampling(cfg.run.seed, start + j) for j in range(len(part))]
+    return env.run(part, 1, starts, sample_turn, policy_version=0, temperature=g.temperature, with_ref=False)
 
 
 def summarize(rows: dict, score_kind: str, judge_thresholds: dict[str, float] | None = None) -> dict:
@@ -149,6 +174,13 @@ def summarize(rows: dict, score_kind: str, judge_thresholds: dict[str, float] | 
     for key in (k for k in rows if k.startswith("score/")):  # each source over the samples it applied to
         values = [v for v in rows[key] if v is not None]
         out[f"reward/{key.removeprefix('score/')}/mean"] = mean(values) if values else None
+    if "turns" in rows:  # multi-turn episodes
+        n = len(rows["turns"])
+        out["env/turns_mean"] = mean(rows["turns"])
+        out["env/tool_calls_mean"] = mean(rows["tool_calls"])
+        out.update({f"env/stop/{r}": sum(s == r for s in rows["stop"]) / n for r in STOP_REASONS})
+        rewarded = [r for r in rows["env_reward"] if r is not None]
+        out["env/reward_mean"] = mean(rewarded) if rewarded else None
     for key in (k for k in rows if k.startswith("judge/")):
         name, values = key.removeprefix("judge/"), [v for v in rows[key] if v is not None]
         cut = (judge_thresholds or {}).get(name, 0.0)
@@ -169,6 +201,8 @@ def evaluate(cfg: Config, adapter, out: Path) -> dict:
     judges = RewardSources(judge_specs(cfg), cfg, role_device(cfg.cluster.scorer_gpus)) if cfg.eval.judges else None
     thresholds = {j.resolved_name(): j.positive_threshold(cfg.reward.score) for j in cfg.eval.judges}
     prompts = heldout_prompts(cfg, tokenizer)
+    spec = env_spec(cfg)  # multi-turn: held-out episodes against the run's environments
+    env = EnvRunner(spec, cfg, tokenizer) if spec is not None else None
     log.info("eval: %d held-out prompts, adapter %s", len(prompts), adapter.path)
     tables, result = (
         [],
@@ -192,7 +226,7 @@ def evaluate(cfg: Config, adapter, out: Path) -> dict:
     # a task with checkable answers: the exact-answer source's mean is the held-out accuracy
     exact = next((x.name for x in specs if x.function is not None and x.function.spec == EXACT_ANSWER), None)
     for name in ("reference", "policy"):
-        rows = _sample_and_score(cfg, model, tokenizer, scorer, prompts, name == "reference", judges)
+        rows = _sample_and_score(cfg, model, tokenizer, scorer, prompts, name == "reference", judges, env)
         result[name] = summarize(rows, cfg.reward.score, thresholds)
         if exact is not None:
             result[name]["accuracy"] = result[name][f"reward/{exact}/mean"]
@@ -214,6 +248,11 @@ def format_table(result: dict) -> str:
         rows.insert(0, ("accuracy", "accuracy (exact answer)"))
     if ref.get("reward/none_frac") or pol.get("reward/none_frac"):
         rows.append(("reward/none_frac", "no reward source applied"))
+    if "env/turns_mean" in pol:  # multi-turn episodes: the environment's reward, turns, tools, how they ended
+        rows += [("env/reward_mean", "environment reward (mean)"), ("env/turns_mean", "turns per episode"),
+                 ("env/tool_calls_mean", "tool calls per episode")]  # fmt: skip
+        rows += [(f"env/stop/{r}", f"episodes ended by {r}") for r in STOP_REASONS if ref.get(f"env/stop/{r}")
+                 or pol.get(f"env/stop/{r}")]  # fmt: skip
     lines = ["| metric | reference | policy |", "|---|---|---|"]
     for key, label in rows:
         lines.append(f"| {label} | {_figure(ref.get(key))} | {_figure(pol.get(key))} |")

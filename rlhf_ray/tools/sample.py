@@ -1,12 +1,17 @@
 """`rlhf-ray generate`: continue prompts with the base policy, or with a trained adapter (a run
-directory or checkpoint), using the same sampling code and settings as PPO's generator."""
+directory or checkpoint), using the same sampling code and settings as PPO's generator. With an
+environment in the config (env.*), each prompt is played as an episode and its transcript printed,
+observations marked by their role."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from rlhf_ray.envs.episodes import turn_of
+from rlhf_ray.envs.runner import EnvRunner, env_spec
 from rlhf_ray.errors import UserError
 from rlhf_ray.models.generate import sample
+from rlhf_ray.store import seeds
 from rlhf_ray.tools.runs import find_adapter, load_trained_policy, run_config
 
 
@@ -52,16 +57,22 @@ def main(args) -> dict:
     adapter = find_adapter(args.adapter) if args.adapter else None
     cfg = run_config(adapter.run_dir if adapter else None, args.config, args.overrides)
     model, tokenizer = load_trained_policy(cfg, adapter)
-    g = cfg.generate
-    rollout = sample(
-        model,
-        tokenizer,
-        prompts,
-        max_new_tokens=g.max_new_tokens,
-        temperature=g.temperature,
-        group_size=args.samples,
-        seed=args.seed,
-    )
-    for prompt, response in zip(rollout.prompts, rollout.responses):
-        print(f"{prompt}{response}\n---")
+    g, spec = cfg.generate, env_spec(cfg)
+    if spec is None:
+        rollout = sample(model, tokenizer, prompts, max_new_tokens=g.max_new_tokens, temperature=g.temperature,
+                         group_size=args.samples, seed=args.seed)  # fmt: skip
+    else:
+
+        def sample_turn(contexts: list[list[int]], max_new_tokens: int, turn: int):
+            turn_seed = seeds.turn_sampling(args.seed, turn)
+            return turn_of(sample(model, tokenizer, contexts, max_new_tokens=max_new_tokens,
+                                  temperature=g.temperature, seed=turn_seed))  # fmt: skip
+
+        rollout = EnvRunner(spec, cfg, tokenizer).run(
+            prompts, args.samples, [args.seed + i for i in range(len(prompts))], sample_turn, policy_version=0,
+            temperature=g.temperature, with_ref=False,
+        )  # fmt: skip
+    for i, (prompt, response) in enumerate(zip(rollout.prompts, rollout.responses)):
+        ending = f"\n[episode: {rollout.episodes[i].stop}, reward {rollout.episodes[i].reward}]" if spec else ""
+        print(f"{prompt}{response}{ending}\n---")
     return {"adapter": str(adapter.path) if adapter else None, "samples": len(rollout)}

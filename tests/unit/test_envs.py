@@ -257,3 +257,22 @@ def test_text_protocol_for_smollm2_and_native_tools_where_the_template_renders_t
 
     native = TurnRenderer(Native(), [calculator])
     assert native.native_tools and native.render([{"role": "user", "content": "q"}]).startswith("<tools>")
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["env.kind=openenv"], "env.url"),
+        (["env.url=http://127.0.0.1:1"], "env.url"),
+        (["env.factory=nofunction"], "env.factory"),
+        (["env.tools=[x.py:f]", "env.max_tokens=8", "generate.max_new_tokens=8"], "env.max_tokens"),
+        (["env.tools=[x.py:f]", "env.max_turns=0"], "env.max_turns"),
+        (["reward.sources=[{kind: env}]"], "reward.sources[0].kind"),
+    ],
+)
+def test_bad_env_keys_are_one_line_errors(overrides, key):
+    from rlhf_ray.config.load import load_config
+
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides)
+    assert err.value.key == key and "\n" not in str(err.value)
