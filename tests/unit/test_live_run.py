@@ -30,9 +30,10 @@ SMOKE = "configs/smoke.yaml"
 ROUNDS = 50
 
 # The live run: claims the run directory as `rlhf-ray ppo` does, saves its config, then writes a
-# checkpoint per "iteration" keeping only the newest (ppo.keep_checkpoints=1) until it is killed.
+# checkpoint per "iteration" keeping only the newest (ppo.keep_checkpoints=1) until it is killed
+# (or its parent, the test, is gone).
 LIVE_RUN = """
-import json, sys
+import json, os, sys, time
 from pathlib import Path
 from rlhf_ray.config.load import load_config, save_config
 from rlhf_ray.runtime.rundir import claim
@@ -42,8 +43,8 @@ run = Path(sys.argv[1])
 lock = claim(run, resume=False, overwrite=False)
 save_config(load_config(sys.argv[2]), run / "config.yaml")
 policy = Path(sys.argv[3]).read_bytes()
-iteration = 0
-while True:
+iteration, parent, end = 0, os.getppid(), time.monotonic() + 300
+while os.getppid() == parent and time.monotonic() < end:  # never outlives the test
     iteration += 1
     files = {
         "policy.safetensors": policy,
