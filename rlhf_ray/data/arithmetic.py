@@ -153,18 +153,21 @@ def indices(spec: ArithmeticSpec, count: int):
             yield index
 
 
-# Worked exchanges with the calculator tool (rlhf_ray.envs.tasks:calculator, the text protocol of
-# rlhf_ray.envs.tools): a call, its result, the answer copied from it.
-SHOTS = [(12, "*", 34), (56, "*", 78)]
+# Worked exchanges for tool environments (rlhf_ray.envs.tasks:calculator in the text protocol of
+# rlhf_ray.envs.tools): a hard product done with a call, its result copied as the answer; then an easy one
+# answered without the tool. shots=1 shows the first, shots=2 both.
+SHOTS = [(6, "*", 7, False), (12, "*", 34, True)]
 
 
-def shot(a: int, op: str, b: int) -> list[dict]:
-    result = OPS[op](a, b)
+def shot(a: int, op: str, b: int, tool: bool) -> list[dict]:
+    result, ask = str(OPS[op](a, b)), {"role": "user", "content": question(a, op, b)}
+    if not tool:
+        return [ask, {"role": "assistant", "content": result}]
     return [
-        {"role": "user", "content": question(a, op, b)},
+        ask,
         {"role": "assistant", "content": f'<tool_call>calculator(expression="{a} {op} {b}")</tool_call>'},
-        {"role": "tool", "content": str(result)},
-        {"role": "assistant", "content": str(result)},
+        {"role": "tool", "content": result},
+        {"role": "assistant", "content": result},
     ]
 
 

@@ -166,5 +166,6 @@ class ToolEnv:
         get = getattr(self.inner, "get_reward", None)
         return get() if callable(get) else None
 
-    def has_reward(self) -> bool:
-        return callable(getattr(self.inner, "get_reward", None))
+    def close(self):
+        close = getattr(self.inner, "close", None)  # an OpenEnv session, say
+        return close() if callable(close) else None
