@@ -185,6 +185,33 @@ class LeanDecoder:
         return F.linear(hidden, self.head)
 
 
+def _prefill(decoder: LeanDecoder, ids: torch.Tensor, mask: torch.Tensor, cache: list) -> torch.Tensor:
+    """The prompts' pass, policy rows then reference rows: the cache's first P slots filled, the last
+    position's hidden state (2B, H) returned. Rows with the same prompt (a GRPO/RLOO group, a
+    multi-turn episode's first turn) are computed once and copied: a group of G costs 1/G."""
+    b, p = ids.shape
+    unique, inverse = torch.unique(torch.cat([ids, mask], dim=1), dim=0, return_inverse=True)
+    u = unique.shape[0] if unique.shape[0] < b else b
+    if u < b:
+        ids, mask = unique[:, :p], unique[:, p:]
+        kv = (2 * u, decoder.kv_heads, p, decoder.head_dim)
+        own = [(torch.empty(kv), torch.empty(kv)) for _ in decoder.layers]
+    else:
+        own = cache
+    keys = torch.cat([mask, mask]).bool()
+    causal = torch.ones(p, p, dtype=torch.bool).tril()
+    # a left-pad query attends to itself too: no row of the mask is empty (an empty row is NaN in SDPA)
+    allowed = (causal & keys[:, None, :]) | torch.eye(p, dtype=torch.bool)
+    hidden = decoder.step(torch.cat([ids, ids]), position_ids(torch.cat([mask, mask])), allowed[:, None], own, 0, u)
+    if u == b:
+        return hidden
+    rows = torch.cat([inverse, inverse + u])  # each of the 2B rows from its unique prompt's row
+    for (k, v), (k_own, v_own) in zip(cache, own):
+        k[:, :, :p] = k_own[rows]
+        v[:, :, :p] = v_own[rows]
+    return hidden[rows]
+
+
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
@@ -274,14 +301,10 @@ def decode_with_reference(
     cache = [(torch.empty(kv), torch.empty(kv)) for _ in decoder.layers]
     keys = torch.cat([mask, mask]).bool()  # (2B, P): real prompt tokens
     positions = position_ids(torch.cat([mask, mask]))
-    causal = torch.ones(p, p, dtype=torch.bool).tril()
-    # a left-pad query attends to itself too: no row of the mask is empty (an empty row is NaN in SDPA)
-    allowed = (causal & keys[:, None, :]) | torch.eye(p, dtype=torch.bool)
-    step_ids, start = torch.cat([ids, ids]), 0
+    hidden, start = _prefill(decoder, ids, mask, cache), p
     done = torch.zeros(b, dtype=torch.bool)
     tokens, ref_lps, lps = [], [], []
     for _ in range(max_new_tokens):
-        hidden = decoder.step(step_ids, positions, allowed[:, None], cache, start, b)
         logp = torch.log_softmax(decoder.logits(hidden).float() / temperature, dim=-1)  # (2B, V)
         token = inverse_cdf_draw(logp[:b].exp(), torch.rand(b))
         token = torch.where(done, torch.full_like(token, pad), token)  # finished rows only pad
@@ -289,11 +312,11 @@ def decode_with_reference(
         ref_lps.append(logp[b:].gather(1, token[:, None]).squeeze(1))
         lps.append(logp[:b].gather(1, token[:, None]).squeeze(1))
         done |= token == eos
-        if bool(done.all()):
+        if bool(done.all()) or len(tokens) == max_new_tokens:
             break
-        start += step_ids.shape[1]
-        step_ids = torch.cat([token, token])[:, None]
         keys = torch.cat([keys, torch.ones(n, 1, dtype=torch.bool)], dim=1)
-        allowed = keys[:, None, :]  # the new token attends to every real token so far
         positions = positions[:, -1:] + 1
+        # the new token attends to every real token so far
+        hidden = decoder.step(torch.cat([token, token])[:, None], positions, keys[:, None, None, :], cache, start, b)
+        start += 1
     return torch.stack(tokens, dim=1), torch.stack(ref_lps, dim=1), torch.stack(lps, dim=1)

@@ -147,3 +147,27 @@ def test_generator_resolves_the_decoder_and_refuses_a_forced_lean_that_cannot_ap
         Generator(neox, resolve_model("tiny-random-neox", cache_dir))
     with pytest.raises(ConfigError, match="generate.decoder"):
         load_config("configs/smoke.yaml", ["generate.reference_logprobs=false", "generate.decoder=lean"])
+
+
+def test_a_shared_prompt_is_prefilled_once_and_copied(policy):
+    """Rows with one prompt (a group) are computed once: the same hidden states and cache as rows
+    computed each for itself, to float rounding."""
+    from rlhf_ray.models.decode import _prefill
+
+    model, tokenizer = policy
+    decoder = LeanDecoder(model)
+    _, enc = encode_prompts(tokenizer, PROMPTS, 1, "cpu")
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    decoder.prepare(2 * 4)
+
+    def run(rows):
+        kv = (2 * len(rows), decoder.kv_heads, ids.shape[1] + 1, decoder.head_dim)
+        cache = [(torch.zeros(kv), torch.zeros(kv)) for _ in decoder.layers]
+        return _prefill(decoder, ids[rows], mask[rows], cache), cache
+
+    grouped, grouped_cache = run([0, 0, 1, 1])  # 2 unique prompts for 4 rows
+    single, single_cache = run([0, 1, 2, 1])  # nothing shared but row 3 (the same prompt as row 1)
+    for g, s in ((0, 0), (2, 1), (4, 4), (6, 5)):  # policy rows, then reference rows
+        torch.testing.assert_close(grouped[g], single[s], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(grouped_cache[0][0][g], single_cache[0][0][s], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grouped[0], grouped[1])
