@@ -1,9 +1,12 @@
 """Calibrate a multi-turn task on the reference policy (the base with a fresh, zero LoRA) before
-training: success rate, turns, tool calls and stop reasons over held-out episodes, in process (no Ray).
+training: success rate, turns, tool calls and stop reasons over held-out episodes, in process (no Ray),
+and the generator's seconds per policy token.
 
     .venv/bin/python benchmarks/env_calibration.py --config configs/calculator.yaml [--n 64] [key=value ...]
 
-Success: the `accuracy` function (exact_answer) for tool tasks, the environment's reward otherwise."""
+Success: the `accuracy` function (exact_answer) where rows have an `answer`, else the environment's
+reward. A single-turn config (no env.*) reports its accuracy and seconds per policy token too: the
+baseline for the cost of turns."""
 
 from __future__ import annotations
 
@@ -37,21 +40,23 @@ def main() -> None:
     rollout, _ = gen.generate(prompts, iteration=1)
     seconds = time.perf_counter() - t0
     eps = rollout.episodes
+    actions = int(rollout.loss_mask.sum())
+    per_token = f"{seconds:.1f} s, {actions} policy tokens ({seconds / max(actions, 1) * 1000:.1f} ms per policy token)"
+    if eps is None:  # single-turn: the baseline
+        wins = exact_answer(None, rollout.responses, rollout.columns["answer"]) if "answer" in rollout.columns else []
+        print(f"{args.config}: single-turn, accuracy {sum(wins) / max(len(wins), 1):.3f}; {per_token}")
+        return
     if "answer" in rollout.columns:
         wins = exact_answer(None, [e.messages for e in eps], rollout.columns["answer"])
     else:
         wins = [e.reward or 0.0 for e in eps]
-    actions = int(rollout.loss_mask.sum())
     print(f"{args.config}: success {sum(wins) / len(wins):.3f} over {len(eps)} held-out episodes")
     print(
         f"turns {sum(e.turns for e in eps) / len(eps):.2f}, "
         f"tool calls {sum(e.tool_calls for e in eps) / len(eps):.2f}, "
         f"stops {dict(collections.Counter(e.stop for e in eps))}"
     )
-    print(
-        f"{seconds:.1f} s, {actions} policy tokens ({seconds / max(actions, 1) * 1000:.1f} ms per policy token), "
-        f"{int(rollout.response_mask.sum()) - actions} observation tokens"
-    )
+    print(f"{per_token}, {int(rollout.response_mask.sum()) - actions} observation tokens")
     for e in eps[:3]:
         print("---", e.stop, e.reward)
         for m in e.messages:

@@ -19,10 +19,7 @@ import pyarrow as pa
 from rlhf_ray.errors import UserError
 
 NAME = "guess"
-RULES = (
-    "Game {game}. I am thinking of a whole number from 1 to {max}. Guess it: reply with one number only. "
-    "After each guess I say higher or lower."
-)
+RULES = "Game {game}: guess my number from 1 to {max}. Reply with one number; I say higher or lower."
 
 
 def is_guess(ref: str) -> bool:

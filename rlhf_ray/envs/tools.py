@@ -63,13 +63,12 @@ def _type_name(hint: Any) -> str:
 
 
 def describe(tools: list[Tool]) -> str:
-    """The system text that teaches the text protocol (templates without a native tool format)."""
-    lines = [f"- {t.signature}: {t.description}" for t in tools]
-    example = tools[0]
+    """The system text that teaches the text protocol (templates without a native tool format): short,
+    since every token of it is in every forward pass of every episode."""
+    lines = "\n".join(f"- {t.signature}: {t.description}" for t in tools)
     return (
-        "You can call these tools:\n" + "\n".join(lines) + "\n"
-        f"To call one, write <tool_call>{example.name}(...)</tool_call> with its arguments; "
-        "the result comes back in the next message. When you know the answer, reply without a tool call."
+        f"Tools:\n{lines}\nCall one as <tool_call>{tools[0].name}(...)</tool_call>; its result comes back. "
+        "A reply without a call is your answer."
     )
 
 
