@@ -243,7 +243,8 @@ def _validate_layout(cfg: Config) -> None:
     _check(
         c.layout != "fused" or (c.num_generators == 1 and c.num_learners == 1),
         "cluster.layout",
-        "fused hosts one generator and one learner in one process: set cluster.num_generators=1 (or layout=separate)",
+        "fused hosts one generator and one learner in one process: set cluster.num_generators=1 and "
+        "cluster.num_learners=1 (or layout=separate)",
     )
     # A placement bundle needs some resource: a role with neither CPUs nor a GPU share cannot be placed.
     for key in ("generator_gpus", "scorer_gpus", "learner_gpus"):

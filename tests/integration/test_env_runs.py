@@ -1,5 +1,6 @@
 """Multi-turn runs on the session's real local Ray: a user's environment file and tool file through
-`rlhf-ray ppo` on the separate and the fused layout, `eval` and `generate` over the run, and a run
+`rlhf-ray ppo` on the separate layout (two generators, two data-parallel learners) and the fused one,
+`eval` and `generate` over the run, and a run
 whose generator is killed mid-run and whose driver is SIGKILLed that resumes to the metrics of an
 uninterrupted one."""
 
@@ -20,6 +21,7 @@ from rlhf_ray.runtime.recovery import read_events
 pytestmark = pytest.mark.usefixtures("ray_session")
 
 FIXTURES = "tests/env_fixtures.py"
+SPREAD = ("cluster.num_generators=2", "cluster.num_learners=2")  # two shards of episodes, data-parallel learners
 
 
 def env_args(policy: str, *extra: str) -> list[str]:
@@ -34,7 +36,7 @@ def env_args(policy: str, *extra: str) -> list[str]:
 @pytest.fixture(scope="module")
 def reference(tiny_chat_lm, tmp_path_factory) -> list[dict]:
     run = tmp_path_factory.mktemp("env-reference") / "run"
-    assert main(["ppo", "--run-dir", str(run), *env_args(tiny_chat_lm)]) == 0
+    assert main(["ppo", "--run-dir", str(run), *env_args(tiny_chat_lm, *SPREAD)]) == 0
     return read_metrics(run / "metrics.jsonl")
 
 
@@ -49,7 +51,7 @@ def test_separate_layout_learns_from_episodes_and_logs_how_they_went(reference):
 
 def test_killed_generator_and_sigkilled_driver_resume_to_the_same_metrics(tiny_chat_lm, tmp_path, reference):
     run = tmp_path / "run"
-    driver = start_driver(run, env_args(tiny_chat_lm), tmp_path / "driver.log")
+    driver = start_driver(run, env_args(tiny_chat_lm, *SPREAD), tmp_path / "driver.log")
     try:
         wait_for_iteration(run, 1, driver)
         (name,) = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
