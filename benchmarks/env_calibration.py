@@ -31,7 +31,8 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     install_log_filters()
-    cfg = load_config(args.config, ["algo.advantage=gae", *args.overrides])  # one episode per prompt
+    cfg = load_config(args.config, args.overrides)
+    cfg.algo.advantage = "gae"  # one episode per held-out prompt (samples_per_prompt 1), nothing trained
     policy = resolve_model(cfg.model.policy, cfg.cache_dir())
     gen = Generator(cfg, policy, env=env_spec(cfg))
     gen.load_adapter(export_adapter(gen.model, 0))  # a fresh LoRA: the reference policy
