@@ -224,8 +224,9 @@ class EnvConfig:
     step_timeout_s: float = 10.0
     # openenv: the server's URL (e.g. http://127.0.0.1:8000).
     url: str | None = None
-    # openenv: "file.py" or "package.module" with action(text) -> the env's Action and observation(obs) -> str
-    # (the glue between text and the env's types); None: Action(message=text), the observation's text fields.
+    # openenv: "file.py" or "package.module" with action(text) -> the env's Action, observation(obs) -> str and
+    # optionally client (the env's EnvClient class); None: the text goes into the Action's one required text field
+    # (read from the server's /schema), and the observation's text fields become the next message.
     glue: str | None = None
 
     def enabled(self) -> bool:
