@@ -41,9 +41,9 @@ def run() -> dict:
     result: dict = {}
     start, stop = driver.Roles.start, driver.Roles.stop
 
-    def start_without_driver_files(cfg, policy, reward, run_dir):
+    def start_without_driver_files(cfg, policy, reward, run_dir, env=None):
         DRIVER_CACHE.rename(WORK / "driver-cache-moved")  # artifacts are published; now out of reach
-        roles = start(cfg, policy, reward, run_dir)
+        roles = start(cfg, policy, reward, run_dir, env)
         result["initial"] = adapters(roles)
         return roles
 
