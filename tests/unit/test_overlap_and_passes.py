@@ -55,8 +55,9 @@ def test_first_micro_step_reuses_its_forward_and_updates_the_same(tiny_lm, batch
     m_fused, p_fused = fused.learn([rollout], [scores], iteration=1)
     m_plain, p_plain = plain.learn([rollout], [scores], iteration=1)
     assert (plain_calls[0], fused_calls[0]) == forwards
+    # abs 1e-6: kl/mean is ~0 here, and AVX2 kernels leave one float32 ulp of a log-prob (1.2e-7) in it
     for key in ("policy/loss", "policy/approx_kl", "kl/mean", "value/loss", "advantages/mean"):
-        assert m_fused[key] == pytest.approx(m_plain[key], rel=1e-5, abs=1e-7), key
+        assert m_fused[key] == pytest.approx(m_plain[key], rel=1e-5, abs=1e-6), key
     a, b = fused.model.state_dict(), plain.model.state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a if "lora_" in k)
 
