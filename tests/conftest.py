@@ -91,3 +91,18 @@ def tiny_chat_lm(tiny_lm, cache_dir) -> str:
         shutil.rmtree(path, ignore_errors=True)
         os.replace(tmp, path)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def chat_lm(tiny_lm, smollm2, tmp_path_factory) -> str:
+    """The tiny random Llama with SmolLM2's real chat template: chat prompts at tiny-model speed."""
+    import shutil
+
+    from rlhf_ray.models.policy import load_tokenizer
+
+    out = tmp_path_factory.mktemp("chat-lm") / "model"
+    shutil.copytree(tiny_lm, out)
+    tokenizer = load_tokenizer(str(out))
+    tokenizer.chat_template = load_tokenizer(smollm2).chat_template
+    tokenizer.save_pretrained(out)
+    return str(out)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -48,27 +47,6 @@ def resolve(value: Any) -> Any:
 
 async def _wait(awaitable):
     return await awaitable
-
-
-def call_with_timeout(fn: Callable[[], Any], timeout_s: float) -> Any:
-    """fn() in a daemon thread; its result, its exception re-raised, or StepTimeout after `timeout_s`.
-    A step that never returns is abandoned (its thread keeps nothing the actor waits on)."""
-    box: dict = {}
-
-    def target():
-        try:
-            box["value"] = resolve(fn())
-        except BaseException as exc:  # noqa: BLE001 - the user's code: re-raised in the caller
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True, name="rlhf-ray-env-step")
-    thread.start()
-    thread.join(timeout_s)
-    if thread.is_alive():
-        raise StepTimeout(f"no answer within env.step_timeout_s={timeout_s:g} s")
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
 
 
 def as_messages(observation: Any, role: str = "user") -> list[dict]:

@@ -6,7 +6,6 @@ reference and the trained policy."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import pyarrow.parquet as pq
 import pytest
@@ -14,7 +13,6 @@ import pytest
 from rlhf_ray.cli import main
 from rlhf_ray.data import arithmetic
 from rlhf_ray.data.tables import is_heldout, split_key
-from rlhf_ray.models.policy import load_tokenizer
 from rlhf_ray.rewards.arithmetic import exact_answer
 from rlhf_ray.runtime.metrics import read_metrics
 
@@ -36,17 +34,6 @@ TINY = [  # the task's config at the tiny model's size and speed
     "eval.num_prompts=8",
     "eval.batch_size=8",
 ]
-
-
-@pytest.fixture(scope="module")
-def chat_lm(tiny_lm, smollm2, tmp_path_factory) -> str:
-    """The tiny random Llama with SmolLM2's real chat template: chat prompts at tiny-model speed."""
-    out = tmp_path_factory.mktemp("chat-lm") / "model"
-    shutil.copytree(tiny_lm, out)
-    tokenizer = load_tokenizer(str(out))
-    tokenizer.chat_template = load_tokenizer(smollm2).chat_template
-    tokenizer.save_pretrained(out)
-    return str(out)
 
 
 @pytest.mark.slow

@@ -5,7 +5,6 @@ reads each sample's raw messages and answer, carried by the rollouts from genera
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -25,17 +24,6 @@ ROWS = [
     {"prompt": [SYSTEM, {"role": "user", "content": f"What is {a} + {b}?"}], "answer": str(a + b)}
     for a, b in [(2, 3), (7, 5), (10, 4), (6, 6), (9, 1), (3, 8), (12, 7), (4, 4), (15, 2), (8, 9)]
 ]
-
-
-@pytest.fixture(scope="module")
-def chat_lm(tiny_lm, smollm2, tmp_path_factory) -> str:
-    """The tiny random Llama with SmolLM2's real chat template: chat prompts at tiny-model speed."""
-    out = tmp_path_factory.mktemp("chat-lm") / "model"
-    shutil.copytree(tiny_lm, out)
-    tokenizer = load_tokenizer(str(out))
-    tokenizer.chat_template = load_tokenizer(smollm2).chat_template
-    tokenizer.save_pretrained(out)
-    return str(out)
 
 
 @pytest.fixture

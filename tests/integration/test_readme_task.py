@@ -8,14 +8,12 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
 from rlhf_ray.cli import main
-from rlhf_ray.models.policy import load_tokenizer
 from rlhf_ray.runtime.metrics import read_metrics
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -35,17 +33,6 @@ def readme_command() -> list[str]:
     text = (REPO / "README.md").read_text().split("## Bring your own task", 1)[1]
     block = re.search(r"```bash\n(.*?)```", text, re.S).group(1)
     return shlex.split(block.replace("\\\n", " "))
-
-
-@pytest.fixture(scope="module")
-def chat_lm(tiny_lm, smollm2, tmp_path_factory) -> str:
-    """The tiny random Llama with SmolLM2's real chat template: chat prompts at tiny-model speed."""
-    out = tmp_path_factory.mktemp("chat-lm") / "model"
-    shutil.copytree(tiny_lm, out)
-    tokenizer = load_tokenizer(str(out))
-    tokenizer.chat_template = load_tokenizer(smollm2).chat_template
-    tokenizer.save_pretrained(out)
-    return str(out)
 
 
 @pytest.mark.slow
