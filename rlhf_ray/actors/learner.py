@@ -23,7 +23,14 @@ from rlhf_ray.models.adapter import export_adapter, import_adapter, save_adapter
 from rlhf_ray.models.assets import materialize
 from rlhf_ray.models.dequant import dequant_enabled, dequantized_int8
 from rlhf_ray.models.forward import ResponseStats, response_stats
-from rlhf_ray.models.policy import ValueHead, load_tokenizer, ppo_numerics, reference_mode, role_device
+from rlhf_ray.models.policy import (
+    ValueHead,
+    adapter_parameters,
+    load_tokenizer,
+    ppo_numerics,
+    reference_mode,
+    role_device,
+)
 from rlhf_ray.store import seeds
 from rlhf_ray.store.artifacts import ModelRef
 from rlhf_ray.store.provenance import model_card
@@ -38,8 +45,11 @@ def make_kl_controller(cfg: Config):
 
 
 class Learner:
-    def __init__(self, cfg: Config, policy: ModelRef, shared=None):
-        """shared: a SharedPolicy (fused layout) to train instead of loading a base of our own."""
+    def __init__(self, cfg: Config, policy: ModelRef, shared=None, adapter_name: str | None = None):
+        """shared: a SharedPolicy (fused layout) to train instead of loading a base of our own;
+        adapter_name: the one named adapter of several on the shared model that this learner trains
+        (a sweep's run; its optimizer is built from that adapter's parameter names), None for the
+        model's only adapter (its trainable parameters)."""
         init_process(cfg)
         policy_path = materialize(policy, cfg.cache_dir())  # on this node: no shared disk assumed
         self.cfg = cfg
@@ -52,7 +62,11 @@ class Learner:
             torch.manual_seed(cfg.run.seed)  # same fresh LoRA init for the same seed
             self.model = ppo_numerics(load_policy(cfg, policy_path, self.device))
         self.value_head = ValueHead(self.model.config.hidden_size).to(self.device) if self.critic else None
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.adapter_name = adapter_name or "default"
+        if adapter_name is None:
+            params = [p for p in self.model.parameters() if p.requires_grad]
+        else:  # never requires_grad: peft's set_adapter flips it for the adapters it deactivates
+            params = adapter_parameters(self.model, adapter_name)
         if self.value_head is not None:
             params += list(self.value_head.parameters())
         self.optimizer = torch.optim.AdamW(params, lr=cfg.ppo.lr)
@@ -72,7 +86,7 @@ class Learner:
 
     # ------------------------------------------------------------------ weight sync + checkpoint
     def adapter(self) -> AdapterPayload:
-        return export_adapter(self.model, self.version, self.value_head)
+        return export_adapter(self.model, self.version, self.value_head, self.adapter_name)
 
     def publish(self) -> tuple[AdapterPayload, dict]:
         """The current adapter and a small receipt (version, hash, size) the driver can read."""
@@ -99,6 +113,7 @@ class Learner:
                 base=portable_ref(self.cfg.model.policy),
                 tokenizer=self.tokenizer,
                 card=model_card(self.cfg, "ppo", self.last_metrics),
+                adapter_name=self.adapter_name,
             )
             files.update({f"adapter/{p.name}": p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()})
         return files
@@ -109,6 +124,7 @@ class Learner:
             self.model,
             AdapterPayload(state["version"], state["adapter_sha256"], files["policy.safetensors"]),
             self.value_head,
+            self.adapter_name,
         )
         self.optimizer.load_state_dict(torch.load(io.BytesIO(files["optimizer.pt"]), weights_only=True))
         self.kl_ctl.load_state_dict(state["kl_controller"])

@@ -23,22 +23,24 @@ class AdapterIntegrityError(RuntimeError):
     """An adapter payload whose bytes do not match its hash, or whose tensors do not fit the model."""
 
 
-def trainable_state(model, value_head=None) -> dict[str, torch.Tensor]:
-    """LoRA tensors (peft's own key naming) plus the value head's, as contiguous CPU tensors."""
+def trainable_state(model, value_head=None, adapter_name: str = "default") -> dict[str, torch.Tensor]:
+    """LoRA tensors (peft's own key naming, without the adapter's name: a payload of one named
+    adapter loads into another) plus the value head's, as contiguous CPU tensors."""
     from peft import get_peft_model_state_dict
 
-    state = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
+    lora = get_peft_model_state_dict(model, adapter_name=adapter_name)
+    state = {k: v.detach().cpu().contiguous() for k, v in lora.items()}
     if value_head is not None:
         state.update({VALUE_PREFIX + k: v.detach().cpu().contiguous() for k, v in value_head.state_dict().items()})
     return state
 
 
-def export_adapter(model, version: int, value_head=None) -> AdapterPayload:
-    data = st_save(trainable_state(model, value_head), metadata={"version": str(version)})
+def export_adapter(model, version: int, value_head=None, adapter_name: str = "default") -> AdapterPayload:
+    data = st_save(trainable_state(model, value_head, adapter_name), metadata={"version": str(version)})
     return AdapterPayload(version=version, sha256=hashlib.sha256(data).hexdigest(), data=data)
 
 
-def import_adapter(model, payload: AdapterPayload, value_head=None) -> str:
+def import_adapter(model, payload: AdapterPayload, value_head=None, adapter_name: str = "default") -> str:
     """Load a payload into `model` after verifying its hash; returns the verified hash."""
     from peft import set_peft_model_state_dict
 
@@ -51,20 +53,27 @@ def import_adapter(model, payload: AdapterPayload, value_head=None) -> str:
     state = st_load(payload.data)
     value_state = {k[len(VALUE_PREFIX) :]: v for k, v in state.items() if k.startswith(VALUE_PREFIX)}
     lora_state = {k: v for k, v in state.items() if not k.startswith(VALUE_PREFIX)}
-    expected = set(trainable_state(model))
+    expected = set(trainable_state(model, adapter_name=adapter_name))
     if set(lora_state) != expected:
         missing, extra = sorted(expected - set(lora_state)), sorted(set(lora_state) - expected)
         raise AdapterIntegrityError(
             f"adapter v{payload.version} does not fit this model (missing {missing[:3]}, unexpected {extra[:3]})"
         )
-    set_peft_model_state_dict(model, lora_state)
+    set_peft_model_state_dict(model, lora_state, adapter_name=adapter_name)
     if value_head is not None and value_state:
         value_head.load_state_dict(value_state)
     return digest
 
 
 def save_adapter(
-    model, directory: str | Path, value_head=None, *, base: str | None = None, tokenizer=None, card: str | None = None
+    model,
+    directory: str | Path,
+    value_head=None,
+    *,
+    base: str | None = None,
+    tokenizer=None,
+    card: str | None = None,
+    adapter_name: str = "default",
 ) -> Path:
     """peft layout (`PeftModel.from_pretrained` loads it) + value_head.safetensors when present.
 
@@ -75,7 +84,13 @@ def save_adapter(
     from safetensors.torch import save_file
 
     directory = Path(directory)
-    model.save_pretrained(str(directory))
+    if adapter_name == "default":
+        model.save_pretrained(str(directory))
+    else:  # one named adapter of several (a sweep's run), laid out as a lone `default` one
+        model.save_pretrained(str(directory), selected_adapters=[adapter_name])
+        for path in (directory / adapter_name).iterdir():
+            path.rename(directory / path.name)
+        (directory / adapter_name).rmdir()
     if value_head is not None:
         save_file(
             {k: v.contiguous() for k, v in value_head.state_dict().items()}, str(directory / "value_head.safetensors")

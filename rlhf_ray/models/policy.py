@@ -167,6 +167,29 @@ def attach_lora(
     return get_peft_model(model, lora)
 
 
+LORA_PARTS = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector")
+
+
+def adapter_parameters(model, adapter_name: str) -> list[nn.Parameter]:
+    """The parameters of one named LoRA adapter, found by name (`...q_proj.lora_A.<name>.weight`),
+    never by requires_grad (peft's set_adapter turns it off for every adapter it deactivates)."""
+    params = []
+    for name, param in model.named_parameters():
+        parts = name.split(".")
+        if any(a in LORA_PARTS and b == adapter_name for a, b in zip(parts, parts[1:])):
+            params.append(param)
+    if not params:
+        raise ValueError(f"the model holds no LoRA adapter named {adapter_name!r}")
+    return params
+
+
+def lora_config(r: int, alpha: int, dropout: float, targets: list[str], task_type: str = "CAUSAL_LM"):
+    """The LoraConfig attach_lora builds (a sweep adds one per run to the same base)."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type=task_type)
+
+
 class ValueHead(nn.Module):
     """Scalar value per token from the policy's last hidden state; kept in fp32, never quantized."""
 

@@ -1,0 +1,123 @@
+"""Many runs, one base: several PPO/GRPO runs of a sweep over ONE quantized base in one process.
+
+The fused host (actors/fused.py) serves one run; this one serves N. The base is loaded once; each
+run owns a named peft LoRA adapter (its own rank and targets), its own value head (algo.advantage
+gae), its own AdamW optimizer built from its adapter's parameter NAMES (never requires_grad:
+peft's `set_adapter` flips trainability), its own KL controller, version and checkpoint. Each run
+is the existing Learner and Generator over the shared model (`shared=`, `adapter_name=`), so no
+PPO math is repeated here. Every call names its run; the host activates that run's adapter first.
+The reference is the base with every adapter disabled, as in a single run. The lean decoder's
+packed base is built once and shared by every run (it reads the active adapter at each call).
+Plain class: runs without Ray (tests build it in-process)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+from rlhf_ray.actors.common import init_process, load_policy
+from rlhf_ray.actors.fused import SharedPolicy, release_memory
+from rlhf_ray.actors.generator import Generator
+from rlhf_ray.actors.learner import Learner
+from rlhf_ray.batch import AdapterPayload, GenerationInfo, Rollout
+from rlhf_ray.config.schema import Config
+from rlhf_ray.envs.runner import EnvSpec
+from rlhf_ray.models.adapter import AdapterIntegrityError
+from rlhf_ray.models.assets import materialize
+from rlhf_ray.models.policy import load_tokenizer, lora_config, ppo_numerics, role_device, target_modules_for
+from rlhf_ray.store.artifacts import ModelRef
+
+PLACEHOLDER = "default"  # the adapter get_peft_model needs to wrap the base; deleted once the runs' exist
+
+
+def adapter_names(runs: list[str]) -> dict[str, str]:
+    """Run name -> its adapter's name in the model (run names may hold dots, which module keys cannot)."""
+    return {run: f"run{i}" for i, run in enumerate(runs)}
+
+
+class RunState:
+    """One run on the shared base: its learner (adapter, value head, optimizer, KL) and generator."""
+
+    def __init__(self, adapter: str, learner: Learner, generator: Generator):
+        self.adapter, self.learner, self.generator = adapter, learner, generator
+
+
+class MultiRunPolicyHost:
+    def __init__(self, runs: dict[str, Config], policy: ModelRef, envs: dict[str, EnvSpec | None] | None = None):
+        """runs: run name -> its config (the sweep checked that none changes the base); envs: each
+        run's environments (multi-turn), None for single-turn runs."""
+        first = next(iter(runs.values()))
+        init_process(first)
+        policy_path = materialize(policy, first.cache_dir())
+        device = role_device(first.fused_gpus())
+        model = load_policy(first, policy_path, device)  # the one quantized base (+ a placeholder adapter)
+        shared = SharedPolicy(model, load_tokenizer(policy_path), device)
+        names = adapter_names(list(runs))
+        self.runs: dict[str, RunState] = {}
+        for run, cfg in runs.items():
+            m = cfg.model
+            torch.manual_seed(cfg.run.seed)  # a run's fresh LoRA depends on its seed only, not on its neighbours
+            targets = target_modules_for(model, m.target_modules)
+            model.add_adapter(names[run], lora_config(m.lora_r, m.lora_alpha, m.lora_dropout, targets))
+            # its value head next, from the same seeded stream (as a single fused run: LoRA, then head)
+            learner = Learner(cfg, policy_path, shared=shared, adapter_name=names[run])
+            generator = Generator(cfg, policy_path, shared=shared, env=(envs or {}).get(run))
+            self.runs[run] = RunState(names[run], learner, generator)
+        model.set_adapter(names[next(iter(runs))])
+        model.delete_adapter(PLACEHOLDER)
+        ppo_numerics(model)  # the new adapters' dropout off too, train mode
+        self.model, self.lean = model, None
+
+    def _activate(self, run: str) -> RunState:
+        state = self.runs[run]
+        self.model.set_adapter(state.adapter)
+        return state
+
+    def run_names(self) -> list[str]:
+        return list(self.runs)
+
+    # ------------------------------------------------------------------ generator role (per run)
+    def load_adapter(self, run: str, payload: AdapterPayload) -> tuple[int, str]:
+        """Confirm the payload is what the run's adapter holds (no copy); a stale or corrupt one is refused."""
+        state = self.runs[run]
+        digest = hashlib.sha256(payload.data).hexdigest()
+        live = state.learner.adapter()
+        if (payload.version, digest) != (live.version, live.sha256):
+            raise AdapterIntegrityError(
+                f"run {run}: adapter v{payload.version} {digest[:12]} is not its current "
+                f"v{live.version} {live.sha256[:12]}"
+            )
+        state.generator.version, state.generator.adapter_hash = payload.version, digest
+        return payload.version, digest
+
+    def generate(
+        self, run: str, prompts: list, iteration: int, with_texts: bool = False
+    ) -> tuple[Rollout, GenerationInfo]:
+        """The run's prompts sampled under its adapter (the reference rows under none)."""
+        state = self._activate(run)
+        gen = state.generator
+        gen.lean = self.lean if gen.decoder == "lean" else None  # one packed base for every run
+        try:
+            return gen.generate(prompts, iteration, with_texts)
+        finally:
+            self.lean = self.lean or gen.lean
+            release_memory()
+
+    # ------------------------------------------------------------------ learner role (per run)
+    def publish(self, run: str) -> tuple[AdapterPayload, dict]:
+        return self.runs[run].learner.publish()
+
+    def learn(self, run: str, rollouts: list[Rollout], scores: list, iteration: int) -> tuple[dict, AdapterPayload]:
+        state = self._activate(run)
+        try:
+            return state.learner.learn(rollouts, scores, iteration)
+        finally:
+            state.learner.optimizer.zero_grad(set_to_none=True)
+            release_memory()
+
+    def checkpoint(self, run: str) -> dict[str, bytes]:
+        return self.runs[run].learner.checkpoint()
+
+    def restore(self, run: str, files: dict[str, bytes]) -> int:
+        return self.runs[run].learner.restore(files)
