@@ -43,7 +43,18 @@ STAGE_SECTIONS = {
     "reward": ["run", "reward", "cluster"],
     "pipeline": list(sections(Config)),
 }
-OPTIONS = ("--config", "--run-dir", "--resume", "--overwrite", "--explain", "--help", "--gpu-memory-gb", "--out")
+OPTIONS = (
+    "--config",
+    "--run-dir",
+    "--resume",
+    "--overwrite",
+    "--explain",
+    "--help",
+    "--gpu-memory-gb",
+    "--out",
+    "--grid",
+    "--runs",
+)
 
 log = logging.getLogger("rlhf_ray.cli")  # not "__main__" under python -m
 
@@ -73,6 +84,19 @@ TOOLS = {
 
 
 PLAN_HELP = "memory plan: bytes per role for the separate and fused layouts (no weights loaded), plan.json"
+SWEEP_HELP = (
+    "many PPO/GRPO runs on ONE quantized base, each with its own LoRA adapter, value head and optimizer "
+    "(fused layout only; cluster.layout=separate is refused): DIR/<name>/ per run, DIR/sweep.json"
+)
+SWEEP_EPILOG = """examples:
+  rlhf-ray sweep --config configs/smoke.yaml --run-dir runs/sw --grid 'ppo.lr=[1e-4,3e-4]' --grid 'run.seed=[0,1]'
+  rlhf-ray sweep --config configs/smoke.yaml --run-dir runs/sw --runs runs.yaml   # {name: [KEY=VALUE, ...]}
+  rlhf-ray sweep --resume runs/sw          # continue every run that is not done
+
+Runs may differ in anything that leaves the base alone (learning rates, seeds, KL settings, the
+advantage estimator, LoRA rank and targets, rewards, iterations, datasets). Keys that change the base,
+its quantization, the tokenizer or the cluster (model.policy, model.quant, cluster.*, ...) are refused
+in one line. Each run directory is a normal run: rlhf-ray eval / report / ppo --resume read it."""
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -115,6 +139,20 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         if name == command:
             importlib.import_module(f"rlhf_ray.tools.{module}").add_arguments(p)
+    p = sub.add_parser(
+        "sweep",
+        help=SWEEP_HELP,
+        description=SWEEP_HELP,
+        epilog=SWEEP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", help="YAML config file every run starts from (defaults are built in)")
+    p.add_argument("--run-dir", help="the sweep's directory: DIR/sweep.json and one run directory per run")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=[V1,V2]", help="one axis of the grid")
+    p.add_argument("--runs", metavar="FILE.yaml", help="named runs instead of a grid: {name: [KEY=VALUE, ...]}")
+    p.add_argument("--resume", metavar="DIR", help="continue every run of this sweep that is not done")
+    p.add_argument("--overwrite", action="store_true", help="replace a sweep already in --run-dir")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides for every run")
     p = sub.add_parser("plan", help=PLAN_HELP, description=PLAN_HELP)
     p.add_argument("--config", help="YAML config file (defaults are built in)")
     p.add_argument("--gpu-memory-gb", type=float, help="plan for one GPU of this size (default: the config's device)")
@@ -222,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
             return _fail(exc)
         print(json.dumps(result, default=str))
         return 0
+    if args.command == "sweep":
+        logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return _sweep(args, argv)
     run_dir: Path | None = None
     with contextlib.ExitStack() as console:
         try:
@@ -273,6 +314,50 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt as exc:  # StopRequested (our handlers) or a plain Ctrl-C
             return _stopped(exc, args.command, run_dir)
         print(json.dumps({"run_dir": str(run_dir), **result}, default=str))
+    return 0
+
+
+def _sweep(args: argparse.Namespace, argv: list[str]) -> int:
+    """`rlhf-ray sweep`: 0 when every run is done, 1 when one failed (the others went on), 2 refused."""
+    from rlhf_ray.stages import sweep  # torch and Ray: only when a sweep runs
+
+    locks: list = []
+    try:
+        if args.resume:
+            if args.run_dir and Path(args.run_dir).resolve() != Path(args.resume).resolve():
+                raise UserError("--resume DIR already names the sweep's directory: drop --run-dir")
+            if args.grid or args.runs or args.config:
+                raise UserError("--resume continues the sweep's own runs and configs: drop --grid, --runs, --config")
+            sweep_dir = Path(args.resume)
+            locks, state, runs = sweep.resume(sweep_dir, args.overrides)
+        else:
+            sweep_dir = Path(args.run_dir or f"runs/sweep-{time.strftime('%Y%m%d-%H%M%S')}")
+            locks, state, runs = sweep.start(
+                sweep_dir, args.config, args.overrides, args.grid, args.runs, args.overwrite, argv
+            )
+        with stopping.handling_stops():
+            result = sweep.run(sweep_dir, state, runs)
+    except UserError as exc:
+        return _fail(exc)
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(
+            f"rlhf-ray: stopped by {signal.Signals(signum).name}; every run keeps its last completed iteration: "
+            f"continue with rlhf-ray sweep --resume {sweep_dir}",
+            file=sys.stderr,
+        )
+        return 128 + signum
+    finally:
+        for lock in reversed(locks):
+            lock.release()
+    print(json.dumps({"run_dir": str(sweep_dir), **result}, default=str))
+    if result["failed"]:
+        print(
+            f"rlhf-ray: {len(result['failed'])} of {len(result['runs'])} runs failed ({'; '.join(result['failed'])}); "
+            f"the others went on: fix it and continue with rlhf-ray sweep --resume {sweep_dir}",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

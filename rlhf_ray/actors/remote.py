@@ -14,6 +14,7 @@ from rlhf_ray.actors.dp import free_port
 from rlhf_ray.actors.fused import FusedPolicyHost
 from rlhf_ray.actors.generator import Generator
 from rlhf_ray.actors.learner import Learner
+from rlhf_ray.actors.multirun import MultiRunPolicyHost
 from rlhf_ray.actors.scorer import RewardScorer
 
 
@@ -64,3 +65,14 @@ class FusedPolicyActor(FusedPolicyHost):
 
     def learn(self, rollouts, scores, iteration):
         return super().learn(ray.get(rollouts), ray.get(scores), iteration)  # lists of refs, as LearnerActor
+
+
+@ray.remote
+class MultiRunPolicyActor(MultiRunPolicyHost):
+    """A sweep's runs over one base: each run's generator and learner calls name the run."""
+
+    def where(self) -> dict:
+        return where()
+
+    def learn(self, run, rollouts, scores, iteration):
+        return super().learn(run, ray.get(rollouts), ray.get(scores), iteration)  # lists of refs, as LearnerActor

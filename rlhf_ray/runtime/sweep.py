@@ -1,0 +1,291 @@
+"""Many runs, one base: the sweep's driver loop over one multi-run policy host.
+
+One `MultiRunPolicyActor` holds the quantized base once and every run's adapter, value head and
+optimizer (actors/multirun.py); each run has its own reward scorer (its reward sources), prompt
+stream, supervisor, metrics log and run directory. Each run is driven by the single-run code
+itself: `RunRoles` presents the host to `driver.run_iteration`, `RolloutSource` and `Supervisor`
+as if it were that run's own roles (every call carries the run's name), so a sweep's iteration is
+a PPO iteration, its checkpoints are PPO checkpoints and `ppo --resume` continues one run alone.
+
+Rounds: each unfinished run does its next iteration in turn (generation per run, the host switching
+the active adapter). A run that fails by itself (its reward function raises, a non-finite batch under
+ppo.on_nonfinite=stop, its scorer beyond cluster.max_role_restarts) stops alone with its last
+completed iteration checkpointed; the others go on. A failed policy host stops every run (each
+checkpointed); recovering it is not built yet."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Callable
+
+import ray
+from ray.util.placement_group import remove_placement_group
+
+from rlhf_ray.actors.remote import MultiRunPolicyActor, RewardScorerActor
+from rlhf_ray.config.schema import Config
+from rlhf_ray.data.prompts import PromptState, prompt_stream
+from rlhf_ray.errors import UserError, user_message
+from rlhf_ray.models.policy import load_tokenizer
+from rlhf_ray.runtime import stopping
+from rlhf_ray.runtime.driver import driver_state_of, run_iteration
+from rlhf_ray.runtime.metrics import MetricsLog, open_sinks, plot_metrics, write_samples
+from rlhf_ray.runtime.overlap import RolloutSource
+from rlhf_ray.runtime.placement import RoleSpec, actor_options, create_placement, run_id
+from rlhf_ray.runtime.recovery import Supervisor, _cause, timed_get
+from rlhf_ray.runtime.roles import make_actor, retry_while_name_taken, sync_adapter
+from rlhf_ray.runtime.rundir import resume_checkpoint
+from rlhf_ray.store.artifacts import ModelRef
+from rlhf_ray.store.checkpoint import read_dir, write_checkpoint
+
+log = logging.getLogger(__name__)
+HOST = "policy-0"
+
+
+class _RunMethod:
+    """`actor.method` of the shared host, bound to one run: `.remote(*a)` calls `method(run, *a)`."""
+
+    def __init__(self, actor, method: str, run: str, options: dict | None = None):
+        self.actor, self.method, self.run, self.opts = actor, method, run, options or {}
+
+    def options(self, **options) -> "_RunMethod":
+        return _RunMethod(self.actor, self.method, self.run, {**self.opts, **options})
+
+    def remote(self, *args, **kwargs):
+        method = getattr(self.actor, self.method)
+        return (method.options(**self.opts) if self.opts else method).remote(self.run, *args, **kwargs)
+
+
+class RunHandle:
+    """The shared host as one run's generator (generate, load_adapter), for RolloutSource and sync."""
+
+    def __init__(self, actor, run: str):
+        self.actor, self.run = actor, run
+
+    def __getattr__(self, method: str) -> _RunMethod:
+        if method == "where":
+            return self.actor.where
+        return _RunMethod(self.actor, method, self.run)
+
+
+class RunLearner:
+    """The shared host as one run's learner group (learn, publish, checkpoint, restore refs)."""
+
+    def __init__(self, actor, run: str):
+        self.actors, self.handle = [actor], RunHandle(actor, run)
+
+    def learn(self, rollout_refs: list, score_refs: list, iteration: int) -> tuple:
+        return self.handle.learn.options(num_returns=2).remote(rollout_refs, score_refs, iteration)
+
+    def publish(self) -> tuple:
+        return self.handle.publish.options(num_returns=2).remote()
+
+    def checkpoint(self):
+        return self.handle.checkpoint.remote()
+
+    def restore(self, files: dict[str, bytes]):
+        return self.handle.restore.remote(files)
+
+
+@dataclass
+class RunRoles:
+    """One run's roles as the driver, RolloutSource and Supervisor see them (runtime.roles.Roles)."""
+
+    run: str
+    host: object
+    scorer_maker: Callable[[], object]
+    scorers: list
+    start_timeout_s: float
+    generators: list = field(init=False)
+    learner: RunLearner = field(init=False)
+
+    def __post_init__(self):
+        self.generators, self.learner = [RunHandle(self.host, self.run)], RunLearner(self.host, self.run)
+
+    def named(self) -> dict:
+        return {HOST: self.host, "reward-0": self.scorers[0]}
+
+    def restart(self, name: str) -> None:
+        """A run's scorer is its own: restarted alone. The host is every run's: not restarted (yet)."""
+        if name != "reward-0":
+            raise UserError(
+                f"the sweep's policy host failed ({name}): recovering it is not built yet; every run is "
+                "checkpointed at its last completed iteration: continue with rlhf-ray sweep --resume"
+            )
+        ray.kill(self.scorers[0])
+        self.scorers[0] = retry_while_name_taken(self.scorer_maker)
+        timed_get(self.scorers[0].where.remote(), self.start_timeout_s)
+
+    def sync(self, timeout_s: float) -> None:
+        payload_ref, receipt_ref = self.learner.publish()
+        receipt = timed_get(receipt_ref, timeout_s)
+        sync_adapter(self, payload_ref, receipt["version"], receipt["sha256"], timeout_s)
+
+
+@dataclass
+class SweepRun:
+    """One run of a sweep, as the stage resolved it."""
+
+    name: str
+    cfg: Config
+    run_dir: Path
+    reward: list  # its reward sources' specs (stages.ppo.reward_sources)
+    env: object = None  # its EnvSpec, None for single-turn
+    resume: bool = False  # continue from its latest checkpoint
+
+
+@dataclass
+class _Live:
+    run: SweepRun
+    roles: RunRoles
+    source: RolloutSource
+    supervisor: Supervisor
+    log: MetricsLog
+    iteration: int  # the next one
+    last: dict = field(default_factory=dict)
+
+
+def start_roles(runs: list[SweepRun], policy: ModelRef, sweep_dir: Path):
+    """The host (every run's adapter on one base) and one reward scorer per run, in one placement group."""
+    first = runs[0].cfg
+    c = first.cluster
+    specs = [RoleSpec(HOST, c.actor_cpus, first.fused_gpus())]
+    specs += [RoleSpec(f"reward-{i}", c.actor_cpus, c.scorer_gpus) for i in range(len(runs))]
+    rid = run_id(sweep_dir)
+    pg = create_placement(specs, c, name=f"rlhf_ray/{rid}")
+    opts = [actor_options(s, pg, i, c.namespace, rid) for i, s in enumerate(specs)]
+    started: list = []
+    try:
+        host = make_actor(
+            MultiRunPolicyActor, opts[0], ({r.name: r.cfg for r in runs}, policy, {r.name: r.env for r in runs})
+        )
+        started.append(host)
+        makers = [partial(make_actor, RewardScorerActor, opts[i + 1], (r.cfg, r.reward)) for i, r in enumerate(runs)]
+        scorers = [make() for make in makers]
+        started += scorers
+        timed_get([a.where.remote() for a in started], c.start_timeout_s)  # every model loaded
+    except BaseException:
+        for actor in started:
+            ray.kill(actor)
+        remove_placement_group(pg)
+        raise
+    views = {r.name: RunRoles(r.name, host, makers[i], [scorers[i]], c.start_timeout_s) for i, r in enumerate(runs)}
+    return views, started, pg
+
+
+def train_sweep(
+    runs: list[SweepRun], policy_path: str, policy: ModelRef, sweep_dir: Path, on_state: Callable[..., None]
+) -> dict[str, dict]:
+    """Every run to its ppo.iterations, in rounds. on_state(name, state, **info) hears each change:
+    running (iteration), done (summary), failed (error, iteration checkpointed), stopped."""
+    stopping.reclaim()  # ray.init replaced our SIGTERM handler
+    tokenizer = load_tokenizer(policy_path)
+    views, actors, pg = start_roles(runs, policy, sweep_dir)
+    live: dict[str, _Live] = {}
+    results: dict[str, dict] = {}
+    try:
+        for r in runs:
+            live[r.name] = _begin(r, views[r.name], tokenizer)
+            on_state(r.name, "running", iteration=live[r.name].iteration - 1)
+        while live:
+            for name in list(live):
+                state = live[name]
+                try:
+                    _step(state)
+                except KeyboardInterrupt:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - this run stops alone, the others go on
+                    results[name] = _fail(state, exc, on_state)
+                    del live[name]
+                    continue
+                if state.iteration > state.run.cfg.ppo.iterations:
+                    results[name] = _finish(state)
+                    on_state(name, "done", summary=results[name])
+                    del live[name]
+                else:
+                    on_state(name, "running", iteration=state.iteration - 1)
+    except KeyboardInterrupt:
+        for name, state in live.items():  # every run keeps its last completed iteration
+            done, path = state.supervisor.save_latest()
+            on_state(name, "stopped", iteration=done, checkpoint=str(path) if path else None)
+        raise
+    finally:
+        for state in live.values():
+            state.log.close()
+        for actor in actors:
+            ray.kill(actor)
+        remove_placement_group(pg)
+    return results
+
+
+def _begin(r: SweepRun, roles: RunRoles, tokenizer) -> _Live:
+    """A run's driver side: its prompt stream, restored learner (on resume), supervisor and log."""
+    cfg = r.cfg
+    stream = prompt_stream(cfg, tokenizer, "train")
+    start = 1
+    if r.resume:
+        files = read_dir(resume_checkpoint(r.run_dir, cfg))
+        timed_get(roles.learner.restore(files), cfg.cluster.start_timeout_s)
+        driver_state = json.loads(files["driver_state.json"])
+        stream.state = PromptState(**driver_state["prompts"])
+        start = driver_state["iteration"] + 1
+    roles.sync(cfg.cluster.call_timeout_s)
+    source = RolloutSource(roles.generators, stream, cfg, last_iteration=cfg.ppo.iterations)
+    supervisor = Supervisor(cfg, roles, r.run_dir)
+    supervisor.commit(start - 1, driver_state_of(cfg, start - 1, source))
+    keep = start - 1 if r.resume else None
+    metrics_log = MetricsLog(r.run_dir / "metrics.jsonl", keep_through=keep, sinks=open_sinks(cfg, r.run_dir))
+    return _Live(r, roles, source, supervisor, metrics_log, start)
+
+
+def _step(state: _Live) -> None:
+    """One PPO iteration of one run (the single-run driver's), recorded and checkpointed."""
+    cfg, it, run_dir = state.run.cfg, state.iteration, state.run.run_dir
+
+    def record(result) -> None:
+        metrics, samples, events = result
+        for event in events:
+            state.supervisor.events.write(**event)
+        state.log.write({**metrics, "time/snapshot_s": state.supervisor.snapshot_s})
+        if samples is not None:
+            write_samples(run_dir, metrics["iteration"], **samples)
+        state.last = metrics
+        log.info("%s iteration %d: reward=%.3f kl=%.3f", state.run.name, it, metrics["reward/mean"], metrics["kl/mean"])
+
+    state.supervisor.run(
+        it,
+        lambda: run_iteration(cfg, state.roles, state.source, it),
+        lambda: driver_state_of(cfg, it, state.source),
+        record,
+    )
+    if it % cfg.ppo.checkpoint_every == 0 or it == cfg.ppo.iterations:
+        write_checkpoint(run_dir, it, state.supervisor.state, keep=cfg.ppo.keep_checkpoints)
+    state.iteration += 1
+
+
+def _finish(state: _Live) -> dict:
+    state.log.close()
+    path = state.run.run_dir / "metrics.jsonl"
+    if path.exists():
+        plot_metrics(path, state.run.run_dir / "metrics.png")
+    keys = ("reward/mean", "kl/mean", "policy/version")
+    return {"iterations": state.run.cfg.ppo.iterations, "final": {k: state.last.get(k) for k in keys}}
+
+
+def _fail(state: _Live, exc: BaseException, on_state) -> dict:
+    """This run stops alone: its last completed iteration checkpointed, the error in events.jsonl."""
+    cause = _cause(exc)
+    if isinstance(cause, UserError):
+        error = user_message(cause)
+    else:
+        error = f"{type(cause).__name__}: {(str(cause).strip().splitlines() or [''])[-1][:300]}"
+    done, path = state.supervisor.save_latest()
+    state.supervisor.events.write(kind="run_failed", iteration=state.iteration, cause=error, time_failed=time.time())
+    state.log.close()
+    log.warning("run %s stopped at iteration %d: %s", state.run.name, state.iteration, error)
+    on_state(state.run.name, "failed", iteration=done, error=error, checkpoint=str(path) if path else None)
+    return {"failed": error, "iteration": done}

@@ -1,0 +1,76 @@
+"""`rlhf-ray sweep` on a real local Ray: two runs on one quantized base, one failing alone, --resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rlhf_ray.cli import main
+from rlhf_ray.runtime.metrics import read_metrics
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+SMOKE = "configs/smoke.yaml"
+
+FLAKY = """
+from pathlib import Path
+
+CALLS = []
+
+
+def flaky(prompts, completions, **columns):
+    CALLS.append(1)
+    if len(CALLS) >= 2 and Path({marker!r}).exists():
+        raise ValueError("boom: the reward service is down")
+    return [float(len(c) % 3) for c in completions]
+"""
+
+
+def test_two_runs_one_base_a_failure_stays_alone_and_resume_finishes_it(tmp_path, capsys):
+    marker = tmp_path / "down"
+    marker.touch()
+    (tmp_path / "flaky.py").write_text(FLAKY.format(marker=str(marker)))
+    runs = tmp_path / "runs.yaml"
+    runs.write_text(
+        "ok: [run.seed=0]\n"
+        "bad:\n"
+        "  - run.seed=1\n"
+        "  - algo.advantage=grpo\n"
+        "  - model.lora_r=2\n"
+        f"  - 'reward.sources=[{{kind: function, function: {tmp_path}/flaky.py:flaky}}]'\n"
+    )
+    sweep = tmp_path / "sweep"
+    code = main(["sweep", "--config", SMOKE, "--run-dir", str(sweep), "--runs", str(runs), "ppo.iterations=2"])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "1 of 2 runs failed" in err and "boom" in err and f"sweep --resume {sweep}" in err
+    state = {r["name"]: r for r in json.loads((sweep / "sweep.json").read_text())["runs"]}
+    assert state["ok"]["state"] == "done" and state["ok"]["iteration"] == 2
+    assert state["bad"]["state"] == "failed" and state["bad"]["iteration"] == 1 and "boom" in state["bad"]["error"]
+    # the run that went on is a whole run directory; the failed one kept its completed iteration
+    ok = read_metrics(sweep / "ok" / "metrics.jsonl")
+    assert [m["iteration"] for m in ok] == [1, 2] and ok[-1]["policy/version"] == 2
+    assert (sweep / "ok" / "DONE.json").exists() and (sweep / "ok" / "checkpoints" / "iter-000002").is_dir()
+    assert (sweep / "ok" / "samples").is_dir() and (sweep / "ok" / "plan.json").exists()
+    assert (sweep / "bad" / "checkpoints" / "iter-000001" / "adapter" / "adapter_config.json").exists()
+    assert not (sweep / "bad" / "DONE.json").exists()
+    bad_first = read_metrics(sweep / "bad" / "metrics.jsonl")
+    assert [m["iteration"] for m in bad_first] == [1] and "value/loss" not in bad_first[0]  # grpo: no critic
+    assert "value/loss" in ok[0]  # gae: its own value head
+    events = [json.loads(ln) for ln in (sweep / "bad" / "events.jsonl").read_text().splitlines()]
+    assert events[-1]["kind"] == "run_failed" and events[-1]["iteration"] == 2
+    # one run of the sweep is a normal run: ppo --resume knows it is complete
+    assert main(["ppo", "--resume", str(sweep / "ok")]) == 0
+    assert "is complete (2 of 2 iterations)" in capsys.readouterr().err
+
+    # the reward service is back: --resume continues the failed run from its checkpoint, the done one is left alone
+    marker.unlink()
+    ok_ckpt = (sweep / "ok" / "checkpoints" / "iter-000002" / "policy.safetensors").read_bytes()
+    assert main(["sweep", "--resume", str(sweep)]) == 0, capsys.readouterr().err
+    state = {r["name"]: r for r in json.loads((sweep / "sweep.json").read_text())["runs"]}
+    assert state["bad"]["state"] == "done" and state["bad"]["iteration"] == 2 and "error" not in state["bad"]
+    bad = read_metrics(sweep / "bad" / "metrics.jsonl")
+    assert [m["iteration"] for m in bad] == [1, 2] and bad[0] == bad_first[0] and bad[1]["policy/version"] == 2
+    assert (sweep / "bad" / "DONE.json").exists()
+    assert (sweep / "ok" / "checkpoints" / "iter-000002" / "policy.safetensors").read_bytes() == ok_ckpt
