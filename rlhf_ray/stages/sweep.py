@@ -28,44 +28,7 @@ from rlhf_ray.stages.common import DONE
 from rlhf_ray.store.checkpoint import atomic_write, latest_checkpoint
 from rlhf_ray.store.locks import FileLock
 from rlhf_ray.store.provenance import model_reference, record_models, write_run_info
-
-SWEEP_FILE = "sweep.json"
-
-
-def read_sweep(sweep_dir: Path) -> dict:
-    path = Path(sweep_dir) / SWEEP_FILE
-    if not path.is_file():
-        raise UserError(f"{sweep_dir} holds no sweep ({SWEEP_FILE} missing)")
-    return json.loads(path.read_text())
-
-
-def is_sweep(path: Path) -> bool:
-    return (Path(path) / SWEEP_FILE).is_file()
-
-
-class SweepFile:
-    """DIR/sweep.json, rewritten whole (atomically) on every state change of a run."""
-
-    def __init__(self, sweep_dir: Path, data: dict):
-        self.path, self.data = sweep_dir / SWEEP_FILE, data
-        self.by_name = {r["name"]: r for r in data["runs"]}
-
-    def set(self, name: str, state: str, **info) -> None:
-        run = self.by_name[name]
-        run["state"] = state
-        for key in ("iteration", "error", "checkpoint"):
-            if key in info:
-                run[key] = info[key]
-        if state in ("running", "done"):
-            run.pop("error", None)
-        if "summary" in info:
-            run["final"] = info["summary"]["final"]
-            run["iteration"] = info["summary"]["iterations"]
-        self.data["updated"] = time.time()
-        self.write()
-
-    def write(self) -> None:
-        atomic_write(self.path, json.dumps(self.data, indent=2, default=str).encode())
+from rlhf_ray.store.sweeps import SweepFile, is_sweep, read_sweep
 
 
 def _fused(cfg: Config) -> Config:

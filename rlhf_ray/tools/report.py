@@ -11,7 +11,9 @@ from rlhf_ray.config.sources import RewardSourceConfig
 from rlhf_ray.errors import UserError
 from rlhf_ray.runtime.metrics import PHASES, plot_metrics, read_metrics, source_keys
 from rlhf_ray.store.checkpoint import atomic_write
+from rlhf_ray.store.sweeps import is_sweep
 from rlhf_ray.tools.evaluate import format_table
+from rlhf_ray.tools.sweep_report import sweep_report
 
 CONFIG_KEYS = [
     "model.policy",
@@ -32,11 +34,15 @@ SIDE_BY_SIDE = 8  # prompts shown in the samples table
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("run", metavar="RUN_DIR", help="PPO run directory (holds metrics.jsonl)")
+    parser.add_argument(
+        "run", metavar="RUN_DIR", help="PPO run directory (holds metrics.jsonl), or a sweep's (holds sweep.json)"
+    )
 
 
 def main(args) -> dict:
     run_dir = Path(args.run)
+    if is_sweep(run_dir):  # every run's curves in one plot, final figures sorted (tools/sweep_report.py)
+        return sweep_report(run_dir)
     if not (run_dir / "metrics.jsonl").is_file():
         raise UserError(f"{run_dir} has no metrics.jsonl: pass the directory of a PPO run")
     rows = read_metrics(run_dir / "metrics.jsonl")

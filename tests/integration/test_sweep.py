@@ -24,6 +24,13 @@ def flaky(prompts, completions, **columns):
     if len(CALLS) >= 2 and Path({marker!r}).exists():
         raise ValueError("boom: the reward service is down")
     return [float(len(c) % 3) for c in completions]
+
+
+def huge_later(prompts, completions, **columns):
+    CALLS.append(1)
+    if len(CALLS) >= 2 and Path({marker!r}).exists():  # finite, but its value loss overflows float32
+        return [3e38] * len(completions)
+    return [1.0] * len(completions)
 """
 
 
@@ -39,15 +46,22 @@ def test_two_runs_one_base_a_failure_stays_alone_and_resume_finishes_it(tmp_path
         "  - algo.advantage=grpo\n"
         "  - model.lora_r=2\n"
         f"  - 'reward.sources=[{{kind: function, function: {tmp_path}/flaky.py:flaky}}]'\n"
+        "nan:\n"
+        "  - run.seed=2\n"
+        f"  - 'reward.sources=[{{kind: function, function: {tmp_path}/flaky.py:huge_later}}]'\n"
     )
     sweep = tmp_path / "sweep"
     code = main(["sweep", "--config", SMOKE, "--run-dir", str(sweep), "--runs", str(runs), "ppo.iterations=2"])
     err = capsys.readouterr().err
     assert code == 1, err
-    assert "1 of 2 runs failed" in err and "boom" in err and f"sweep --resume {sweep}" in err
+    assert "2 of 3 runs failed" in err and "boom" in err and f"sweep --resume {sweep}" in err
     state = {r["name"]: r for r in json.loads((sweep / "sweep.json").read_text())["runs"]}
     assert state["ok"]["state"] == "done" and state["ok"]["iteration"] == 2
     assert state["bad"]["state"] == "failed" and state["bad"]["iteration"] == 1 and "boom" in state["bad"]["error"]
+    # a non-finite batch under ppo.on_nonfinite=stop (the default) stops its run alone, too
+    assert state["nan"]["state"] == "failed" and state["nan"]["iteration"] == 1
+    assert "non-finite loss/gradient" in state["nan"]["error"]
+    assert (sweep / "nan" / "checkpoints" / "iter-000001").is_dir()
     # the run that went on is a whole run directory; the failed one kept its completed iteration
     ok = read_metrics(sweep / "ok" / "metrics.jsonl")
     assert [m["iteration"] for m in ok] == [1, 2] and ok[-1]["policy/version"] == 2
@@ -74,3 +88,10 @@ def test_two_runs_one_base_a_failure_stays_alone_and_resume_finishes_it(tmp_path
     assert [m["iteration"] for m in bad] == [1, 2] and bad[0] == bad_first[0] and bad[1]["policy/version"] == 2
     assert (sweep / "bad" / "DONE.json").exists()
     assert (sweep / "ok" / "checkpoints" / "iter-000002" / "policy.safetensors").read_bytes() == ok_ckpt
+    assert state["nan"]["state"] == "done"
+    # one report for the sweep: every run's curves, the final figures sorted
+    capsys.readouterr()
+    assert main(["report", str(sweep)]) == 0
+    table = json.loads(capsys.readouterr().out)["runs"]
+    assert sorted(r["run"] for r in table) == ["bad", "nan", "ok"] and all(r["iterations"] == 2 for r in table)
+    assert [r["reward"] for r in table] == sorted((r["reward"] for r in table), reverse=True)
