@@ -114,10 +114,23 @@ def _train_step(host, run, cfg, classifier, it):
     return metrics
 
 
-def test_checkpoint_restores_one_run_only(pair, tiny_classifier):
+def test_checkpoint_restores_one_run_only(pair, tiny_classifier, tmp_path):
     a, b, host = pair
+    files = host.checkpoint("b")
+    # a run's adapter/ is a lone peft adapter (what eval and generate --adapter load), with b's rank and targets
+    for name, data in files.items():
+        if name.startswith("adapter/"):
+            (tmp_path / name.split("/", 1)[1]).write_bytes(data)
+    from peft import get_peft_model_state_dict
+
+    from rlhf_ray.models.adapter import load_adapter_model
+
+    loaded = load_adapter_model(tmp_path, quant="8bit", cache_dir=a.cache_dir())
+    assert loaded.peft_config["default"].r == 2 and set(loaded.peft_config["default"].target_modules) == {"q_proj"}
+    mine = get_peft_model_state_dict(host.model, adapter_name="run1")
+    theirs = get_peft_model_state_dict(loaded)
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
     files = host.checkpoint("a")
-    assert "adapter/adapter_config.json" in files and "adapter/adapter_model.safetensors" in files
     saved = host.runs["a"].learner.adapter().sha256
     other = host.runs["b"].learner.adapter().sha256
     _train(host, "a", a, tiny_classifier, 1)
