@@ -157,6 +157,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML config file (defaults are built in)")
     p.add_argument("--gpu-memory-gb", type=float, help="plan for one GPU of this size (default: the config's device)")
     p.add_argument("--out", default="plan.json", help="where to write the plan as JSON (default: plan.json)")
+    p.add_argument(
+        "--runs",
+        type=int,
+        metavar="N",
+        help="plan a sweep of N runs of this config on one base (N adapters, optimizers, value heads, scorers)",
+    )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
     return parser
 
@@ -165,12 +171,29 @@ def _plan(cfg: Config, args: argparse.Namespace) -> int:
     # deferred like the stages and tools: the planner imports torch, seconds every other command skips
     from rlhf_ray.runtime.plan import choose_layout, format_plan, make_plan
 
+    if args.runs is not None:
+        return _plan_sweep(cfg, args)
     plan = make_plan(cfg, args.gpu_memory_gb, choose=False)
     try:
         plan.chosen = choose_layout(plan, cfg.cluster.layout, cfg.cluster.num_generators)
     finally:  # the table and plan.json also when nothing fits (then the one-line refusal follows)
         Path(args.out).write_text(json.dumps(plan.to_json(), indent=2))
         print(format_plan(plan))
+    return 0
+
+
+def _plan_sweep(cfg: Config, args: argparse.Namespace) -> int:
+    from rlhf_ray.runtime.plan import format_plan
+    from rlhf_ray.runtime.sweep_plan import SWEEP, choose_layout, format_sweep, sweep_plan
+
+    if args.runs < 1:
+        raise UserError(f"--runs {args.runs}: a sweep has at least one run")
+    plan = sweep_plan([cfg] * args.runs, args.gpu_memory_gb, choose=False)
+    try:
+        plan.chosen = choose_layout(plan, SWEEP, 1)
+    finally:
+        Path(args.out).write_text(json.dumps(plan.to_json(), indent=2))
+        print(format_plan(plan) + format_sweep(plan, cfg))
     return 0
 
 

@@ -23,6 +23,7 @@ from rlhf_ray.runtime import rundir
 from rlhf_ray.runtime.layout import planned
 from rlhf_ray.runtime.placement import attached
 from rlhf_ray.runtime.sweep import SweepRun, train_sweep
+from rlhf_ray.runtime.sweep_plan import SWEEP, choose_layout, sweep_plan
 from rlhf_ray.stages import ppo
 from rlhf_ray.stages.common import DONE
 from rlhf_ray.store.checkpoint import atomic_write, latest_checkpoint
@@ -124,8 +125,13 @@ def run(sweep_dir: Path, sweep: SweepFile, runs: list[SweepRun]) -> dict:
     if not runs:
         return {"runs": {r["name"]: r["state"] for r in sweep.data["runs"]}, "failed": []}
     first = runs[0].cfg
+    plan = sweep_plan([r.cfg for r in runs], choose=False)  # every run on one host: refused here if it cannot fit
+    try:
+        plan.chosen = choose_layout(plan, SWEEP, 1)
+    finally:
+        atomic_write(sweep_dir / "plan.json", json.dumps(plan.to_json(), indent=2).encode())
     for r in runs:
-        r.cfg = planned(r.cfg, r.run_dir)  # plan.json per run; the layout stays fused
+        r.cfg = planned(r.cfg, r.run_dir)  # plan.json per run (as a single run); the layout stays fused
     with attached(first.cluster):
         policy_path = resolve_model(first.model.policy, first.cache_dir())
         for r in runs:

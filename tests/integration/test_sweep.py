@@ -67,6 +67,8 @@ def test_two_runs_one_base_a_failure_stays_alone_and_resume_finishes_it(tmp_path
     assert [m["iteration"] for m in ok] == [1, 2] and ok[-1]["policy/version"] == 2
     assert (sweep / "ok" / "DONE.json").exists() and (sweep / "ok" / "checkpoints" / "iter-000002").is_dir()
     assert (sweep / "ok" / "samples").is_dir() and (sweep / "ok" / "plan.json").exists()
+    plan = json.loads((sweep / "plan.json").read_text())  # the sweep's own: one host, a scorer per run
+    assert plan["chosen_layout"] == "sweep" and plan["layouts"]["sweep"]["counts"] == {"policy": 1, "scorer": 3}
     assert (sweep / "bad" / "checkpoints" / "iter-000001" / "adapter" / "adapter_config.json").exists()
     assert not (sweep / "bad" / "DONE.json").exists()
     bad_first = read_metrics(sweep / "bad" / "metrics.jsonl")

@@ -1,0 +1,52 @@
+"""`rlhf-ray plan --runs N`: N adapters, optimizers, value heads and scorers on one base."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rlhf_ray.cli import main
+from rlhf_ray.config.load import load_config
+from rlhf_ray.runtime.plan import make_plan
+from rlhf_ray.runtime.sweep_plan import SWEEP, runs_that_fit, sweep_plan
+
+
+def test_one_run_is_the_fused_plan_and_each_run_adds_its_adapter_moments_and_head():
+    cfg = load_config("configs/gpt_neox_20b_24gb.yaml", ["algo.advantage=gae"])
+    fused = make_plan(cfg, 24, choose=False).layouts["fused"]
+    one = sweep_plan([cfg], 24, choose=False).layouts[SWEEP]
+    assert one.roles["policy"].total == fused.roles["policy"].total
+    four = sweep_plan([cfg] * 4, 24, choose=False).layouts[SWEEP]
+    p1, p4 = fused.roles["policy"], four.roles["policy"]
+    params = p1.lora // 16  # plan.py: LoRA weights + grads + 2 AdamW moments, 4 bytes each
+    assert p4.lora == 4 * 12 * params + 4 * params  # moments and weights per run, one run's grads at a time
+    assert p4.value_head == 4 * p1.value_head and p4.base == p1.base and p4.kv_cache == p1.kv_cache
+    assert four.counts == {"policy": 1, "scorer": 4}
+
+
+def test_ranks_may_differ_each_run_counted_from_its_own_config():
+    small = load_config("configs/gpt_neox_20b_24gb.yaml", ["model.lora_r=8", "algo.advantage=grpo"])
+    big = load_config("configs/gpt_neox_20b_24gb.yaml", ["model.lora_r=32", "algo.advantage=grpo"])
+    lora = sweep_plan([small, big], 24, choose=False).layouts[SWEEP].roles["policy"].lora
+    s = make_plan(small, 24, choose=False).layouts["fused"].roles["policy"].lora // 16
+    b = make_plan(big, 24, choose=False).layouts["fused"].roles["policy"].lora // 16
+    assert b == 4 * s and lora == 12 * (s + b) + 4 * b  # one run's grads at a time: the largest run's
+
+
+def test_plan_runs_says_how_many_fit_and_refuses_too_many(tmp_path, capsys):
+    out = tmp_path / "plan.json"
+    cfg = "configs/gpt_neox_20b_24gb.yaml"
+    assert main(["plan", "--config", cfg, "--runs", "4", "--gpu-memory-gb", "24", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "[sweep] 4 runs on one base" in text and "at most 4 runs of this config fit" in text
+    assert json.loads(out.read_text())["chosen_layout"] == SWEEP
+    assert main(["plan", "--config", cfg, "--runs", "5", "--gpu-memory-gb", "24", "--out", str(out)]) == 2
+    assert "the sweep layout needs" in capsys.readouterr().err
+    plan = sweep_plan([load_config(cfg)], 24, choose=False)
+    assert runs_that_fit(load_config(cfg), plan) == 4
+
+
+@pytest.mark.parametrize("n", [0, -1])
+def test_plan_runs_needs_one(n, capsys, tmp_path):
+    assert main(["plan", "--runs", str(n), "--out", str(tmp_path / "p.json")]) == 2
