@@ -38,10 +38,23 @@ from rlhf_ray.store.refs import portable_ref
 
 
 def make_kl_controller(cfg: Config):
+    """The controller of the coefficient algo.kl_control names (kl_coef or kl_loss_coef)."""
     a = cfg.algo
+    if a.kl_control == "loss":  # the configured kl_loss_coef is the least pull: the controller only adds to it
+        if a.kl_controller == "adaptive":
+            return algo.AdaptiveKLController(a.kl_loss_coef, a.kl_target, a.kl_horizon, floor=a.kl_loss_coef)
+        return algo.FixedKLController(a.kl_loss_coef)
     if a.kl_controller == "adaptive":
         return algo.AdaptiveKLController(a.kl_coef, a.kl_target, a.kl_horizon)
     return algo.FixedKLController(a.kl_coef)
+
+
+def kl_coefs(cfg: Config, controlled: float) -> tuple[float, float]:
+    """(the reward penalty's kl_coef, the loss term's kl_loss_coef) this iteration: the controlled one's
+    current value, the other as configured."""
+    if cfg.algo.kl_control == "loss":
+        return cfg.algo.kl_coef, controlled
+    return controlled, cfg.algo.kl_loss_coef
 
 
 class Learner:
@@ -71,6 +84,7 @@ class Learner:
             params += list(self.value_head.parameters())
         self.optimizer = torch.optim.AdamW(params, lr=cfg.ppo.lr)
         self.kl_ctl = make_kl_controller(cfg)
+        self.kl_loss_coef = cfg.algo.kl_loss_coef  # this iteration's (algo.kl_control=loss moves it)
         self.version = 0
         self.last_metrics: dict = {}  # the latest iteration's figures, for the adapter's model card
         # Adapters that lagging (overlapped) rollouts may have been sampled with; empty when on-policy.
@@ -144,7 +158,7 @@ class Learner:
         batch = Rollout.concat(rollouts, self.tokenizer.pad_token_id)
         lag = self.history.check(batch.policy_version, self.version)
         torch.manual_seed(seeds.learner_step(self.cfg.run.seed, iteration))
-        kl_coef = self.kl_ctl.value
+        kl_coef, self.kl_loss_coef = kl_coefs(self.cfg, self.kl_ctl.value)
         # Scores from the reward scorers; a bare (B,) tensor (tests, benchmarks) is rewards that all applied
         shards = [s if isinstance(s, Scores) else Scores(s, torch.ones(len(s), dtype=torch.bool)) for s in scores]
         scores_t = torch.cat([s.rewards for s in shards]).float()  # (B,)
@@ -172,6 +186,7 @@ class Learner:
             "reward/std": float(scores_t.std()) if len(scores_t) > 1 else 0.0,
             "kl/mean": float(kl_seq),
             "kl/coef": kl_coef,
+            "kl/loss_coef": self.kl_loss_coef,
             "advantages/mean": float(algo.masked_mean(exp.advantages, exp.mask)),
             "response/length_mean": float(lengths.mean()),
             "policy/version": self.version,
@@ -336,9 +351,9 @@ class Learner:
             "policy/approx_kl": float(pg_stats["approx_kl"]),
             "entropy/mean": float(entropy.detach()),
         }
-        if self.cfg.algo.kl_loss_coef:
+        if self.kl_loss_coef:
             kl_term = algo.kl_loss(out.logprobs, exp.ref_logprobs[rows, :width], mask)
-            loss = loss + self.cfg.algo.kl_loss_coef * kl_term
+            loss = loss + self.kl_loss_coef * kl_term
             stats["kl/loss"] = float(kl_term.detach())
         if self.critic:
             v_loss, v_stats = algo.value_loss(

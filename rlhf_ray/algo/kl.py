@@ -109,19 +109,29 @@ class AdaptiveKLController:
     """Adaptive KL coefficient of Ziegler et al. 2019 (arXiv:1909.08593, 2.2).
 
     ``e = clip(current_kl / target - 1, -0.2, 0.2)``;
-    ``value *= 1 + e * n_steps / horizon``. The clip bounds how fast the
+    ``value = max(floor, value * (1 + e * n_steps / horizon))``. The clip bounds how fast the
     coefficient moves when the measured KL is far from target.
+
+    ``floor`` (default 0: Ziegler's controller) keeps the coefficient from winding down while KL
+    is still rising towards the target from 0, as it does in every run that starts at the reference:
+    unfloored, 10 iterations below target shrink it ~100x, and once KL passes the target it takes as
+    many iterations to grow back, so KL overshoots (docs/benchmarks.md). With ``floor = init`` the
+    coefficient is the initial pull until KL passes the target, more while KL is above it, and back
+    to the initial pull as KL returns.
 
     Shapes:
         scalars only (python floats; the caller converts tensors).
     """
 
-    def __init__(self, init_kl_coef: float, target: float, horizon: float) -> None:
+    def __init__(self, init_kl_coef: float, target: float, horizon: float, floor: float = 0.0) -> None:
         if target <= 0 or horizon <= 0:
             raise ValueError(f"target and horizon must be > 0, got {target}, {horizon}")
+        if not 0 <= floor <= init_kl_coef:
+            raise ValueError(f"floor must lie in [0, init_kl_coef={init_kl_coef}], got {floor}")
         self.value = float(init_kl_coef)
         self.target = float(target)
         self.horizon = float(horizon)
+        self.floor = float(floor)
 
     def update(self, current_kl: float, n_steps: int) -> None:
         """Move ``value`` towards keeping KL at ``target``.
@@ -130,7 +140,7 @@ class AdaptiveKLController:
             current_kl: python float; n_steps: python int.
         """
         proportional_error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
-        self.value *= 1.0 + proportional_error * n_steps / self.horizon
+        self.value = max(self.floor, self.value * (1.0 + proportional_error * n_steps / self.horizon))
 
     def state_dict(self) -> Dict[str, float]:
         """Checkpointable state. Shapes: scalars only.

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 from rlhf_ray.config.help import one_of
 from rlhf_ray.config.schema import PROBABILITY_SCORES, Config
 from rlhf_ray.errors import ConfigError
-from rlhf_ray.store.refs import is_asset_name, looks_like_path
+from rlhf_ray.store.refs import NGRAM_BACKBONE, is_asset_name, looks_like_path
 
 POSITIVE = (
     "model.lora_r",
@@ -102,8 +102,9 @@ def validate(cfg: Config, given: tuple[set[str], ...] = ()) -> None:
     _validate_env(cfg)
     _validate_judges(cfg)
     for key in MODEL_REFS:
-        if value_of(cfg, key) is not None:
-            check_model_ref(key, value_of(cfg, key))
+        value = value_of(cfg, key)
+        if value is not None and not (key == "reward.backbone" and value == NGRAM_BACKBONE):
+            check_model_ref(key, value)
 
 
 def value_of(cfg: Config, dotted: str):
@@ -169,6 +170,12 @@ def _check_cross_fields(cfg: Config, given: tuple[set[str], ...]) -> None:
         ("cluster.num_generators", cfg.cluster.num_generators),
         given,
         ": each generator samples an equal shard",
+    )
+    _check(
+        not (cfg.algo.kl_control == "loss" and cfg.algo.kl_loss_coef == 0),
+        "algo.kl_control",
+        "loss steers algo.kl_loss_coef, which is 0 (off): set algo.kl_loss_coef > 0 (the least pull, e.g. 0.02) "
+        "or algo.kl_control=reward",
     )
     _check_data_parallel(cfg)
 
@@ -445,6 +452,12 @@ def _validate_reward_objective(cfg: Config) -> None:
     for key in ("train_size", "eval_size"):
         value = getattr(r, key)
         _check(value is None or value > 0, f"reward.{key}", f"must be > 0 (or null for the default); got {value}")
+    _check(
+        not (r.backbone == NGRAM_BACKBONE and r.objective == "pairwise"),
+        "reward.backbone",
+        "ngrams is a sentiment classifier (0/1 labels): use reward.objective=classifier, or an encoder "
+        "backbone (minilm-l6) for a pairwise reward model",
+    )
     embedded = {"classifier": "imdb", "pairwise": "imdb-pairs"}  # each objective's embedded set
     for objective, other in (("pairwise", "imdb"), ("classifier", "imdb-pairs")):
         _check(

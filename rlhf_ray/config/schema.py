@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rlhf_ray.config.sources import RewardSourceConfig
-from rlhf_ray.store.refs import cache_root
+from rlhf_ray.store.refs import NGRAM_BACKBONE, cache_root
 
 Quant = Literal["8bit", "4bit", "none"]
 
@@ -136,16 +136,20 @@ class RewardConfig:
     # whose chosen equals its rejected is skipped and counted. Same references as data.dataset; None -> imdb, or
     # for pairwise imdb-pairs (a positive vs a negative IMDB review of about the same length, empty prompt).
     dataset: str | None = None
-    # Encoder the reward model is trained from: embedded asset name, local path, or hub id.
+    # Encoder the reward model is trained from: embedded asset name, local path, or hub id; or `ngrams`: a
+    # logistic regression on the reviews' word unigrams + bigrams (NBSVM), trained on every labelled review in
+    # seconds (objective classifier only; method, lr, epochs and batch keys do not apply).
     backbone: str = "minilm-l6"
     # full = fine-tune the whole encoder; lora = a LoRA on a reward.quant-quantized encoder.
     method: Literal["full", "lora"] = "full"
-    # Reviews (classifier) or pairs (pairwise) to train on; None -> 1600 reviews or 800 pairs.
+    # Reviews (classifier) or pairs (pairwise) to train on; None -> 1600 reviews or 800 pairs (backbone ngrams:
+    # every review of the split).
     # Sized for ~4 min on a 2-core CPU with MiniLM (~3.5 s per 32x128-token step): 1600 reviews,
     # one epoch, lr 2e-4 reach ~83% held-out accuracy (5e-5 is too slow for 50 steps); 800 imdb-pairs
     # (25 steps of 64 texts, ~2x the time each) reach ~0.90 held-out pairwise accuracy (0.46 before).
     train_size: int | None = None
-    # Held-out reviews (or pairs) for the accuracy reported before and after; None -> 500 reviews or 250 pairs.
+    # Held-out reviews (or pairs) for the accuracy reported before and after; None -> 500 reviews or 250 pairs
+    # (backbone ngrams: every held-out review).
     eval_size: int | None = None
     # Passes over the training reviews (or pairs).
     epochs: int = 1
@@ -168,6 +172,8 @@ class RewardConfig:
     def resolved(self) -> RewardConfig:
         """The training keys with their per-objective defaults filled in (dataset, train_size, eval_size)."""
         dataset, train, held = REWARD_DEFAULTS[self.objective]
+        if self.backbone == NGRAM_BACKBONE:
+            train = held = None  # seconds per pass over every row: the whole train split, the whole held-out one
         return dataclasses.replace(
             self,
             dataset=dataset if self.dataset is None else self.dataset,
@@ -190,11 +196,15 @@ class AlgoConfig:
     kl_coef: float = 0.05
     # Per-token KL estimator: k1 (log-ratio), abs, mse (k2: half squared log-ratio) or k3 (Schulman 2020).
     kl_kind: Literal["k1", "abs", "mse", "k3"] = "k1"
-    # fixed kl_coef, or adaptive: steer the summed KL toward kl_target (Ziegler et al. 2019).
+    # fixed coefficients, or adaptive: steer the summed KL toward kl_target (Ziegler et al. 2019).
     kl_controller: Literal["fixed", "adaptive"] = "fixed"
+    # The coefficient an adaptive controller moves: reward = kl_coef (the penalty in the reward, Ziegler's
+    # controller); loss = kl_loss_coef (the KL term in the loss: the one that holds KL when both are on), raised
+    # while KL is above kl_target and never below the configured kl_loss_coef (see AdaptiveKLController).
+    kl_control: Literal["reward", "loss"] = "reward"
     # Summed KL per response the adaptive controller aims at.
     kl_target: float = 6.0
-    # Samples over which the adaptive controller moves kl_coef (larger = slower).
+    # Samples over which the adaptive controller moves its coefficient (larger = slower).
     kl_horizon: int = 10000
     # Weight of a per-token KL term (k3) in the loss, as GRPO's beta: it acts at every optimizer step,
     # beside (or, with kl_coef 0, instead of) the penalty in the reward. 0 = off.

@@ -11,6 +11,7 @@ from rlhf_ray.config.schema import PROBABILITY_SCORES
 from rlhf_ray.errors import NonFiniteError, UserError
 from rlhf_ray.models.loading import load_with_head
 from rlhf_ray.models.policy import load_kwargs, quiet_warnings
+from rlhf_ray.rewards.ngrams import NgramClassifier, is_ngram_model
 
 # Classification heads stay in full precision: they are tiny and their outputs are the reward.
 HEAD_MODULES = ["classifier", "score", "pooler"]
@@ -86,9 +87,13 @@ class RewardModel:
         batch_size: int = 32,
         max_length: int = 256,
     ):
-        self.model, self.tokenizer = load_classifier(path, quant, device)
-        if self.tokenizer.pad_token is None:  # decoder reward models (Llama-style) often ship without one:
-            # batches need padding, and the head reads the last token that is not padding
+        if is_ngram_model(path):  # reward.backbone=ngrams: a linear model of the text's n-grams, no tokenizer
+            self.model, self.tokenizer = NgramClassifier.load(path), None
+        else:
+            self.model, self.tokenizer = load_classifier(path, quant, device)
+        if self.tokenizer is not None and self.tokenizer.pad_token is None:
+            # decoder reward models (Llama-style) often ship without one: batches need padding, and the
+            # head reads the last token that is not padding
             self.tokenizer.pad_token = self.tokenizer.eos_token
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.score_kind, self.device = score, device
@@ -101,18 +106,9 @@ class RewardModel:
     @torch.no_grad()
     def score(self, texts: list[str]) -> torch.Tensor:
         """Shapes: B texts -> (B,) float32 scores."""
-        out = []
-        for start in range(0, len(texts), self.batch_size):
-            enc = self.tokenizer(
-                texts[start : start + self.batch_size],
-                return_tensors="pt",
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-            ).to(self.device)
-            logits = self.model(**enc).logits.float()  # (b, num_labels)
-            out.append(self._reduce(logits))
-        scores = torch.cat(out).cpu()
+        step = self.batch_size
+        out = [self._reduce(self._logits(texts[i : i + step])) for i in range(0, len(texts), step)]
+        scores = torch.cat(out).cpu() if out else torch.zeros(0)
         bad = (~torch.isfinite(scores)).nonzero().flatten().tolist()
         if bad:
             raise NonFiniteError(
@@ -120,6 +116,15 @@ class RewardModel:
                 "check reward.model (a broken or fp16-overflowing classifier)"
             )
         return scores
+
+    def _logits(self, texts: list[str]) -> torch.Tensor:
+        """(b, num_labels) float32."""
+        if self.tokenizer is None:
+            return self.model.logits(texts)
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=self.max_length).to(
+            self.device
+        )
+        return self.model(**enc).logits.float()
 
     def _reduce(self, logits: torch.Tensor) -> torch.Tensor:
         if logits.shape[-1] == 1:

@@ -36,6 +36,8 @@ from rlhf_ray.errors import UserError
 from rlhf_ray.models.assets import resolve_model
 from rlhf_ray.models.dequant import cache_fits
 from rlhf_ray.models.policy import target_modules_for
+from rlhf_ray.rewards.ngrams import is_ngram_model
+from rlhf_ray.store.refs import NGRAM_BACKBONE
 
 GIB = 2**30
 CUDA_CONTEXT = 512 * 2**20  # CUDA context + cuBLAS workspaces per process (not in torch's allocated bytes)
@@ -57,6 +59,9 @@ REMEDY = {
     "mapped_checkpoint": "a smaller model.policy or a 16-bit checkpoint of it (the loaded file stays mapped)",
     "overhead": "fewer actors (cluster.num_generators / num_scorers)",
 }
+
+
+NGRAM_SCORER_BYTES = 64 * 2**20  # reward.backbone=ngrams: measured ~40 MB resident for IMDB's 248k n-grams
 
 
 @dataclass
@@ -350,7 +355,11 @@ def make_plan(cfg: Config, gpu_memory_gb: float | None = None, choose: bool = Tr
     roles = policy_plan(cfg, on_gpu)
     reward_ref = cfg.reward.model or cfg.reward.backbone  # the trained classifier has its backbone's shape
     key = "reward.model" if cfg.reward.model else "reward.backbone"
-    roles["scorer"] = scorer_role(cfg, read_config(resolve_model(reward_ref, cfg.cache_dir()), key), on_gpu)
+    if reward_ref == NGRAM_BACKBONE or is_ngram_model(reward_ref):
+        # a weight and a dict entry per n-gram (~250k on IMDB), in host memory whatever the device
+        roles["scorer"] = RoleBytes(base=NGRAM_SCORER_BYTES, overhead=HOST_RUNTIME)
+    else:
+        roles["scorer"] = scorer_role(cfg, read_config(resolve_model(reward_ref, cfg.cache_dir()), key), on_gpu)
     c = cfg.cluster
     shares = gpu_shares(cfg) if on_gpu else None
     layouts = {

@@ -36,21 +36,26 @@ from rlhf_ray.models.assets import resolve_model
 from rlhf_ray.models.loading import load_with_head
 from rlhf_ray.models.policy import attach_lora, load_kwargs, role_device
 from rlhf_ray.rewards.classifier import HEAD_MODULES
+from rlhf_ray.rewards.ngrams import train_nb_logistic
 from rlhf_ray.stages.common import begin, finish, prepare_worker, stream_task
 from rlhf_ray.stages.sft import MAX_GRAD_NORM
 from rlhf_ray.store import seeds
 from rlhf_ray.store.checkpoint import read_dir, write_dir
-from rlhf_ray.store.refs import IMDB_PAIRS
+from rlhf_ray.store.refs import IMDB_PAIRS, NGRAM_BACKBONE
 
 log = logging.getLogger(__name__)
 
 ID2LABEL = {0: "negative", 1: "positive"}
 SCALAR_LABELS = {0: "reward"}  # the pairwise model's one output (labels.json makes a LoRA load with num_labels 1)
 WARMUP_FRACTION = 0.1  # linear warmup then decay: the usual BERT fine-tuning schedule
+# Words of a held-out review's opening for the accuracy on texts of the length PPO scores (the main job: a
+# 4-8-token opening + 20 new tokens, ~20 words). The label is the whole review's: an opening often says
+# nothing yet, so this accuracy is lower for any classifier.
+OPENING_WORDS = 20
 
 
-def labelled_sample(ref: str, split: str, n: int, seed: int) -> tuple[list[str], list[int]]:
-    """`n` rows of a split in a seeded order (the embedded IMDB file is sorted by label, so a
+def labelled_sample(ref: str, split: str, n: int | None, seed: int) -> tuple[list[str], list[int]]:
+    """`n` rows of a split (None: all) in a seeded order (the embedded IMDB file is sorted by label, so a
     shuffle is what makes the sample balanced)."""
 
     table = load_text_dataset(ref, split)
@@ -64,6 +69,11 @@ def labelled_sample(ref: str, split: str, n: int, seed: int) -> tuple[list[str],
             f"reward.dataset {ref}: labels must be 0 (negative) or 1 (positive); got {sorted(set(picked))[:5]}"
         )
     return [texts[i] for i in order], picked
+
+
+def opening(text: str, words: int = OPENING_WORDS) -> str:
+    """A review's first `words` words: about what PPO scores (a 4-8-token opening + 20 new tokens)."""
+    return " ".join(text.replace("<br />", " ").split()[:words])
 
 
 def encode(tokenizer, texts: list[str], max_length: int, device: str) -> dict[str, torch.Tensor]:
@@ -103,14 +113,23 @@ class ClassifierObjective:
         enc = encode(tokenizer, [self.texts[j] for j in rows], max_length, device)
         return model(**enc, labels=torch.tensor([self.targets[j] for j in rows], device=device)).loss
 
-    def evaluate(self, model, tokenizer, r: RewardConfig, device: str) -> dict[str, float]:
-        logits = held_out_logits(model, tokenizer, self.eval_texts, r, device)
-        target = torch.tensor(self.eval_targets)
-        margin = logits[:, 1] - logits[:, 0]
-        return {
-            "accuracy": (logits.argmax(-1) == target).float().mean().item(),
-            "score_gap": (margin[target == 1].mean() - margin[target == 0].mean()).item(),
-        }
+    def evaluate(self, model, tokenizer, r: RewardConfig, device: str, openings: bool = False) -> dict[str, float]:
+        """Held-out accuracy and score gap; with `openings`, also the accuracy on their first OPENING_WORDS words."""
+        out = classifier_figures(held_out_logits(model, tokenizer, self.eval_texts, r, device), self.eval_targets)
+        if openings:
+            logits = held_out_logits(model, tokenizer, [opening(t) for t in self.eval_texts], r, device)
+            out["opening_accuracy"] = classifier_figures(logits, self.eval_targets)["accuracy"]
+        return out
+
+
+def classifier_figures(logits: torch.Tensor, targets: list[int]) -> dict[str, float]:
+    """logits (N, 2), 0/1 targets -> accuracy and the mean positive-minus-negative margin gap of the labels."""
+    target = torch.tensor(targets)
+    margin = logits[:, 1] - logits[:, 0]
+    return {
+        "accuracy": (logits.argmax(-1) == target).float().mean().item(),
+        "score_gap": (margin[target == 1].mean() - margin[target == 0].mean()).item(),
+    }
 
 
 class PairwiseObjective:
@@ -136,7 +155,7 @@ class PairwiseObjective:
         scores = model(**encode(tokenizer, texts, max_length, device)).logits[:, 0]
         return bradley_terry_loss(scores[: len(rows)], scores[len(rows) :])[0]
 
-    def evaluate(self, model, tokenizer, r: RewardConfig, device: str) -> dict[str, float]:
+    def evaluate(self, model, tokenizer, r: RewardConfig, device: str, openings: bool = False) -> dict[str, float]:
         chosen = held_out_logits(model, tokenizer, self.eval_chosen, r, device)[:, 0]
         rejected = held_out_logits(model, tokenizer, self.eval_rejected, r, device)[:, 0]
         _, stats = bradley_terry_loss(chosen, rejected)
@@ -251,6 +270,9 @@ def train_reward(cfg: Config) -> Iterator[tuple[str, dict]]:
 
     r, seed = cfg.reward.resolved(), cfg.run.seed
     prepare_worker(seed, cfg.cluster.torch_threads)
+    if r.backbone == NGRAM_BACKBONE:
+        yield from train_ngrams(r, seed)
+        return
     device = role_device(cfg.cluster.scorer_gpus)
     backbone = resolve_model(r.backbone, cfg.cache_dir())
     objective = OBJECTIVES[r.objective](r, seed)
@@ -280,7 +302,7 @@ def train_reward(cfg: Config) -> Iterator[tuple[str, dict]]:
         step = record["step"]
         yield "step", record
     train_s = time.perf_counter() - start
-    after = objective.evaluate(model, tokenizer, r, device)
+    after = objective.evaluate(model, tokenizer, r, device, openings=True)
     with tempfile.TemporaryDirectory() as tmp:
         files = read_dir(save_reward_model(model, tokenizer, r.method, objective.labels, Path(tmp)))
     metrics = {
@@ -294,6 +316,35 @@ def train_reward(cfg: Config) -> Iterator[tuple[str, dict]]:
         "train_s": round(train_s, 1),
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         **objective.report,
+    }
+    yield "done", {"files": files, "metrics": metrics}
+
+
+def train_ngrams(r: RewardConfig, seed: int) -> Iterator[tuple[str, dict]]:
+    """reward.backbone=ngrams: rlhf_ray.rewards.ngrams on every training review (one "step": the fit is
+    full-batch and takes seconds), the same held-out figures as the encoder's."""
+    objective = ClassifierObjective(r, seed)
+    start = time.perf_counter()
+    model, loss = train_nb_logistic(objective.texts, objective.targets)
+    train_s = time.perf_counter() - start
+    yield "step", {"step": 1, "loss": loss, "elapsed_s": round(train_s, 2)}
+    held = objective.eval_texts
+    after = classifier_figures(model.logits(held), objective.eval_targets)
+    after["opening_accuracy"] = classifier_figures(model.logits([opening(t) for t in held]), objective.eval_targets)[
+        "accuracy"
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        files = read_dir(model.save(Path(tmp)))
+    metrics = {
+        "objective": "classifier",
+        "accuracy_before": 0.5,  # w = 0: every review sits on the boundary
+        **after,
+        "method": NGRAM_BACKBONE,
+        "steps": 1,
+        "train_size": len(objective),
+        "eval_size": objective.eval_size(),
+        "train_s": round(train_s, 1),
+        "trainable_params": len(model.vocab) + 1,
     }
     yield "done", {"files": files, "metrics": metrics}
 
@@ -312,19 +363,29 @@ def run(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
     start = time.perf_counter()
     r = cfg.reward.resolved()
     options = {"num_gpus": cfg.cluster.scorer_gpus, "num_cpus": cfg.cluster.actor_cpus}
-    steps = r.epochs * -(-r.train_size // r.train_batch_size)  # upper bound: the split may hold fewer rows
-    log.info(plan_line(r, steps))
+    if r.backbone == NGRAM_BACKBONE:
+        steps = 1
+        log.info(
+            "reward stage: training the n-gram sentiment classifier (unigrams + bigrams, NB-weighted logistic "
+            "regression) on every labelled review of %s; held-out accuracy on every held-out review",
+            r.dataset,
+        )
+    else:
+        steps = r.epochs * -(-r.train_size // r.train_batch_size)  # upper bound: the split may hold fewer rows
+        log.info(plan_line(r, steps))
     result = stream_task(
         cfg.cluster, train_reward, options, (cfg,), total=steps, desc="reward", jsonl=run_dir / "metrics.jsonl"
     )
     model_dir = write_dir(result["files"], run_dir / "model")
     m = result["metrics"]
     what = "pairwise accuracy" if r.objective == "pairwise" else "accuracy"
+    openings = f" ({m['opening_accuracy']:.3f} on openings)" if "opening_accuracy" in m else ""
     log.info(
-        "reward: held-out %s %.3f -> %.3f; %s model in %s",
+        "reward: held-out %s %.3f -> %.3f%s; %s model in %s",
         what,
         m["accuracy_before"],
         m["accuracy"],
+        openings,
         r.objective,
         model_dir,
     )

@@ -24,6 +24,10 @@ IMDB_PAIRS = "imdb-pairs"  # preference pairs: a positive vs a negative IMDB rev
 BUILT_DATASETS = (IMDB_PAIRS,)
 
 
+# reward.backbone of the bag-of-n-grams classifier the reward stage trains (rlhf_ray.rewards.ngrams): no weights
+# to load, so no asset.
+NGRAM_BACKBONE = "ngrams"
+
 # Seeded random models built offline on first use (tests, smoke runs); see rlhf_ray.models.tiny.
 BUILT_ASSETS = ("tiny-random-llama", "tiny-random-neox", "tiny-random-bert")
 BUILT_VERSION = "v1"  # bump when a builder changes so caches rebuild

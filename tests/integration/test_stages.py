@@ -163,6 +163,32 @@ def test_reward_stage_trains_a_classifier_reward_model_loads(ray_session, data_d
     assert scores[0] > scores[1]
 
 
+def test_reward_stage_trains_the_ngram_classifier_that_ppo_scores_with(ray_session, data_dir, tmp_path):
+    """reward.backbone=ngrams: every training row, the held-out and opening accuracies, a model dir the
+    reward scorer reads (RewardModel) and the planner sizes without a transformers config."""
+    from rlhf_ray.config.load import load_config
+    from rlhf_ray.rewards.classifier import RewardModel
+    from rlhf_ray.runtime.plan import make_plan
+
+    argv = ["reward.backbone=ngrams", f"reward.dataset={data_dir / 'sentiment.csv'}"]
+    assert main(["reward", "--run-dir", str(tmp_path), *argv]) == 0
+    done = read_json(tmp_path / "DONE.json")
+    assert done["method"] == "ngrams" and done["accuracy_before"] == 0.5
+    assert done["accuracy"] == 1.0 and 0.0 <= done["opening_accuracy"] <= 1.0
+    assert done["train_size"] + done["eval_size"] == 200  # the whole file: train split + held-out split
+    reward = RewardModel(str(tmp_path / "model"), score="log_prob")
+    scores = reward.score(["a great and moving story 7", "an awful and dull story 7"])
+    assert scores[0] > scores[1]
+    cfg = load_config(None, [f"reward.model={tmp_path / 'model'}", "reward.score=log_prob"])
+    assert make_plan(cfg).layouts["separate"].roles["scorer"].base > 0
+
+
+def test_ngram_backbone_refuses_the_pairwise_objective(capsys, tmp_path):
+    assert main(["reward", "--run-dir", str(tmp_path), "reward.backbone=ngrams", "reward.objective=pairwise"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "reward.backbone" in err[0] and "objective=classifier" in err[0]
+
+
 def test_truncated_rows_mask_padding_but_keep_eos_when_pad_is_eos():
     from rlhf_ray.stages.sft import collate, pack, truncate
 

@@ -304,6 +304,23 @@ def test_adaptive_kl_controller_hand():
     close(resumed.value, expected)
 
 
+def test_adaptive_kl_controller_floor_hand():
+    """floor: below target the coefficient falls no lower than the floor; above it, it grows as unfloored."""
+    ctl = AdaptiveKLController(0.04, target=6.0, horizon=16, floor=0.04)
+    ctl.update(3.0, 32)  # 3/6 - 1 = -0.5 -> clip -0.2; 0.04 * (1 - 0.2*2) = 0.024 -> floor 0.04
+    assert ctl.value == 0.04
+    ctl.update(9.0, 32)  # +0.5 -> clip 0.2; 0.04 * 1.4
+    close(ctl.value, 0.056)
+    ctl.update(6.6, 32)  # 0.1; x 1.2
+    close(ctl.value, 0.0672)
+    ctl.update(0.0, 32)  # x 0.6 = 0.04032, above the floor
+    close(ctl.value, 0.04032)
+    ctl.update(0.0, 32)  # x 0.6 = 0.024192 -> floor
+    assert ctl.value == 0.04
+    with pytest.raises(ValueError, match="floor"):
+        AdaptiveKLController(0.04, target=6.0, horizon=16, floor=0.05)
+
+
 # ---------------------------------------------------------------- group advantages
 
 

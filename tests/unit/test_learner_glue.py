@@ -3,6 +3,7 @@ and how generator shards are joined. Expected values come from per-shard computa
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from rlhf_ray.actors.generator import Generator
@@ -119,3 +120,33 @@ def test_kl_loss_holds_the_update_near_the_reference(tiny_lm):
         assert ("kl/loss" in metrics) == (coef > 0) and metrics.get("kl/loss", 0.0) >= 0.0
         kls[coef] = float(_per_shard_kl(learner, [rollout], cfg.generate.temperature).abs().mean())
     assert 0.0 < kls[20.0] < 0.5 * kls[0.0], kls
+
+
+def test_kl_control_loss_steers_kl_loss_coef(tiny_lm):
+    """algo.kl_control=loss: the adaptive controller moves kl_loss_coef (reported as kl/loss_coef; kl/coef,
+    the reward penalty's, stays as configured), up by hand-computed steps while KL is above target."""
+    cfg = load_config(
+        "configs/smoke.yaml",
+        [
+            "ppo.lr=0.02",
+            "algo.kl_coef=0.01",
+            "algo.kl_loss_coef=0.5",
+            "algo.kl_controller=adaptive",
+            "algo.kl_control=loss",
+            "algo.kl_target=1e-6",  # any KL above it: the error clips at +0.2
+            "algo.kl_horizon=40",
+        ],
+    )
+    learner = Learner(cfg, tiny_lm)
+    gen = Generator(cfg, tiny_lm)
+    coefs = []
+    for iteration in (1, 2, 3):
+        gen.load_adapter(learner.adapter())
+        rollout = gen.generate(PROMPTS * 2, iteration=iteration)[0]
+        metrics, _ = learner.learn([rollout], [torch.linspace(-2.0, 2.0, len(rollout))], iteration=iteration)
+        assert metrics["kl/coef"] == 0.01
+        coefs.append(metrics["kl/loss_coef"])
+    grow = 1 + 0.2 * len(rollout) / 40
+    # iteration 1 samples the reference itself (KL 0: below the floor's reach, it stays); then KL > 0
+    assert coefs[0] == coefs[1] == 0.5
+    assert coefs[2] == pytest.approx(0.5 * grow)
