@@ -77,6 +77,12 @@ class Generator:
                 rollout = self._sample(texts, group, g.max_new_tokens, seed)
             else:
                 rollout = self._episodes(prompts, group, iteration, seed)
+        return self.finish(rollout, prompts, group, with_texts)
+
+    def finish(
+        self, rollout: Rollout, prompts: list[Prompt] | list[str], group: int, with_texts: bool
+    ) -> tuple[Rollout, GenerationInfo]:
+        """A sampled rollout with its raw prompts and dataset columns, and what the driver reads of it."""
         rollout.raw_prompts, rollout.columns = rollout_rows(prompts, group)
         info = GenerationInfo(
             self.version,

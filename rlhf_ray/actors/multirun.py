@@ -7,7 +7,9 @@ peft's `set_adapter` flips trainability), its own KL controller, version and che
 is the existing Learner and Generator over the shared model (`shared=`, `adapter_name=`), so no
 PPO math is repeated here. Every call names its run; the host activates that run's adapter first.
 The reference is the base with every adapter disabled, as in a single run. The lean decoder's
-packed base is built once and shared by every run (it reads the active adapter at each call).
+packed base is built once and shared by every run (it reads the active adapter at each call);
+`generate_many` samples every run's prompts in one call of it, each row under its run's adapter
+(models/mixed.py).
 Plain class: runs without Ray (tests build it in-process)."""
 
 from __future__ import annotations
@@ -18,14 +20,18 @@ import torch
 
 from rlhf_ray.actors.common import init_process, load_policy
 from rlhf_ray.actors.fused import SharedPolicy, release_memory
-from rlhf_ray.actors.generator import Generator
+from rlhf_ray.actors.generator import Generator, StaleAdapterError
 from rlhf_ray.actors.learner import Learner
-from rlhf_ray.batch import AdapterPayload, GenerationInfo, Rollout
+from rlhf_ray.batch import AdapterPayload, GenerationInfo, Prompt, Rollout
 from rlhf_ray.config.schema import Config
 from rlhf_ray.envs.runner import EnvSpec
 from rlhf_ray.models.adapter import AdapterIntegrityError
 from rlhf_ray.models.assets import materialize
+from rlhf_ray.models.decode import LeanDecoder
+from rlhf_ray.models.dequant import dequantized_int8
+from rlhf_ray.models.mixed import MixedRequest, sample_mixed
 from rlhf_ray.models.policy import load_tokenizer, lora_config, ppo_numerics, role_device, target_modules_for
+from rlhf_ray.store import seeds
 from rlhf_ray.store.artifacts import ModelRef
 
 PLACEHOLDER = "default"  # the adapter get_peft_model needs to wrap the base; deleted once the runs' exist
@@ -51,7 +57,7 @@ class MultiRunPolicyHost:
         init_process(first)
         policy_path = materialize(policy, first.cache_dir())
         device = role_device(first.fused_gpus())
-        model = load_policy(first, policy_path, device)  # the one quantized base (+ a placeholder adapter)
+        model = ppo_numerics(load_policy(first, policy_path, device))  # the one quantized base (+ a placeholder)
         shared = SharedPolicy(model, load_tokenizer(policy_path), device)
         names = adapter_names(list(runs))
         self.runs: dict[str, RunState] = {}
@@ -103,6 +109,47 @@ class MultiRunPolicyHost:
         finally:
             self.lean = self.lean or gen.lean
             release_memory()
+
+    def batched(self, runs: list[str]) -> bool:
+        """Whether these runs' prompts can share one sampling call: single-turn, all on the lean loop."""
+        gens = [self.runs[run].generator for run in runs]
+        return len(gens) > 1 and all(g.env is None and g.decoder == "lean" for g in gens)
+
+    def generate_many(self, requests: list[tuple[str, list, int, bool]]) -> list:
+        """Every run's prompts in ONE sampling call, each row under its run's adapter (and the reference
+        rows under none, in the same steps; per-row temperature and length): requests are (run, prompts,
+        iteration, with_texts). Runs that cannot share a call (multi-turn episodes, the transformers
+        decoder) are sampled run by run. -> [rollout, info] per request, flattened, in their order."""
+        runs = [run for run, *_ in requests]
+        if not self.batched(runs):
+            return [part for r in requests for part in self.generate(*r)]
+        gens = [self.runs[run].generator for run in runs]
+        mixed = []
+        for (run, prompts, iteration, _), gen in zip(requests, gens):
+            if gen.version < 0:
+                raise StaleAdapterError(f"run {run} has no adapter yet: sync one before generating")
+            cfg = gen.cfg
+            mixed.append(
+                MixedRequest(
+                    self.runs[run].adapter,
+                    [p.text if isinstance(p, Prompt) else p for p in prompts],
+                    cfg.generate.max_new_tokens,
+                    cfg.generate.temperature,
+                    cfg.samples_per_prompt(),
+                    seeds.sampling(cfg.run.seed, iteration, gen.rank),  # the run's own stream, as alone
+                    gen.version,
+                )
+            )
+        self.lean = self.lean or LeanDecoder(self.model)
+        try:
+            with dequantized_int8(self.model, gens[0].dequant):
+                rollouts = sample_mixed(self.lean, gens[0].tokenizer, mixed)
+        finally:
+            release_memory()
+        out = []
+        for (_, prompts, _, with_texts), gen, rollout in zip(requests, gens, rollouts):
+            out += list(gen.finish(rollout, prompts, gen.cfg.samples_per_prompt(), with_texts))
+        return out
 
     # ------------------------------------------------------------------ learner role (per run)
     def publish(self, run: str) -> tuple[AdapterPayload, dict]:

@@ -64,6 +64,22 @@ def _split(module):
     return module.base_layer, (module.lora_A[n].weight, module.lora_B[n].weight, module.scaling[n])
 
 
+def _named_lora(module, name: str):
+    """(A, B, scaling) of adapter `name` on a projection, or None (not LoRA-wrapped, or not a target of it)."""
+    if not hasattr(module, "lora_A") or name not in module.lora_A:
+        return None
+    return module.lora_A[name].weight, module.lora_B[name].weight, module.scaling[name]
+
+
+class RowAdapters:
+    """Which named adapter each row of a decode step runs under (models/mixed.py): an index into the
+    adapters the decoder was prepared with, -1 for none (the reference's rows)."""
+
+    def __init__(self, index: torch.Tensor):
+        self.index = index
+        self.groups = [(k, (index == k).nonzero().flatten()) for k in sorted(set(index.tolist())) if k >= 0]
+
+
 def _adapters_supported(lm) -> bool:
     """One active adapter, not merged into the base (a merged one is in the int8 weights)."""
     layers = [m for m in lm.modules() if hasattr(m, "lora_A")]
@@ -94,21 +110,32 @@ class Projections:
             self.weight[row : row + st.CB.shape[0]].copy_(st.CB.data).mul_(st.SCB.unsqueeze(1).mul(1.0 / 127.0))
             row += st.CB.shape[0]
         self.packed, self.packed_rows, self.loras = None, 0, []
+        self.named: list[list] = []  # per part, per adapter of a mixed call: (A, B, scaling) or None
 
     def pack(self, rows: int) -> None:
         if _packable() and rows != self.packed_rows:
             self.packed, self.packed_rows = torch.ops.mkl._mkl_reorder_linear_weight(self.weight, rows), rows
 
-    def bind(self) -> None:
+    def bind(self, adapters: list[str] | None = None) -> None:
+        """The active adapter's factors, or (`adapters`) each named adapter's, for rows that name it."""
         self.loras = [_split(m)[1] for m in self.modules]
+        self.named = [[_named_lora(m, name) for name in adapters] for m in self.modules] if adapters else []
 
-    def __call__(self, x: torch.Tensor, policy_rows: int) -> list[torch.Tensor]:
-        """x @ weight.T split by part, each part plus its LoRA delta on the first `policy_rows` rows."""
+    def __call__(self, x: torch.Tensor, policy_rows: int | RowAdapters) -> list[torch.Tensor]:
+        """x @ weight.T split by part, each part plus its LoRA delta on the first `policy_rows` rows
+        (or, RowAdapters, each row's own adapter's delta; none on rows of index -1)."""
         if self.packed is not None and x.shape[:-1].numel() == self.packed_rows:
             out = torch.ops.mkl._mkl_linear(x, self.packed, self.weight, None, self.packed_rows)
         else:
             out = F.linear(x, self.weight)
         parts = list(out.split(self.sizes, dim=-1))
+        if isinstance(policy_rows, RowAdapters):
+            for i, loras in enumerate(self.named):
+                for k, rows in policy_rows.groups:
+                    if loras[k] is not None:
+                        a, b, scale = loras[k]
+                        parts[i] = parts[i].index_add(0, rows, F.linear(F.linear(x[rows], a), b) * scale)
+            return parts
         for i, lora in enumerate(self.loras):
             if lora is not None:
                 a, b, scale = lora
@@ -145,11 +172,12 @@ class LeanDecoder:
                 )
             )
 
-    def prepare(self, rows: int) -> None:
-        """Before a call: the adapter now in the model, and weights packed for `rows` decode rows."""
+    def prepare(self, rows: int, adapters: list[str] | None = None) -> None:
+        """Before a call: the adapter now in the model (or the named `adapters` of a mixed call), and
+        weights packed for `rows` decode rows."""
         for layer in self.layers:
             for proj in layer[1], layer[2], layer[4], layer[5]:
-                proj.bind()
+                proj.bind(adapters)
                 proj.pack(rows)
         if _packable() and rows != self.head_rows:
             self.head_packed = torch.ops.mkl._mkl_reorder_linear_weight(self.head.detach(), rows)
@@ -185,15 +213,21 @@ class LeanDecoder:
         return F.linear(hidden, self.head)
 
 
-def _prefill(decoder: LeanDecoder, ids: torch.Tensor, mask: torch.Tensor, cache: list) -> torch.Tensor:
+def _prefill(
+    decoder: LeanDecoder, ids: torch.Tensor, mask: torch.Tensor, cache: list, row_adapters: torch.Tensor | None = None
+) -> torch.Tensor:
     """The prompts' pass, policy rows then reference rows: the cache's first P slots filled, the last
     position's hidden state (2B, H) returned. Rows with the same prompt (a GRPO/RLOO group, a
-    multi-turn episode's first turn) are computed once and copied: a group of G costs 1/G."""
+    multi-turn episode's first turn) are computed once and copied: a group of G costs 1/G.
+    row_adapters (B,): each policy row's adapter of a mixed call (rows merge only under the same one)."""
     b, p = ids.shape
-    unique, inverse = torch.unique(torch.cat([ids, mask], dim=1), dim=0, return_inverse=True)
+    key = torch.cat([ids, mask] if row_adapters is None else [ids, mask, row_adapters[:, None]], dim=1)
+    unique, inverse = torch.unique(key, dim=0, return_inverse=True)
     u = unique.shape[0] if unique.shape[0] < b else b
     if u < b:
-        ids, mask = unique[:, :p], unique[:, p:]
+        ids, mask = unique[:, :p], unique[:, p : 2 * p]
+        if row_adapters is not None:
+            row_adapters = unique[:, 2 * p]
         kv = (2 * u, decoder.kv_heads, p, decoder.head_dim)
         own = [(torch.empty(kv), torch.empty(kv)) for _ in decoder.layers]
     else:
@@ -202,7 +236,10 @@ def _prefill(decoder: LeanDecoder, ids: torch.Tensor, mask: torch.Tensor, cache:
     causal = torch.ones(p, p, dtype=torch.bool).tril()
     # a left-pad query attends to itself too: no row of the mask is empty (an empty row is NaN in SDPA)
     allowed = (causal & keys[:, None, :]) | torch.eye(p, dtype=torch.bool)
-    hidden = decoder.step(torch.cat([ids, ids]), position_ids(torch.cat([mask, mask])), allowed[:, None], own, 0, u)
+    policy = u if row_adapters is None else RowAdapters(torch.cat([row_adapters, torch.full_like(row_adapters, -1)]))
+    hidden = decoder.step(
+        torch.cat([ids, ids]), position_ids(torch.cat([mask, mask])), allowed[:, None], own, 0, policy
+    )
     if u == b:
         return hidden
     rows = torch.cat([inverse, inverse + u])  # each of the 2B rows from its unique prompt's row

@@ -1,0 +1,133 @@
+"""Mixed-adapter sampling: one lean decode call draws the prompts of several named LoRA adapters of
+one base (a sweep's runs), each row under its own adapter, and the reference (the base: no adapter)
+for every row in the same steps.
+
+The batch is [every request's rows | the same rows again under no adapter], as in
+models.decode.decode_with_reference, where rows [0, B) all shared one adapter. Here each request
+keeps what a call of its own would have: its temperature (per row), its response length, and its
+own random stream (a torch.Generator seeded with its seed: the uniforms a request's rows draw are
+the ones `sample_lean` draws for it alone). What differs is only float rounding where rows of other
+requests share a matmul (tested: the same tokens as each adapter alone, log-probs within 1e-5).
+
+peft's own `adapter_names=` mixed batches refuse training mode, and bitsandbytes int8 computes
+differently in eval mode (models/policy.ppo_numerics), so the mixing is the lean loop's: each
+projection adds each adapter's LoRA delta to that adapter's rows only (models.decode.RowAdapters)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rlhf_ray.batch import Rollout
+from rlhf_ray.models.decode import LeanDecoder, RowAdapters, _prefill, inverse_cdf_draw
+from rlhf_ray.models.forward import position_ids
+from rlhf_ray.models.generate import encode_prompts, make_rollout
+
+
+@dataclass
+class MixedRequest:
+    """One adapter's share of a mixed call: what `sample_lean` would be called with for it alone."""
+
+    adapter: str
+    prompts: list[str]
+    max_new_tokens: int
+    temperature: float = 1.0
+    group_size: int = 1
+    seed: int = 0
+    policy_version: int = 0
+
+
+def sample_mixed(decoder: LeanDecoder, tokenizer, requests: list[MixedRequest]) -> list[Rollout]:
+    """One decode call for every request -> one Rollout per request, as `sample_lean` makes it alone."""
+    encoded = [encode_prompts(tokenizer, r.prompts, r.group_size, "cpu") for r in requests]
+    width = max(enc["input_ids"].shape[1] for _, enc in encoded)
+    pad = tokenizer.pad_token_id
+
+    def left_pad(t: torch.Tensor, value: int) -> torch.Tensor:
+        return torch.cat([torch.full((t.shape[0], width - t.shape[1]), value, dtype=t.dtype), t], dim=1)
+
+    ids = torch.cat([left_pad(enc["input_ids"], pad) for _, enc in encoded])
+    mask = torch.cat([left_pad(enc["attention_mask"], 0) for _, enc in encoded])
+    sizes = [enc["input_ids"].shape[0] for _, enc in encoded]
+    row_adapters = torch.cat([torch.full((n,), k, dtype=ids.dtype) for k, n in enumerate(sizes)])
+    per_row = [(n, r) for n, r in zip(sizes, requests)]
+    temperatures = torch.cat([torch.full((n,), float(r.temperature)) for n, r in per_row])
+    max_new = torch.cat([torch.full((n,), r.max_new_tokens, dtype=torch.long) for n, r in per_row])
+    generators = [torch.Generator().manual_seed(r.seed) for r in requests]
+    tokens, ref, widths = decode_mixed(
+        decoder, ids, mask, row_adapters, [r.adapter for r in requests], generators, temperatures, max_new,
+        eos=tokenizer.eos_token_id, pad=pad,
+    )  # fmt: skip
+    out, row = [], 0
+    for (expanded, enc), r, n, w in zip(encoded, requests, sizes, widths):
+        part = slice(row, row + n)
+        out.append(
+            make_rollout(
+                tokenizer,
+                expanded,
+                enc,
+                tokens[part, :w],
+                r.policy_version,
+                r.group_size,
+                r.temperature,
+                ref[part, :w],
+            )  # fmt: skip
+        )
+        row += n
+    return out
+
+
+@torch.no_grad()
+def decode_mixed(
+    decoder: LeanDecoder,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    row_adapters: torch.Tensor,
+    adapters: list[str],
+    generators: list[torch.Generator],
+    temperatures: torch.Tensor,
+    max_new: torch.Tensor,
+    *,
+    eos: int,
+    pad: int,
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Left-padded prompts (B, P), each row's adapter index (B,) into `adapters` (its random stream
+    `generators[k]`), temperature (B,) and token budget (B,) -> sampled tokens (B, R), the reference's
+    log-probs of them (B, R), and each adapter's own response width (the step at which its rows had
+    all ended: what a call of its own returns)."""
+    b, p = ids.shape
+    n, steps = 2 * b, int(max_new.max())
+    decoder.prepare(n, adapters)
+    kv = (n, decoder.kv_heads, p + steps, decoder.head_dim)
+    cache = [(torch.empty(kv), torch.empty(kv)) for _ in decoder.layers]
+    keys = torch.cat([mask, mask]).bool()
+    positions = position_ids(torch.cat([mask, mask]))
+    rows = RowAdapters(torch.cat([row_adapters, torch.full_like(row_adapters, -1)]))
+    groups = [(k, (row_adapters == k).nonzero().flatten()) for k in range(len(adapters))]
+    temps = torch.cat([temperatures, temperatures])[:, None]
+    hidden, start = _prefill(decoder, ids, mask, cache, row_adapters), p
+    done = torch.zeros(b, dtype=torch.bool)
+    widths = [0] * len(adapters)
+    tokens, ref_lps = [], []
+    for step in range(steps):
+        logp = torch.log_softmax(decoder.logits(hidden).float() / temps, dim=-1)  # (2B, V)
+        uniforms = torch.zeros(b)
+        for k, idx in groups:
+            if not widths[k]:  # a finished adapter draws no more: its stream is its own call's
+                uniforms[idx] = torch.rand(len(idx), generator=generators[k])
+        token = inverse_cdf_draw(logp[:b].exp(), uniforms)
+        token = torch.where(done, torch.full_like(token, pad), token)
+        tokens.append(token)
+        ref_lps.append(logp[b:].gather(1, token[:, None]).squeeze(1))
+        done |= (token == eos) | (max_new <= step + 1)
+        for k, idx in groups:
+            if not widths[k] and bool(done[idx].all()):
+                widths[k] = step + 1
+        if bool(done.all()):
+            break
+        keys = torch.cat([keys, torch.ones(n, 1, dtype=torch.bool)], dim=1)
+        positions = positions[:, -1:] + 1
+        hidden = decoder.step(torch.cat([token, token])[:, None], positions, keys[:, None, None, :], cache, start, rows)
+        start += 1
+    return torch.stack(tokens, dim=1), torch.stack(ref_lps, dim=1), widths

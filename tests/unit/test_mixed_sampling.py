@@ -1,0 +1,97 @@
+"""One sampling call for every run of a sweep, each row under its run's adapter: the same as each
+adapter sampled alone (tokens exactly, the reference's log-probs within float rounding)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlhf_ray.actors.multirun import MultiRunPolicyHost
+from rlhf_ray.config.load import load_config
+from rlhf_ray.models.mixed import MixedRequest, sample_mixed
+from rlhf_ray.store import seeds
+
+PROMPTS = ["This movie was", "The plot", "I loved it, and", "Awful"]
+BASE = ["cluster.layout=fused", "generate.decoder=lean", "generate.max_new_tokens=8"]
+
+
+@pytest.fixture(scope="module")
+def host(tiny_lm):
+    runs = {
+        "a": load_config("configs/smoke.yaml", [*BASE, "run.seed=0"]),
+        # another rank and targets, a cooler temperature, shorter responses
+        "b": load_config(
+            "configs/smoke.yaml",
+            [
+                *BASE,
+                "run.seed=1",
+                "model.lora_r=2",
+                "model.target_modules=[q_proj,v_proj]",
+                "generate.temperature=0.7",
+                "generate.max_new_tokens=5",
+            ],
+        ),  # fmt: skip
+        "c": load_config("configs/smoke.yaml", [*BASE, "run.seed=2", "generate.temperature=0.01"]),  # near-greedy
+        # GRPO: two samples per prompt, grouped rows
+        "d": load_config("configs/smoke.yaml", [*BASE, "run.seed=3", "algo.advantage=grpo", "algo.group_size=2"]),
+    }
+    h = MultiRunPolicyHost(runs, tiny_lm)
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():  # fresh LoRAs are B = 0 (every adapter the base): make each adapter its own policy
+        for name, p in h.model.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    for run in runs:
+        payload, _ = h.publish(run)
+        h.load_adapter(run, payload)
+    return h
+
+
+def _same(x, y):
+    assert x.prompts == y.prompts and torch.equal(x.prompt_ids, y.prompt_ids)
+    assert torch.equal(x.prompt_mask, y.prompt_mask)
+    assert torch.equal(x.response_ids, y.response_ids) and torch.equal(x.response_mask, y.response_mask)
+    assert x.responses == y.responses and x.temperature == y.temperature and x.group_size == y.group_size
+    assert x.policy_version == y.policy_version
+    torch.testing.assert_close(x.ref_logprobs, y.ref_logprobs, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("iteration", [1, 2])
+def test_mixed_call_equals_each_run_alone(host, iteration):
+    runs = ["a", "b", "c", "d"]
+    assert host.batched(runs)
+    out = host.generate_many([(run, PROMPTS, iteration, True) for run in runs])
+    mixed = dict(zip(runs, zip(out[0::2], out[1::2])))
+    for run in runs:
+        alone, info = host.generate(run, PROMPTS, iteration, with_texts=True)
+        _same(mixed[run][0], alone)
+        assert mixed[run][1].responses == info.responses and mixed[run][1].adapter_hash == info.adapter_hash
+    assert mixed["b"][0].response_ids.shape[1] <= 5 and mixed["d"][0].response_ids.shape[0] == 2 * len(PROMPTS)
+    assert mixed["b"][0].temperature == 0.7
+
+
+def test_each_row_really_runs_under_its_own_adapter(host):
+    """b's request under a's adapter (same seed, temperature, prompts) samples something else: the
+    equality above is not that of adapters that do nothing."""
+    alone, _ = host.generate("b", PROMPTS, 1)
+    b = host.runs["b"].generator.cfg
+    request = MixedRequest(
+        host.runs["a"].adapter, PROMPTS, b.generate.max_new_tokens, b.generate.temperature, 1,
+        seeds.sampling(b.run.seed, 1, 0), alone.policy_version,
+    )  # fmt: skip
+    other = sample_mixed(host.lean, host.runs["b"].generator.tokenizer, [request])[0]
+    assert not torch.equal(other.response_ids, alone.response_ids)
+
+
+def test_one_request_is_sample_lean(host):
+    """A mixed call of one request is the single-run lean path (tokens and reference log-probs)."""
+    alone, _ = host.generate("a", PROMPTS, 3)
+    out = host.generate_many([("a", PROMPTS, 3, False)])  # one run: sampled through its own generator
+    _same(out[0], alone)
+    a = host.runs["a"].generator.cfg
+    request = MixedRequest(
+        host.runs["a"].adapter, PROMPTS, a.generate.max_new_tokens, a.generate.temperature, 1,
+        seeds.sampling(a.run.seed, 3, 0), alone.policy_version,
+    )  # fmt: skip
+    host.model.set_adapter(host.runs["a"].adapter)
+    _same(sample_mixed(host.lean, host.runs["a"].generator.tokenizer, [request])[0], alone)
