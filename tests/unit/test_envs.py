@@ -276,3 +276,36 @@ def test_bad_env_keys_are_one_line_errors(overrides, key):
     with pytest.raises(ConfigError) as err:
         load_config(None, overrides)
     assert err.value.key == key and "\n" not in str(err.value)
+
+
+def test_guess_number_feedback_and_partial_credit_by_hand():
+    from rlhf_ray.envs.tasks import GuessNumber
+
+    env = GuessNumber()
+    assert env.reset(seed=5, target=11) is None
+    assert env.step("8") == ("Higher.", None, False)  # possible (1..16) -> range 9..16
+    assert env.step("I say 20") == ("Lower.", None, False)  # outside 9..16 -> range 9..16
+    assert env.step("no idea")[0] == "Reply with one number from 1 to 16."  # a turn without a guess
+    assert env.step("12") == ("Lower.", None, False)  # possible -> range 9..11
+    assert env.get_reward() == 0.5 * 2 / 4
+    assert env.step("11") == ("Correct!", None, True)
+    assert env.get_reward() == 1.0
+    fresh = GuessNumber()
+    fresh.reset(seed=21)  # no target column: the seed picks it, so a GRPO group (one seed) shares it
+    assert fresh.target == 21 % 16 + 1 and fresh.get_reward() == 0.0
+
+
+def test_guess_dataset_rows_worked_game_and_refusals():
+    from rlhf_ray.data import guess
+    from rlhf_ray.errors import UserError
+
+    rows = guess.table("guess:max=8,n=40,shots=1").to_pylist()
+    assert len(rows) == 40 and all(1 <= r["target"] <= 8 and r["max"] == 8 for r in rows)
+    worked = [m["content"] for m in rows[0]["prompt"][:-1]]
+    # halving towards 6 (3/4 of 8): 4 -> Higher. -> 6 -> Correct!
+    assert worked[1:] == ["4", "Higher.", "6", "Correct!"]
+    assert rows[1]["prompt"][-1]["content"] == guess.RULES.format(game=2, max=8)
+    assert rows == guess.table("guess:max=8,n=40,shots=1").to_pylist()  # seeded: the same games
+    for bad in ("guess:max=1", "guess:shots=2", "guess:top=8", "guess:n=x"):
+        with pytest.raises(UserError, match="dataset 'guess:"):
+            guess.table(bad)
