@@ -7,8 +7,11 @@ itself: `RunRoles` presents the host to `driver.run_iteration`, `RolloutSource` 
 as if it were that run's own roles (every call carries the run's name), so a sweep's iteration is
 a PPO iteration, its checkpoints are PPO checkpoints and `ppo --resume` continues one run alone.
 
-Rounds: each unfinished run does its next iteration in turn (generation per run, the host switching
-the active adapter). A run that fails by itself (its reward function raises, a non-finite batch under
+Rounds: one host call samples every unfinished run's next batch (each row under its run's adapter,
+models/mixed.py; run by run where the lean decode loop does not apply), then each run is scored,
+learns and syncs in turn (the host switching the active adapter).
+
+A run that fails by itself (its reward function raises, a non-finite batch under
 ppo.on_nonfinite=stop, its scorer beyond cluster.max_role_restarts) stops alone with its last
 completed iteration checkpointed; the others go on. A failed policy host stops every run (each
 checkpointed); recovering it is not built yet."""
@@ -18,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -34,7 +37,7 @@ from rlhf_ray.models.policy import load_tokenizer
 from rlhf_ray.runtime import stopping
 from rlhf_ray.runtime.driver import driver_state_of, run_iteration
 from rlhf_ray.runtime.metrics import MetricsLog, open_sinks, plot_metrics, write_samples
-from rlhf_ray.runtime.overlap import RolloutSource
+from rlhf_ray.runtime.overlap import Batch, RolloutSource
 from rlhf_ray.runtime.placement import RoleSpec, actor_options, create_placement, run_id
 from rlhf_ray.runtime.recovery import Supervisor, _cause, timed_get
 from rlhf_ray.runtime.roles import make_actor, retry_while_name_taken, sync_adapter
@@ -126,6 +129,37 @@ class RunRoles:
         sync_adapter(self, payload_ref, receipt["version"], receipt["sha256"], timeout_s)
 
 
+class PrefetchedSource(RolloutSource):
+    """A run's RolloutSource whose next batch may already be sampled, in the round's one call for
+    every run (`prefetch`); a redo after a recovery samples the same prompts again, run alone."""
+
+    prefetched: tuple[int, Batch] | None = None
+
+    def _launch(self, iteration: int) -> Batch:
+        if self.prefetched is not None and self.prefetched[0] == iteration:
+            batch, self.prefetched = self.prefetched[1], None
+            return batch
+        return super()._launch(iteration)
+
+
+def prefetch(host, states: list) -> None:
+    """Draw each run's next prompts from its own stream and sample them all in ONE host call (each row
+    under its run's adapter: MultiRunPolicyHost.generate_many); each run's source hands its share to
+    its iteration as if it had sampled it."""
+    if len(states) < 2:
+        return
+    requests, slots = [], []
+    for state in states:
+        source, it = state.source, state.iteration
+        before = replace(source.stream.state)
+        prompts = source.stream.next(source.batch_size)
+        requests.append((state.run.name, prompts, it, source.want_samples(it)))
+        slots.append((source, it, before))
+    refs = host.generate_many.options(num_returns=2 * len(requests)).remote(requests)
+    for i, (source, it, before) in enumerate(slots):
+        source.prefetched = (it, Batch([refs[2 * i]], [refs[2 * i + 1]], before))
+
+
 @dataclass
 class SweepRun:
     """One run of a sweep, as the stage resolved it."""
@@ -181,17 +215,23 @@ def train_sweep(
     runs: list[SweepRun], policy_path: str, policy: ModelRef, sweep_dir: Path, on_state: Callable[..., None]
 ) -> dict[str, dict]:
     """Every run to its ppo.iterations, in rounds. on_state(name, state, **info) hears each change:
-    running (iteration), done (summary), failed (error, iteration checkpointed), stopped."""
+    running (iteration), done (summary), failed (error, iteration checkpointed), stopped; and once
+    on_state(None, "generation", mode=...): whether the runs share one sampling call."""
     stopping.reclaim()  # ray.init replaced our SIGTERM handler
     tokenizer = load_tokenizer(policy_path)
     views, actors, pg = start_roles(runs, policy, sweep_dir)
     live: dict[str, _Live] = {}
     results: dict[str, dict] = {}
     try:
+        host, names = actors[0], [r.name for r in runs]
+        batched = timed_get(host.batched.remote(names), runs[0].cfg.cluster.call_timeout_s)
+        on_state(None, "generation", mode="one call for every run" if batched else "run by run")
         for r in runs:
             live[r.name] = _begin(r, views[r.name], tokenizer)
             on_state(r.name, "running", iteration=live[r.name].iteration - 1)
         while live:
+            if batched:
+                prefetch(host, list(live.values()))  # one sampling call for every run
             for name in list(live):
                 state = live[name]
                 try:
@@ -234,7 +274,7 @@ def _begin(r: SweepRun, roles: RunRoles, tokenizer) -> _Live:
         stream.state = PromptState(**driver_state["prompts"])
         start = driver_state["iteration"] + 1
     roles.sync(cfg.cluster.call_timeout_s)
-    source = RolloutSource(roles.generators, stream, cfg, last_iteration=cfg.ppo.iterations)
+    source = PrefetchedSource(roles.generators, stream, cfg, last_iteration=cfg.ppo.iterations)
     supervisor = Supervisor(cfg, roles, r.run_dir)
     supervisor.commit(start - 1, driver_state_of(cfg, start - 1, source))
     keep = start - 1 if r.resume else None

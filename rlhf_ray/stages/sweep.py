@@ -140,7 +140,11 @@ def run(sweep_dir: Path, sweep: SweepFile, runs: list[SweepRun]) -> dict:
             record_models(r.run_dir, {"policy": model_reference(r.cfg.model.policy, policy_path), **records})
         policy = ppo.shared(first, first.model.policy)
 
-        def on_state(name: str, state: str, **info) -> None:
+        def on_state(name: str | None, state: str, **info) -> None:
+            if name is None:  # about the sweep as a whole
+                sweep.data[state] = info["mode"]
+                sweep.write()
+                return
             if state == "done":
                 atomic_write(sweep_dir / name / DONE, json.dumps(info["summary"]).encode())
             sweep.set(name, state, **info)

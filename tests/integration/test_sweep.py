@@ -55,7 +55,9 @@ def test_two_runs_one_base_a_failure_stays_alone_and_resume_finishes_it(tmp_path
     err = capsys.readouterr().err
     assert code == 1, err
     assert "2 of 3 runs failed" in err and "boom" in err and f"sweep --resume {sweep}" in err
-    state = {r["name"]: r for r in json.loads((sweep / "sweep.json").read_text())["runs"]}
+    data = json.loads((sweep / "sweep.json").read_text())
+    assert data["generation"] == "one call for every run"  # the lean loop: each row under its run's adapter
+    state = {r["name"]: r for r in data["runs"]}
     assert state["ok"]["state"] == "done" and state["ok"]["iteration"] == 2
     assert state["bad"]["state"] == "failed" and state["bad"]["iteration"] == 1 and "boom" in state["bad"]["error"]
     # a non-finite batch under ppo.on_nonfinite=stop (the default) stops its run alone, too
@@ -97,3 +99,28 @@ def test_two_runs_one_base_a_failure_stays_alone_and_resume_finishes_it(tmp_path
     table = json.loads(capsys.readouterr().out)["runs"]
     assert sorted(r["run"] for r in table) == ["bad", "nan", "ok"] and all(r["iterations"] == 2 for r in table)
     assert [r["reward"] for r in table] == sorted((r["reward"] for r in table), reverse=True)
+
+
+def test_a_run_of_a_sweep_learns_as_it_does_alone(tmp_path):
+    """Seed 1 beside seed 0 on one base (one sampling call for both) and seed 1 alone (`ppo`, fused):
+    the same samples, rewards and updates, up to the float rounding of rows that share a matmul."""
+    common = ["ppo.iterations=2", "generate.decoder=lean"]
+    sweep = tmp_path / "sweep"
+    assert main(["sweep", "--config", SMOKE, "--run-dir", str(sweep), "--grid", "run.seed=[0,1]", *common]) == 0
+    alone = tmp_path / "alone"
+    assert main(["ppo", "--config", SMOKE, "--run-dir", str(alone), "run.seed=1", "cluster.layout=fused", *common]) == 0
+    swept, solo = read_metrics(sweep / "seed=1" / "metrics.jsonl"), read_metrics(alone / "metrics.jsonl")
+    assert len(swept) == len(solo) == 2
+    for s, a in zip(swept, solo):
+        assert s["reward/mean"] == a["reward/mean"] and s["response/length_mean"] == a["response/length_mean"]
+        for key in ("kl/mean", "policy/loss", "value/loss", "entropy/mean", "policy/grad_norm"):
+            assert abs(s[key] - a[key]) <= 1e-4 * max(1.0, abs(a[key])), (key, s[key], a[key])
+    import pyarrow.parquet as pq
+
+    files = sorted(p.name for p in (alone / "samples").iterdir())
+    assert files and files == sorted(p.name for p in (sweep / "seed=1" / "samples").iterdir())
+    for name in files:  # the same prompts, responses and scores
+        assert (
+            pq.read_table(sweep / "seed=1" / "samples" / name).to_pylist()
+            == pq.read_table(alone / "samples" / name).to_pylist()
+        )
