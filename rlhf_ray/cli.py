@@ -193,7 +193,7 @@ def _plan_sweep(cfg: Config, args: argparse.Namespace) -> int:
         plan.chosen = choose_layout(plan, SWEEP, 1)
     finally:
         Path(args.out).write_text(json.dumps(plan.to_json(), indent=2))
-        print(format_plan(plan) + format_sweep(plan, cfg))
+        print(format_plan(plan) + format_sweep(plan, cfg, args.runs, args.gpu_memory_gb))
     return 0
 
 

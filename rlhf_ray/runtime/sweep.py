@@ -1,8 +1,8 @@
 """Many runs, one base: the sweep's driver loop over one multi-run policy host.
 
 One `MultiRunPolicyActor` holds the quantized base once and every run's adapter, value head and
-optimizer (actors/multirun.py); each run has its own reward scorer (its reward sources), prompt
-stream, supervisor, metrics log and run directory. Each run is driven by the single-run code
+optimizer (actors/multirun.py); runs with the same reward config share a reward scorer; each run
+has its own prompt stream, supervisor, metrics log and run directory. Each run is driven by the single-run code
 itself: `RunRoles` presents the host to `driver.run_iteration`, `RolloutSource` and `Supervisor`
 as if it were that run's own roles (every call carries the run's name), so a sweep's iteration is
 a PPO iteration, its checkpoints are PPO checkpoints and `ppo --resume` continues one run alone.
@@ -42,6 +42,7 @@ from rlhf_ray.runtime.placement import RoleSpec, actor_options, create_placement
 from rlhf_ray.runtime.recovery import Supervisor, _cause, timed_get
 from rlhf_ray.runtime.roles import make_actor, retry_while_name_taken, sync_adapter
 from rlhf_ray.runtime.rundir import resume_checkpoint
+from rlhf_ray.runtime.sweep_plan import reward_key
 from rlhf_ray.store.artifacts import ModelRef
 from rlhf_ray.store.checkpoint import read_dir, write_checkpoint
 
@@ -113,7 +114,8 @@ class RunRoles:
         return {HOST: self.host, "reward-0": self.scorers[0]}
 
     def restart(self, name: str) -> None:
-        """A run's scorer is its own: restarted alone. The host is every run's: not restarted (yet)."""
+        """A run's scorer (shared by the runs of its reward config: one list, replaced in place) is
+        restarted in its bundle. The host is every run's: not restarted (yet)."""
         if name != "reward-0":
             raise UserError(
                 f"the sweep's policy host failed ({name}): recovering it is not built yet; every run is "
@@ -183,12 +185,21 @@ class _Live:
     last: dict = field(default_factory=dict)
 
 
+def reward_groups(configs: list[Config]) -> list[int]:
+    """Each run's reward scorer: runs with the same `reward` section share one (its models loaded once)."""
+    keys: dict[str, int] = {}
+    return [keys.setdefault(reward_key(c), len(keys)) for c in configs]
+
+
 def start_roles(runs: list[SweepRun], policy: ModelRef, sweep_dir: Path):
-    """The host (every run's adapter on one base) and one reward scorer per run, in one placement group."""
+    """The host (every run's adapter on one base) and a reward scorer per distinct reward config, in
+    one placement group."""
     first = runs[0].cfg
     c = first.cluster
+    group = reward_groups([r.cfg for r in runs])
+    owners = [runs[group.index(g)] for g in range(max(group) + 1)]  # the first run of each group builds it
     specs = [RoleSpec(HOST, c.actor_cpus, first.fused_gpus())]
-    specs += [RoleSpec(f"reward-{i}", c.actor_cpus, c.scorer_gpus) for i in range(len(runs))]
+    specs += [RoleSpec(f"reward-{g}", c.actor_cpus, c.scorer_gpus) for g in range(len(owners))]
     rid = run_id(sweep_dir)
     pg = create_placement(specs, c, name=f"rlhf_ray/{rid}")
     opts = [actor_options(s, pg, i, c.namespace, rid) for i, s in enumerate(specs)]
@@ -198,16 +209,19 @@ def start_roles(runs: list[SweepRun], policy: ModelRef, sweep_dir: Path):
             MultiRunPolicyActor, opts[0], ({r.name: r.cfg for r in runs}, policy, {r.name: r.env for r in runs})
         )
         started.append(host)
-        makers = [partial(make_actor, RewardScorerActor, opts[i + 1], (r.cfg, r.reward)) for i, r in enumerate(runs)]
-        scorers = [make() for make in makers]
-        started += scorers
+        makers = [partial(make_actor, RewardScorerActor, opts[g + 1], (o.cfg, o.reward)) for g, o in enumerate(owners)]
+        scorers = [[make()] for make in makers]  # one list per scorer, shared by its runs' views (restarts)
+        started += [s[0] for s in scorers]
         timed_get([a.where.remote() for a in started], c.start_timeout_s)  # every model loaded
     except BaseException:
         for actor in started:
             ray.kill(actor)
         remove_placement_group(pg)
         raise
-    views = {r.name: RunRoles(r.name, host, makers[i], [scorers[i]], c.start_timeout_s) for i, r in enumerate(runs)}
+    views = {
+        r.name: RunRoles(r.name, host, makers[group[i]], scorers[group[i]], c.start_timeout_s)
+        for i, r in enumerate(runs)
+    }
     return views, started, pg
 
 

@@ -3,25 +3,42 @@ of `rlhf-ray sweep`).
 
 One base, one dequant cache, one lean-decoder layout and one process overhead for every run
 (runtime/plan.py's fused `policy` role); per run: its LoRA weights and AdamW moments (gradients
-only for the run that is learning: the host frees them after each run's update) and its value
-head, plus one reward scorer process per run. Generation runs per run (the host switches the
-active adapter), so the KV cache is one run's batch, as in a single fused run. Every run may have
-its own rank and targets: each run's LoRA is counted from its own config."""
+only for the run that is learning: the host frees them after each run's update), its value head,
+and its rows of the KV cache (every run's batch is sampled in one call: models/mixed.py). One
+reward scorer process per distinct reward config (runs with the same `reward` section share one).
+Every run may have its own rank and targets: each run is counted from its own config."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+from dataclasses import dataclass
 
 from rlhf_ray.config.schema import Config
-from rlhf_ray.runtime.plan import GIB, HEADROOM, LayoutPlan, Plan, _layout, choose_layout, gpu_shares, make_plan
+from rlhf_ray.runtime.plan import GIB, Plan, _layout, choose_layout, gpu_shares, make_plan
 
 SWEEP = "sweep"
 
 
-def run_bytes(cfg: Config) -> tuple[int, int]:
-    """(LoRA bytes kept between updates: weights + 2 AdamW moments, value head bytes) of one run."""
-    policy = make_plan(cfg, choose=False).layouts["fused"].roles["policy"]
-    return policy.lora * 3 // 4, policy.value_head  # plan.py counts weights + grads + 2 moments: 16 B/param
+@dataclass(frozen=True)
+class RunBytes:
+    lora: int  # weights + 2 AdamW moments, kept between updates (plan.py's 16 B/param less the grads)
+    grads: int  # its LoRA gradients, alive only while it learns
+    value_head: int
+    kv_cache: int  # its rows of the batched sampling call
+
+    @property
+    def kept(self) -> int:
+        return self.lora + self.value_head + self.kv_cache
+
+
+def run_bytes(cfg: Config, gpu_memory_gb: float | None = None) -> RunBytes:
+    policy = make_plan(cfg, gpu_memory_gb, choose=False).layouts["fused"].roles["policy"]
+    return RunBytes(policy.lora * 3 // 4, policy.lora // 4, policy.value_head, policy.kv_cache)
+
+
+def reward_key(cfg: Config) -> str:
+    return json.dumps(cfg.to_dict()["reward"], sort_keys=True, default=str)
 
 
 def sweep_plan(runs: list[Config], gpu_memory_gb: float | None = None, choose: bool = True) -> Plan:
@@ -29,41 +46,51 @@ def sweep_plan(runs: list[Config], gpu_memory_gb: float | None = None, choose: b
     first = runs[0]
     plan = make_plan(first, gpu_memory_gb, choose=False)
     fused = plan.layouts["fused"]
-    one = fused.roles["policy"]
-    known: dict[int, tuple[int, int]] = {}
-    per_run = [known.setdefault(id(cfg), run_bytes(cfg)) if id(cfg) not in known else known[id(cfg)] for cfg in runs]
-    grads = max(lora // 3 for lora, _ in per_run)  # one run's LoRA gradients at a time: the largest run's
+    known: dict[int, RunBytes] = {}
+    for cfg in runs:
+        if id(cfg) not in known:
+            known[id(cfg)] = run_bytes(cfg, gpu_memory_gb)
+    per_run = [known[id(cfg)] for cfg in runs]
     host = dataclasses.replace(
-        one, lora=sum(lora for lora, _ in per_run) + grads, value_head=sum(v for _, v in per_run)
+        fused.roles["policy"],
+        lora=sum(r.lora for r in per_run) + max(r.grads for r in per_run),  # one run's grads at a time
+        value_head=sum(r.value_head for r in per_run),
+        kv_cache=sum(r.kv_cache for r in per_run),
     )
     roles = {"policy": host, "scorer": fused.roles["scorer"]}
     shares = gpu_shares(first) if plan.device == "gpu" else None
-    plan.layouts[SWEEP] = _layout(SWEEP, roles, {"policy": 1, "scorer": len(runs)}, plan.budget, shares)
+    scorers = len({reward_key(cfg) for cfg in runs})
+    plan.layouts[SWEEP] = _layout(SWEEP, roles, {"policy": 1, "scorer": scorers}, plan.budget, shares)
     if choose:
         plan.chosen = choose_layout(plan, SWEEP, 1)
     return plan
 
 
-def runs_that_fit(cfg: Config, plan: Plan) -> int:
-    """How many runs of `cfg` one host (plus a scorer per run) fits in the plan's budget."""
-    lp: LayoutPlan = plan.layouts[SWEEP]
-    lora, head = run_bytes(cfg)
-    on_device = "scorer" not in lp.on_host
-    scorer = lp.roles["scorer"].total if on_device else 0
-    n = lp.counts["scorer"]
-    fixed = lp.total - n * (lora + head + scorer)
-    per = lora + head + scorer
-    room = HEADROOM * plan.budget - fixed
-    return max(0, int(room // per)) if per else 0
+def runs_that_fit(cfg: Config, plan: Plan, runs: int, gpu_memory_gb: float | None = None) -> int:
+    """How many runs of `cfg` (sharing one reward scorer) one host fits in the plan's budget, given
+    the plan of `runs` of them. The training phase and the sampling phase never overlap (plan.py's
+    RoleBytes.total), so each run adds its kept bytes and its share of the larger phase."""
+    one = run_bytes(cfg, gpu_memory_gb)
+    n = runs
+    while n > 0 and sweep_plan([cfg] * n, gpu_memory_gb, choose=False).layouts[SWEEP].fits is False:
+        n -= 1
+    if n < runs:
+        return n
+    while sweep_plan([cfg] * (n + 1), gpu_memory_gb, choose=False).layouts[SWEEP].fits:
+        n += 1
+        if n > 4096 or not one.kept:
+            break
+    return n
 
 
-def format_sweep(plan: Plan, cfg: Config) -> str:
+def format_sweep(plan: Plan, cfg: Config, runs: int, gpu_memory_gb: float | None = None) -> str:
     lp = plan.layouts[SWEEP]
-    n = lp.counts["scorer"]
-    lora, head = run_bytes(cfg)
+    one = run_bytes(cfg, gpu_memory_gb)
     return (
-        f"\n[sweep] {n} runs on one base: total {lp.total / GIB:.2f} GiB "
-        f"({'fits' if lp.fits else 'does NOT fit'}); per run {(lora + head) / GIB:.4f} GiB (its adapter, AdamW "
-        f"moments and value head, in the policy process) + one reward scorer; at most {runs_that_fit(cfg, plan)} "
-        f"runs of this config fit the {plan.device} budget of {plan.budget / GIB:.2f} GiB"
+        f"\n[sweep] {runs} runs on one base: total {lp.total / GIB:.2f} GiB "
+        f"({'fits' if lp.fits else 'does NOT fit'}); per run {(one.lora + one.value_head) / GIB:.4f} GiB kept "
+        f"(adapter, AdamW moments, value head) + {one.kv_cache / GIB:.4f} GiB of KV cache while sampling, in the "
+        f"policy process; {lp.counts['scorer']} reward scorer(s) for them all; at most "
+        f"{runs_that_fit(cfg, plan, runs, gpu_memory_gb)} runs of this config fit the {plan.device} budget of "
+        f"{plan.budget / GIB:.2f} GiB"
     )

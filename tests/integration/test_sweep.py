@@ -109,6 +109,8 @@ def test_a_run_of_a_sweep_learns_as_it_does_alone(tmp_path):
     assert main(["sweep", "--config", SMOKE, "--run-dir", str(sweep), "--grid", "run.seed=[0,1]", *common]) == 0
     alone = tmp_path / "alone"
     assert main(["ppo", "--config", SMOKE, "--run-dir", str(alone), "run.seed=1", "cluster.layout=fused", *common]) == 0
+    plan = json.loads((sweep / "plan.json").read_text())["layouts"]["sweep"]
+    assert plan["counts"] == {"policy": 1, "scorer": 1}  # one base, and one scorer for the two runs' one reward
     swept, solo = read_metrics(sweep / "seed=1" / "metrics.jsonl"), read_metrics(alone / "metrics.jsonl")
     assert len(swept) == len(solo) == 2
     for s, a in zip(swept, solo):

@@ -1,4 +1,5 @@
-"""`rlhf-ray plan --runs N`: N adapters, optimizers, value heads and scorers on one base."""
+"""`rlhf-ray plan --runs N`: N adapters, optimizers, value heads and KV-cache rows on one base; a
+reward scorer per distinct reward config."""
 
 from __future__ import annotations
 
@@ -21,8 +22,11 @@ def test_one_run_is_the_fused_plan_and_each_run_adds_its_adapter_moments_and_hea
     p1, p4 = fused.roles["policy"], four.roles["policy"]
     params = p1.lora // 16  # plan.py: LoRA weights + grads + 2 AdamW moments, 4 bytes each
     assert p4.lora == 4 * 12 * params + 4 * params  # moments and weights per run, one run's grads at a time
-    assert p4.value_head == 4 * p1.value_head and p4.base == p1.base and p4.kv_cache == p1.kv_cache
-    assert four.counts == {"policy": 1, "scorer": 4}
+    assert p4.value_head == 4 * p1.value_head and p4.base == p1.base and p4.dequant == p1.dequant
+    assert p4.kv_cache == 4 * p1.kv_cache  # every run's rows in one sampling call
+    assert four.counts == {"policy": 1, "scorer": 1}  # the same reward config: one scorer for all
+    other = load_config("configs/gpt_neox_20b_24gb.yaml", ["algo.advantage=gae", "reward.score=prob"])
+    assert sweep_plan([cfg, cfg, other], 24, choose=False).layouts[SWEEP].counts["scorer"] == 2
 
 
 def test_ranks_may_differ_each_run_counted_from_its_own_config():
@@ -44,7 +48,7 @@ def test_plan_runs_says_how_many_fit_and_refuses_too_many(tmp_path, capsys):
     assert main(["plan", "--config", cfg, "--runs", "5", "--gpu-memory-gb", "24", "--out", str(out)]) == 2
     assert "the sweep layout needs" in capsys.readouterr().err
     plan = sweep_plan([load_config(cfg)], 24, choose=False)
-    assert runs_that_fit(load_config(cfg), plan) == 4
+    assert runs_that_fit(load_config(cfg), plan, 1, 24) == 4
 
 
 @pytest.mark.parametrize("n", [0, -1])
