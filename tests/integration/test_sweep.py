@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 
 import pytest
+import ray
+from driver_process import REPO, logged, wait_for_iteration
 
 from rlhf_ray.cli import main
 from rlhf_ray.runtime.metrics import read_metrics
@@ -101,22 +107,45 @@ def test_two_runs_one_base_a_failure_stays_alone_and_resume_finishes_it(tmp_path
     assert [r["reward"] for r in table] == sorted((r["reward"] for r in table), reverse=True)
 
 
-def test_a_run_of_a_sweep_learns_as_it_does_alone(tmp_path):
-    """Seed 1 beside seed 0 on one base (one sampling call for both) and seed 1 alone (`ppo`, fused):
-    the same samples, rewards and updates, up to the float rounding of rows that share a matmul."""
-    common = ["ppo.iterations=2", "generate.decoder=lean"]
+def test_a_run_of_a_sweep_learns_as_it_does_alone_through_a_sigterm_and_resume(tmp_path):
+    """Seed 1 beside seed 0 on one base (one sampling call for both), stopped by SIGTERM mid-way and
+    resumed, against seed 1 alone (`ppo`, fused): the same samples, rewards and updates, up to the
+    float rounding of rows that share a matmul."""
+    common = ["ppo.iterations=6", "generate.decoder=lean", "ppo.checkpoint_every=100", "ppo.samples_every=2"]
     sweep = tmp_path / "sweep"
-    assert main(["sweep", "--config", SMOKE, "--run-dir", str(sweep), "--grid", "run.seed=[0,1]", *common]) == 0
-    alone = tmp_path / "alone"
-    assert main(["ppo", "--config", SMOKE, "--run-dir", str(alone), "run.seed=1", "cluster.layout=fused", *common]) == 0
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONPATH": str(REPO)}
+    args = ["--config", SMOKE, "--run-dir", str(sweep), "--grid", "run.seed=[0,1]", *common]
+    with (tmp_path / "driver.log").open("w") as out:  # attached to the session's Ray, as a `ray job` driver
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "rlhf_ray.cli", "sweep", *args], cwd=REPO, env=env, stdout=out, stderr=out
+        )
+    try:
+        for run in ("seed=0", "seed=1"):
+            wait_for_iteration(sweep / run, 1, driver, timeout_s=180)
+        driver.send_signal(signal.SIGTERM)
+        code = driver.wait(timeout=120)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    output = (tmp_path / "driver.log").read_text()
+    assert code == 128 + signal.SIGTERM, output[-3000:]
+    assert f"continue with rlhf-ray sweep --resume {sweep}" in output and "Traceback" not in output
+    runs = {r["name"]: r for r in json.loads((sweep / "sweep.json").read_text())["runs"]}
+    for name, run in runs.items():  # every run checkpointed at its last completed iteration on the signal
+        assert run["state"] == "stopped" and 1 <= run["iteration"] < 6, run
+        assert logged(sweep / name / "metrics.jsonl") == set(range(1, run["iteration"] + 1))
+        assert (sweep / name / "checkpoints" / f"iter-{run['iteration']:06d}").is_dir()
+    assert main(["sweep", "--resume", str(sweep)]) == 0
     plan = json.loads((sweep / "plan.json").read_text())["layouts"]["sweep"]
     assert plan["counts"] == {"policy": 1, "scorer": 1}  # one base, and one scorer for the two runs' one reward
+    alone = tmp_path / "alone"
+    assert main(["ppo", "--config", SMOKE, "--run-dir", str(alone), "run.seed=1", "cluster.layout=fused", *common]) == 0
     swept, solo = read_metrics(sweep / "seed=1" / "metrics.jsonl"), read_metrics(alone / "metrics.jsonl")
-    assert len(swept) == len(solo) == 2
+    assert [r["iteration"] for r in swept] == [r["iteration"] for r in solo] == list(range(1, 7))
     for s, a in zip(swept, solo):
         assert s["reward/mean"] == a["reward/mean"] and s["response/length_mean"] == a["response/length_mean"]
         for key in ("kl/mean", "policy/loss", "value/loss", "entropy/mean", "policy/grad_norm"):
-            assert abs(s[key] - a[key]) <= 1e-4 * max(1.0, abs(a[key])), (key, s[key], a[key])
+            assert abs(s[key] - a[key]) <= 1e-4 * max(1.0, abs(a[key])), (s["iteration"], key, s[key], a[key])
     import pyarrow.parquet as pq
 
     files = sorted(p.name for p in (alone / "samples").iterdir())
