@@ -13,8 +13,9 @@ learns and syncs in turn (the host switching the active adapter).
 
 A run that fails by itself (its reward function raises, a non-finite batch under
 ppo.on_nonfinite=stop, its scorer beyond cluster.max_role_restarts) stops alone with its last
-completed iteration checkpointed; the others go on. A failed policy host stops every run (each
-checkpointed); recovering it is not built yet."""
+completed iteration checkpointed; the others go on. A policy host that dies or hangs is restarted by
+the run that meets it (its Supervisor, as a single run's), and every other run restores its own last
+completed iteration on the fresh host before its next one: every run goes on as if uninterrupted."""
 
 from __future__ import annotations
 
@@ -50,37 +51,49 @@ log = logging.getLogger(__name__)
 HOST = "policy-0"
 
 
+class HostRef:
+    """The one policy host every run's view calls, replaced in place when it is restarted; its
+    generation counts the restarts, so each run knows when its adapter must be restored on it."""
+
+    def __init__(self, actor, maker: Callable[[], object]):
+        self.actor, self.maker, self.generation = actor, maker, 0
+
+
 class _RunMethod:
     """`actor.method` of the shared host, bound to one run: `.remote(*a)` calls `method(run, *a)`."""
 
-    def __init__(self, actor, method: str, run: str, options: dict | None = None):
-        self.actor, self.method, self.run, self.opts = actor, method, run, options or {}
+    def __init__(self, host: HostRef, method: str, run: str, options: dict | None = None):
+        self.host, self.method, self.run, self.opts = host, method, run, options or {}
 
     def options(self, **options) -> "_RunMethod":
-        return _RunMethod(self.actor, self.method, self.run, {**self.opts, **options})
+        return _RunMethod(self.host, self.method, self.run, {**self.opts, **options})
 
     def remote(self, *args, **kwargs):
-        method = getattr(self.actor, self.method)
+        method = getattr(self.host.actor, self.method)
         return (method.options(**self.opts) if self.opts else method).remote(self.run, *args, **kwargs)
 
 
 class RunHandle:
     """The shared host as one run's generator (generate, load_adapter), for RolloutSource and sync."""
 
-    def __init__(self, actor, run: str):
-        self.actor, self.run = actor, run
+    def __init__(self, host: HostRef, run: str):
+        self.host, self.run = host, run
 
     def __getattr__(self, method: str) -> _RunMethod:
         if method == "where":
-            return self.actor.where
-        return _RunMethod(self.actor, method, self.run)
+            return self.host.actor.where
+        return _RunMethod(self.host, method, self.run)
 
 
 class RunLearner:
     """The shared host as one run's learner group (learn, publish, checkpoint, restore refs)."""
 
-    def __init__(self, actor, run: str):
-        self.actors, self.handle = [actor], RunHandle(actor, run)
+    def __init__(self, host: HostRef, run: str):
+        self.host, self.handle = host, RunHandle(host, run)
+
+    @property
+    def actors(self) -> list:
+        return [self.host.actor]
 
     def learn(self, rollout_refs: list, score_refs: list, iteration: int) -> tuple:
         return self.handle.learn.options(num_returns=2).remote(rollout_refs, score_refs, iteration)
@@ -100,7 +113,7 @@ class RunRoles:
     """One run's roles as the driver, RolloutSource and Supervisor see them (runtime.roles.Roles)."""
 
     run: str
-    host: object
+    host: HostRef
     scorer_maker: Callable[[], object]
     scorers: list
     start_timeout_s: float
@@ -111,16 +124,19 @@ class RunRoles:
         self.generators, self.learner = [RunHandle(self.host, self.run)], RunLearner(self.host, self.run)
 
     def named(self) -> dict:
-        return {HOST: self.host, "reward-0": self.scorers[0]}
+        return {HOST: self.host.actor, "reward-0": self.scorers[0]}
 
     def restart(self, name: str) -> None:
-        """A run's scorer (shared by the runs of its reward config: one list, replaced in place) is
-        restarted in its bundle. The host is every run's: not restarted (yet)."""
-        if name != "reward-0":
-            raise UserError(
-                f"the sweep's policy host failed ({name}): recovering it is not built yet; every run is "
-                "checkpointed at its last completed iteration: continue with rlhf-ray sweep --resume"
-            )
+        """The host is every run's: a fresh one (every run's adapter new again) replaces it for all of
+        them, and each other run restores its own last completed iteration on it before its next one
+        (`_step`). A run's scorer (shared by the runs of its reward config: one list, replaced in
+        place) is restarted in its bundle."""
+        if name == HOST:
+            ray.kill(self.host.actor)
+            self.host.actor = retry_while_name_taken(self.host.maker)
+            self.host.generation += 1
+            timed_get(self.host.actor.where.remote(), self.start_timeout_s)
+            return
         ray.kill(self.scorers[0])
         self.scorers[0] = retry_while_name_taken(self.scorer_maker)
         timed_get(self.scorers[0].where.remote(), self.start_timeout_s)
@@ -157,7 +173,7 @@ def prefetch(host, states: list) -> None:
         prompts = source.stream.next(source.batch_size)
         requests.append((state.run.name, prompts, it, source.want_samples(it)))
         slots.append((source, it, before))
-    refs = host.generate_many.options(num_returns=2 * len(requests)).remote(requests)
+    refs = host.actor.generate_many.options(num_returns=2 * len(requests)).remote(requests)
     for i, (source, it, before) in enumerate(slots):
         source.prefetched = (it, Batch([refs[2 * i]], [refs[2 * i + 1]], before))
 
@@ -182,6 +198,7 @@ class _Live:
     supervisor: Supervisor
     log: MetricsLog
     iteration: int  # the next one
+    host_generation: int = 0  # the host's generation this run's adapter was last restored or trained on
     last: dict = field(default_factory=dict)
 
 
@@ -205,10 +222,14 @@ def start_roles(runs: list[SweepRun], policy: ModelRef, sweep_dir: Path):
     opts = [actor_options(s, pg, i, c.namespace, rid) for i, s in enumerate(specs)]
     started: list = []
     try:
-        host = make_actor(
-            MultiRunPolicyActor, opts[0], ({r.name: r.cfg for r in runs}, policy, {r.name: r.env for r in runs})
+        host_maker = partial(
+            make_actor,
+            MultiRunPolicyActor,
+            opts[0],
+            ({r.name: r.cfg for r in runs}, policy, {r.name: r.env for r in runs}),
         )
-        started.append(host)
+        host = HostRef(host_maker(), host_maker)
+        started.append(host.actor)
         makers = [partial(make_actor, RewardScorerActor, opts[g + 1], (o.cfg, o.reward)) for g, o in enumerate(owners)]
         scorers = [[make()] for make in makers]  # one list per scorer, shared by its runs' views (restarts)
         started += [s[0] for s in scorers]
@@ -222,7 +243,7 @@ def start_roles(runs: list[SweepRun], policy: ModelRef, sweep_dir: Path):
         r.name: RunRoles(r.name, host, makers[group[i]], scorers[group[i]], c.start_timeout_s)
         for i, r in enumerate(runs)
     }
-    return views, started, pg
+    return host, views, started[1:], pg
 
 
 def train_sweep(
@@ -233,12 +254,12 @@ def train_sweep(
     on_state(None, "generation", mode=...): whether the runs share one sampling call."""
     stopping.reclaim()  # ray.init replaced our SIGTERM handler
     tokenizer = load_tokenizer(policy_path)
-    views, actors, pg = start_roles(runs, policy, sweep_dir)
+    host, views, scorers, pg = start_roles(runs, policy, sweep_dir)
     live: dict[str, _Live] = {}
     results: dict[str, dict] = {}
     try:
-        host, names = actors[0], [r.name for r in runs]
-        batched = timed_get(host.batched.remote(names), runs[0].cfg.cluster.call_timeout_s)
+        names = [r.name for r in runs]
+        batched = timed_get(host.actor.batched.remote(names), runs[0].cfg.cluster.call_timeout_s)
         on_state(None, "generation", mode="one call for every run" if batched else "run by run")
         for r in runs:
             live[r.name] = _begin(r, views[r.name], tokenizer)
@@ -270,8 +291,8 @@ def train_sweep(
     finally:
         for state in live.values():
             state.log.close()
-        for actor in actors:
-            ray.kill(actor)
+        for actor in [host.actor, *{id(v.scorers[0]): v.scorers[0] for v in views.values()}.values(), *scorers]:
+            ray.kill(actor)  # the live ones (a restarted role replaced its first actor) and the first ones
         remove_placement_group(pg)
     return results
 
@@ -310,12 +331,17 @@ def _step(state: _Live) -> None:
         state.last = metrics
         log.info("%s iteration %d: reward=%.3f kl=%.3f", state.run.name, it, metrics["reward/mean"], metrics["kl/mean"])
 
+    host = state.roles.host
+    if state.host_generation != host.generation:  # the host was restarted (by another run's recovery):
+        state.supervisor.restore()  # this run's adapter, head, optimizer, KL back on the fresh one
+        state.host_generation = host.generation
     state.supervisor.run(
         it,
         lambda: run_iteration(cfg, state.roles, state.source, it),
         lambda: driver_state_of(cfg, it, state.source),
         record,
     )
+    state.host_generation = host.generation  # a restart during this iteration restored this run itself
     if it % cfg.ppo.checkpoint_every == 0 or it == cfg.ppo.iterations:
         write_checkpoint(run_dir, it, state.supervisor.state, keep=cfg.ppo.keep_checkpoints)
     state.iteration += 1

@@ -7,10 +7,11 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import ray
-from driver_process import REPO, logged, wait_for_iteration
+from driver_process import REPO, logged, run_actors, wait_for_iteration
 
 from rlhf_ray.cli import main
 from rlhf_ray.runtime.metrics import read_metrics
@@ -107,10 +108,15 @@ def test_two_runs_one_base_a_failure_stays_alone_and_resume_finishes_it(tmp_path
     assert [r["reward"] for r in table] == sorted((r["reward"] for r in table), reverse=True)
 
 
-def test_a_run_of_a_sweep_learns_as_it_does_alone_through_a_sigterm_and_resume(tmp_path):
-    """Seed 1 beside seed 0 on one base (one sampling call for both), stopped by SIGTERM mid-way and
-    resumed, against seed 1 alone (`ppo`, fused): the same samples, rewards and updates, up to the
-    float rounding of rows that share a matmul."""
+def recoveries(sweep) -> list[dict]:
+    events = [json.loads(ln) for p in sweep.glob("*/events.jsonl") for ln in p.read_text().splitlines() if ln]
+    return [e for e in events if e.get("kind") == "recovery"]
+
+
+def test_a_run_of_a_sweep_learns_as_it_does_alone_through_a_dead_host_sigterm_and_resume(tmp_path):
+    """Seed 1 beside seed 0 on one base (one sampling call for both), its policy host killed, then the
+    driver stopped by SIGTERM and the sweep resumed, against seed 1 alone (`ppo`, fused): the same
+    samples, rewards and updates, up to the float rounding of rows that share a matmul."""
     common = ["ppo.iterations=6", "generate.decoder=lean", "ppo.checkpoint_every=100", "ppo.samples_every=2"]
     sweep = tmp_path / "sweep"
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONPATH": str(REPO)}
@@ -122,6 +128,15 @@ def test_a_run_of_a_sweep_learns_as_it_does_alone_through_a_sigterm_and_resume(t
     try:
         for run in ("seed=0", "seed=1"):
             wait_for_iteration(sweep / run, 1, driver, timeout_s=180)
+        # the one policy host dies: restarted once by the run that meets it, the other run restored on it
+        ray.kill(ray.get_actor(run_actors(sweep.name)["policy-0"], namespace="rlhf_ray"))
+        at_kill = {run: max(logged(sweep / run / "metrics.jsonl")) for run in ("seed=0", "seed=1")}
+        deadline = time.monotonic() + 180
+        while not (recovered := recoveries(sweep)) and time.monotonic() < deadline and driver.poll() is None:
+            time.sleep(0.05)
+        assert recovered and all(e["role"] == "policy-0" for e in recovered), recovered
+        for run, done in at_kill.items():  # both go on, on the fresh host, before the stop
+            wait_for_iteration(sweep / run, done + 1, driver, timeout_s=120)
         driver.send_signal(signal.SIGTERM)
         code = driver.wait(timeout=120)
     finally:
@@ -138,20 +153,21 @@ def test_a_run_of_a_sweep_learns_as_it_does_alone_through_a_sigterm_and_resume(t
     assert main(["sweep", "--resume", str(sweep)]) == 0
     plan = json.loads((sweep / "plan.json").read_text())["layouts"]["sweep"]
     assert plan["counts"] == {"policy": 1, "scorer": 1}  # one base, and one scorer for the two runs' one reward
-    alone = tmp_path / "alone"
-    assert main(["ppo", "--config", SMOKE, "--run-dir", str(alone), "run.seed=1", "cluster.layout=fused", *common]) == 0
-    swept, solo = read_metrics(sweep / "seed=1" / "metrics.jsonl"), read_metrics(alone / "metrics.jsonl")
-    assert [r["iteration"] for r in swept] == [r["iteration"] for r in solo] == list(range(1, 7))
-    for s, a in zip(swept, solo):
-        assert s["reward/mean"] == a["reward/mean"] and s["response/length_mean"] == a["response/length_mean"]
-        for key in ("kl/mean", "policy/loss", "value/loss", "entropy/mean", "policy/grad_norm"):
-            assert abs(s[key] - a[key]) <= 1e-4 * max(1.0, abs(a[key])), (s["iteration"], key, s[key], a[key])
     import pyarrow.parquet as pq
 
-    files = sorted(p.name for p in (alone / "samples").iterdir())
-    assert files and files == sorted(p.name for p in (sweep / "seed=1" / "samples").iterdir())
-    for name in files:  # the same prompts, responses and scores
-        assert (
-            pq.read_table(sweep / "seed=1" / "samples" / name).to_pylist()
-            == pq.read_table(alone / "samples" / name).to_pylist()
-        )
+    for seed in (0, 1):  # the run that restarted the host and the one restored on it
+        alone = tmp_path / f"alone{seed}"
+        solo_args = ["--config", SMOKE, "--run-dir", str(alone), f"run.seed={seed}", "cluster.layout=fused"]
+        assert main(["ppo", *solo_args, *common]) == 0
+        swept = read_metrics(sweep / f"seed={seed}" / "metrics.jsonl")
+        solo = read_metrics(alone / "metrics.jsonl")
+        assert [r["iteration"] for r in swept] == [r["iteration"] for r in solo] == list(range(1, 7))
+        for s, a in zip(swept, solo):
+            assert s["reward/mean"] == a["reward/mean"] and s["response/length_mean"] == a["response/length_mean"]
+            for key in ("kl/mean", "policy/loss", "value/loss", "entropy/mean", "policy/grad_norm"):
+                assert abs(s[key] - a[key]) <= 1e-4 * max(1.0, abs(a[key])), (seed, s["iteration"], key)
+        files = sorted(p.name for p in (alone / "samples").iterdir())
+        assert files and files == sorted(p.name for p in (sweep / f"seed={seed}" / "samples").iterdir())
+        for name in files:  # the same prompts, responses and scores
+            swept_rows = pq.read_table(sweep / f"seed={seed}" / "samples" / name).to_pylist()
+            assert swept_rows == pq.read_table(alone / "samples" / name).to_pylist()
