@@ -45,12 +45,19 @@ def sweep_plan(runs: list[Config], gpu_memory_gb: float | None = None, choose: b
     """The fused plan of the first run, with the `sweep` layout added: one host holding every run."""
     first = runs[0]
     plan = make_plan(first, gpu_memory_gb, choose=False)
-    fused = plan.layouts["fused"]
     known: dict[int, RunBytes] = {}
     for cfg in runs:
         if id(cfg) not in known:
             known[id(cfg)] = run_bytes(cfg, gpu_memory_gb)
-    per_run = [known[id(cfg)] for cfg in runs]
+    scorers = len({reward_key(cfg) for cfg in runs})
+    plan.layouts[SWEEP] = _sweep_layout(plan, first, [known[id(cfg)] for cfg in runs], scorers)
+    if choose:
+        plan.chosen = choose_layout(plan, SWEEP, 1)
+    return plan
+
+
+def _sweep_layout(plan: Plan, first: Config, per_run: list[RunBytes], scorers: int):
+    fused = plan.layouts["fused"]
     host = dataclasses.replace(
         fused.roles["policy"],
         lora=sum(r.lora for r in per_run) + max(r.grads for r in per_run),  # one run's grads at a time
@@ -59,27 +66,15 @@ def sweep_plan(runs: list[Config], gpu_memory_gb: float | None = None, choose: b
     )
     roles = {"policy": host, "scorer": fused.roles["scorer"]}
     shares = gpu_shares(first) if plan.device == "gpu" else None
-    scorers = len({reward_key(cfg) for cfg in runs})
-    plan.layouts[SWEEP] = _layout(SWEEP, roles, {"policy": 1, "scorer": scorers}, plan.budget, shares)
-    if choose:
-        plan.chosen = choose_layout(plan, SWEEP, 1)
-    return plan
+    return _layout(SWEEP, roles, {"policy": 1, "scorer": scorers}, plan.budget, shares)
 
 
-def runs_that_fit(cfg: Config, plan: Plan, runs: int, gpu_memory_gb: float | None = None) -> int:
-    """How many runs of `cfg` (sharing one reward scorer) one host fits in the plan's budget, given
-    the plan of `runs` of them. The training phase and the sampling phase never overlap (plan.py's
-    RoleBytes.total), so each run adds its kept bytes and its share of the larger phase."""
+def runs_that_fit(cfg: Config, plan: Plan, gpu_memory_gb: float | None = None) -> int:
+    """How many runs of `cfg` (sharing one reward scorer) one host fits in `plan`'s budget."""
     one = run_bytes(cfg, gpu_memory_gb)
-    n = runs
-    while n > 0 and sweep_plan([cfg] * n, gpu_memory_gb, choose=False).layouts[SWEEP].fits is False:
-        n -= 1
-    if n < runs:
-        return n
-    while sweep_plan([cfg] * (n + 1), gpu_memory_gb, choose=False).layouts[SWEEP].fits:
+    n = 0
+    while n < 4096 and _sweep_layout(plan, cfg, [one] * (n + 1), 1).fits:
         n += 1
-        if n > 4096 or not one.kept:
-            break
     return n
 
 
@@ -91,6 +86,6 @@ def format_sweep(plan: Plan, cfg: Config, runs: int, gpu_memory_gb: float | None
         f"({'fits' if lp.fits else 'does NOT fit'}); per run {(one.lora + one.value_head) / GIB:.4f} GiB kept "
         f"(adapter, AdamW moments, value head) + {one.kv_cache / GIB:.4f} GiB of KV cache while sampling, in the "
         f"policy process; {lp.counts['scorer']} reward scorer(s) for them all; at most "
-        f"{runs_that_fit(cfg, plan, runs, gpu_memory_gb)} runs of this config fit the {plan.device} budget of "
+        f"{runs_that_fit(cfg, plan, gpu_memory_gb)} runs of this config fit the {plan.device} budget of "
         f"{plan.budget / GIB:.2f} GiB"
     )

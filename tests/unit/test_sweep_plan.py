@@ -48,7 +48,7 @@ def test_plan_runs_says_how_many_fit_and_refuses_too_many(tmp_path, capsys):
     assert main(["plan", "--config", cfg, "--runs", "5", "--gpu-memory-gb", "24", "--out", str(out)]) == 2
     assert "the sweep layout needs" in capsys.readouterr().err
     plan = sweep_plan([load_config(cfg)], 24, choose=False)
-    assert runs_that_fit(load_config(cfg), plan, 1, 24) == 4
+    assert runs_that_fit(load_config(cfg), plan, 24) == 4
 
 
 @pytest.mark.parametrize("n", [0, -1])
