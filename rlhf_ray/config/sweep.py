@@ -72,6 +72,10 @@ def grid_runs(grids: list[str]) -> dict[str, list[str]]:
     runs: dict[str, list[str]] = {}
     for combo in itertools.product(*[values for _, values in axes]):
         name = ",".join(f"{label}={_safe(_text(v))}" for label, v in zip(labels, combo))
+        if name in runs:
+            raise UserError(
+                f"--grid: two runs would both be named {name!r}: make the values differ in letters or digits"
+            )
         runs[name] = [f"{k}={_text(v)}" for k, v in zip(keys, combo)]
     return runs
 

@@ -38,6 +38,7 @@ def _fused(cfg: Config) -> Config:
 
 def new_runs(config: str | None, overrides: list[str], grids: list[str], runs_path: str | None) -> dict:
     """name -> (its overrides, its config), every check passed (nothing written yet)."""
+    load_config(config, overrides)  # the common config first: a bad key is named before anything else
     if bool(grids) == bool(runs_path):
         raise UserError("a sweep needs its runs: pass --grid KEY=[v1,v2] (one or more) or --runs FILE.yaml")
     named = grid_runs(grids) if grids else runs_file(runs_path)

@@ -25,6 +25,11 @@ def test_grid_is_the_cartesian_product():
     assert list(runs) == ["ppo.lr=0.1,sft.lr=0.2,model.target_modules=q_proj-v_proj"]
 
 
+def test_grid_values_that_name_one_directory_are_refused():
+    with pytest.raises(UserError, match="both be named"):
+        grid_runs(["data.dataset=['a b', 'a-b']"])
+
+
 @pytest.mark.parametrize("bad", ["ppo.lr", "ppo.lr=1e-4", "ppo.lr=[]", "=[1]"])
 def test_bad_grid_is_one_line(bad):
     with pytest.raises(UserError, match="--grid"):
@@ -64,4 +69,6 @@ def test_unsupported_settings_are_refused(tmp_path, capsys):
     assert "'ppo.overlap'" in capsys.readouterr().err
     assert main(["sweep", "--config", SMOKE, "--run-dir", str(tmp_path / "sw")]) == 2
     assert "--grid" in capsys.readouterr().err
+    assert main(["sweep", "--run-dir", str(tmp_path / "sw"), "ppo.lr=-1"]) == 2  # the common config first
+    assert "config key 'ppo.lr'" in capsys.readouterr().err
     assert not (tmp_path / "sw").exists()
