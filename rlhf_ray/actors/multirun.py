@@ -29,7 +29,7 @@ from rlhf_ray.models.adapter import AdapterIntegrityError
 from rlhf_ray.models.assets import materialize
 from rlhf_ray.models.decode import LeanDecoder
 from rlhf_ray.models.dequant import dequantized_int8
-from rlhf_ray.models.mixed import MixedRequest, sample_mixed
+from rlhf_ray.models.mixed import MixedRequest, sample_mixed, sample_mixed_transformers
 from rlhf_ray.models.policy import load_tokenizer, lora_config, ppo_numerics, role_device, target_modules_for
 from rlhf_ray.store import seeds
 from rlhf_ray.store.artifacts import ModelRef
@@ -110,18 +110,26 @@ class MultiRunPolicyHost:
             self.lean = self.lean or gen.lean
             release_memory()
 
-    def batched(self, runs: list[str]) -> bool:
-        """Whether these runs' prompts can share one sampling call: single-turn, all on the lean loop."""
+    def batched(self, runs: list[str]) -> str | None:
+        """How these runs' prompts share one sampling call: `lean` (the lean loop) or `transformers`
+        (its forward, with the reference rows: models/mixed.py), or None (single-turn runs of one
+        decoder only; a run without reference log-probs samples through generate(), run by run)."""
         gens = [self.runs[run].generator for run in runs]
-        return len(gens) > 1 and all(g.env is None and g.decoder == "lean" for g in gens)
+        decoders = {g.decoder for g in gens}
+        if len(gens) < 2 or len(decoders) != 1 or any(g.env is not None for g in gens):
+            return None
+        if not all(g.cfg.reference_logprobs_on() for g in gens):
+            return None
+        return decoders.pop()
 
     def generate_many(self, requests: list[tuple[str, list, int, bool]]) -> list:
         """Every run's prompts in ONE sampling call, each row under its run's adapter (and the reference
         rows under none, in the same steps; per-row temperature and length): requests are (run, prompts,
-        iteration, with_texts). Runs that cannot share a call (multi-turn episodes, the transformers
-        decoder) are sampled run by run. -> [rollout, info] per request, flattened, in their order."""
+        iteration, with_texts). Runs that cannot share a call (multi-turn episodes, different decoders,
+        no reference log-probs) are sampled run by run. -> [rollout, info] per request, flattened, in their order."""
         runs = [run for run, *_ in requests]
-        if not self.batched(runs):
+        how = self.batched(runs)
+        if how is None:
             return [part for r in requests for part in self.generate(*r)]
         gens = [self.runs[run].generator for run in runs]
         mixed = []
@@ -140,10 +148,13 @@ class MultiRunPolicyHost:
                     gen.version,
                 )
             )
-        self.lean = self.lean or LeanDecoder(self.model)
         try:
             with dequantized_int8(self.model, gens[0].dequant):
-                rollouts = sample_mixed(self.lean, gens[0].tokenizer, mixed)
+                if how == "lean":
+                    self.lean = self.lean or LeanDecoder(self.model)
+                    rollouts = sample_mixed(self.lean, gens[0].tokenizer, mixed)
+                else:
+                    rollouts = sample_mixed_transformers(self.model, gens[0].tokenizer, mixed, gens[0].device)
         finally:
             release_memory()
         out = []

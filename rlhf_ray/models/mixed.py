@@ -15,6 +15,7 @@ projection adds each adapter's LoRA delta to that adapter's rows only (models.de
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +23,7 @@ import torch
 from rlhf_ray.batch import Rollout
 from rlhf_ray.models.decode import LeanDecoder, RowAdapters, _prefill, inverse_cdf_draw
 from rlhf_ray.models.forward import position_ids
-from rlhf_ray.models.generate import encode_prompts, make_rollout
+from rlhf_ray.models.generate import cache_kept, encode_prompts, make_rollout
 
 
 @dataclass
@@ -59,23 +60,7 @@ def sample_mixed(decoder: LeanDecoder, tokenizer, requests: list[MixedRequest]) 
         decoder, ids, mask, row_adapters, [r.adapter for r in requests], generators, temperatures, max_new,
         eos=tokenizer.eos_token_id, pad=pad,
     )  # fmt: skip
-    out, row = [], 0
-    for (expanded, enc), r, n, w in zip(encoded, requests, sizes, widths):
-        part = slice(row, row + n)
-        out.append(
-            make_rollout(
-                tokenizer,
-                expanded,
-                enc,
-                tokens[part, :w],
-                r.policy_version,
-                r.group_size,
-                r.temperature,
-                ref[part, :w],
-            )  # fmt: skip
-        )
-        row += n
-    return out
+    return _rollouts(tokenizer, encoded, requests, sizes, widths, tokens, ref)
 
 
 @torch.no_grad()
@@ -131,3 +116,110 @@ def decode_mixed(
         hidden = decoder.step(torch.cat([token, token])[:, None], positions, keys[:, None, None, :], cache, start, rows)
         start += 1
     return torch.stack(tokens, dim=1), torch.stack(ref_lps, dim=1), widths
+
+
+@contextlib.contextmanager
+def adapters_by_row(model, names: list[str], gates: dict[str, torch.Tensor]):
+    """Inside: every named adapter active at once, each adding its LoRA output only to the rows where
+    its gate (N,) is 1 (models.generate.adapter_rows, per adapter); a row whose gates are all 0 (the
+    reference) computes the frozen base exactly. The active adapter is restored after."""
+    from peft.tuners.lora import LoraLayer
+
+    before = list(model.active_adapters)
+    model.base_model.set_adapter(names)
+
+    def gated(name: str):
+        gate = gates[name]
+
+        def hook(_module, _inputs, output):
+            return output * gate.view((-1,) + (1,) * (output.dim() - 1)).to(output.dtype)
+
+        return hook
+
+    handles = [
+        layer.lora_B[name].register_forward_hook(gated(name))
+        for layer in model.modules()
+        if isinstance(layer, LoraLayer)
+        for name in names
+        if name in layer.lora_B
+    ]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        model.base_model.set_adapter(before if len(before) > 1 else before[0])
+
+
+@torch.no_grad()
+def sample_mixed_transformers(model, tokenizer, requests: list[MixedRequest], device: str = "cpu") -> list[Rollout]:
+    """`sample_mixed` through transformers' forward (models.generate.sample_with_reference's loop): for a
+    policy the lean loop does not apply to (a GPU, 4-bit weights, another architecture). Each request's
+    rows sample from its own torch.Generator with torch.multinomial, as `sample_with_reference` draws
+    for it alone after seeding."""
+    encoded = [encode_prompts(tokenizer, r.prompts, r.group_size, device) for r in requests]
+    width = max(enc["input_ids"].shape[1] for _, enc in encoded)
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+
+    def left_pad(t: torch.Tensor, value: int) -> torch.Tensor:
+        fill = torch.full((t.shape[0], width - t.shape[1]), value, dtype=t.dtype, device=t.device)
+        return torch.cat([fill, t], dim=1)
+
+    ids = torch.cat([left_pad(enc["input_ids"], pad) for _, enc in encoded])
+    mask = torch.cat([left_pad(enc["attention_mask"], 0) for _, enc in encoded])
+    sizes = [enc["input_ids"].shape[0] for _, enc in encoded]
+    b = ids.shape[0]
+    rows = torch.cat([torch.full((n,), k, dtype=torch.long) for k, n in enumerate(sizes)]).to(device)
+    groups = [(k, (rows == k).nonzero().flatten()) for k in range(len(requests))]
+    temps = torch.cat([torch.full((n,), float(r.temperature)) for n, r in zip(sizes, requests)]).to(device)
+    temps = torch.cat([temps, temps])[:, None]
+    max_new = torch.cat([torch.full((n,), r.max_new_tokens, dtype=torch.long) for n, r in zip(sizes, requests)])
+    max_new = max_new.to(device)
+    generators = [torch.Generator(device=device).manual_seed(r.seed) for r in requests]
+    off = torch.zeros(b, device=device)
+    gates = {r.adapter: torch.cat([(rows == k).float(), off]) for k, r in enumerate(requests)}
+    mask2 = torch.cat([mask, mask])
+    positions = position_ids(mask2)
+    step_input, past = torch.cat([ids, ids]), None
+    done = torch.zeros(b, dtype=torch.bool, device=device)
+    widths = [0] * len(requests)
+    tokens, ref_lps = [], []
+    with adapters_by_row(model, [r.adapter for r in requests], gates), cache_kept(model):
+        for step in range(int(max_new.max())):
+            out = model(
+                input_ids=step_input, attention_mask=mask2, position_ids=positions, cache=past, use_cache=True,
+                logits_to_keep=1,
+            )  # fmt: skip
+            past = out.cache
+            logp = torch.log_softmax(out.logits[:, -1].float() / temps, dim=-1)  # (2B, V)
+            token = torch.full((b,), pad, dtype=torch.long, device=device)
+            for k, idx in groups:
+                if not widths[k]:  # a finished request draws no more: its stream is its own call's
+                    token[idx] = torch.multinomial(logp[idx].exp(), 1, generator=generators[k]).squeeze(1)
+            token = torch.where(done, torch.full_like(token, pad), token)
+            tokens.append(token)
+            ref_lps.append(logp[b:].gather(1, token[:, None]).squeeze(1))
+            done |= (token == eos) | (max_new <= step + 1)
+            for k, idx in groups:
+                if not widths[k] and bool(done[idx].all()):
+                    widths[k] = step + 1
+            if bool(done.all()):
+                break
+            step_input = torch.cat([token, token])[:, None]
+            mask2 = torch.cat([mask2, torch.ones_like(mask2[:, :1])], dim=1)
+            positions = positions[:, -1:] + 1
+    responses, ref = torch.stack(tokens, dim=1), torch.stack(ref_lps, dim=1)
+    return _rollouts(tokenizer, encoded, requests, sizes, widths, responses, ref)
+
+
+def _rollouts(tokenizer, encoded, requests, sizes, widths, tokens, ref) -> list[Rollout]:
+    """Each request's rows as the Rollout its own call makes: its prompts' own padding, its width."""
+    out, row = [], 0
+    for (expanded, enc), r, n, w in zip(encoded, requests, sizes, widths):
+        part = slice(row, row + n)
+        response, ref_part = tokens[part, :w], ref[part, :w]
+        out.append(
+            make_rollout(tokenizer, expanded, enc, response, r.policy_version, r.group_size, r.temperature, ref_part)
+        )
+        row += n
+    return out

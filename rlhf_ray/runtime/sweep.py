@@ -260,7 +260,7 @@ def train_sweep(
     try:
         names = [r.name for r in runs]
         batched = timed_get(host.actor.batched.remote(names), runs[0].cfg.cluster.call_timeout_s)
-        on_state(None, "generation", mode="one call for every run" if batched else "run by run")
+        on_state(None, "generation", mode=f"one call for every run ({batched})" if batched else "run by run")
         for r in runs:
             live[r.name] = _begin(r, views[r.name], tokenizer)
             on_state(r.name, "running", iteration=live[r.name].iteration - 1)

@@ -63,7 +63,7 @@ def test_two_runs_one_base_a_failure_stays_alone_and_resume_finishes_it(tmp_path
     assert code == 1, err
     assert "2 of 3 runs failed" in err and "boom" in err and f"sweep --resume {sweep}" in err
     data = json.loads((sweep / "sweep.json").read_text())
-    assert data["generation"] == "one call for every run"  # the lean loop: each row under its run's adapter
+    assert data["generation"] == "one call for every run (lean)"  # the lean loop: each row under its run's adapter
     state = {r["name"]: r for r in data["runs"]}
     assert state["ok"]["state"] == "done" and state["ok"]["iteration"] == 2
     assert state["bad"]["state"] == "failed" and state["bad"]["iteration"] == 1 and "boom" in state["bad"]["error"]

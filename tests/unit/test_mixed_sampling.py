@@ -8,15 +8,17 @@ import torch
 
 from rlhf_ray.actors.multirun import MultiRunPolicyHost
 from rlhf_ray.config.load import load_config
-from rlhf_ray.models.mixed import MixedRequest, sample_mixed
+from rlhf_ray.models.decode import LeanDecoder
+from rlhf_ray.models.mixed import MixedRequest, sample_mixed, sample_mixed_transformers
 from rlhf_ray.store import seeds
 
 PROMPTS = ["This movie was", "The plot", "I loved it, and", "Awful"]
-BASE = ["cluster.layout=fused", "generate.decoder=lean", "generate.max_new_tokens=8"]
 
 
-@pytest.fixture(scope="module")
-def host(tiny_lm):
+@pytest.fixture(scope="module", params=["lean", "transformers"])
+def host(tiny_lm, request):
+    """Four runs on one base, sampled through the lean loop or through transformers' forward."""
+    BASE = ["cluster.layout=fused", f"generate.decoder={request.param}", "generate.max_new_tokens=8"]
     runs = {
         "a": load_config("configs/smoke.yaml", [*BASE, "run.seed=0"]),
         # another rank and targets, a cooler temperature, shorter responses
@@ -47,6 +49,15 @@ def host(tiny_lm):
     return h
 
 
+def _mixed(host, requests):
+    """The mixed call generate_many makes for this host's decoder."""
+    gen = host.runs["a"].generator
+    if gen.decoder == "lean":
+        host.lean = host.lean or LeanDecoder(host.model)
+        return sample_mixed(host.lean, gen.tokenizer, requests)
+    return sample_mixed_transformers(host.model, gen.tokenizer, requests)
+
+
 def _same(x, y):
     assert x.prompts == y.prompts and torch.equal(x.prompt_ids, y.prompt_ids)
     assert torch.equal(x.prompt_mask, y.prompt_mask)
@@ -59,7 +70,7 @@ def _same(x, y):
 @pytest.mark.parametrize("iteration", [1, 2])
 def test_mixed_call_equals_each_run_alone(host, iteration):
     runs = ["a", "b", "c", "d"]
-    assert host.batched(runs)
+    assert host.batched(runs) == host.runs["a"].generator.decoder
     out = host.generate_many([(run, PROMPTS, iteration, True) for run in runs])
     mixed = dict(zip(runs, zip(out[0::2], out[1::2])))
     for run in runs:
@@ -79,12 +90,12 @@ def test_each_row_really_runs_under_its_own_adapter(host):
         host.runs["a"].adapter, PROMPTS, b.generate.max_new_tokens, b.generate.temperature, 1,
         seeds.sampling(b.run.seed, 1, 0), alone.policy_version,
     )  # fmt: skip
-    other = sample_mixed(host.lean, host.runs["b"].generator.tokenizer, [request])[0]
+    other = _mixed(host, [request])[0]
     assert not torch.equal(other.response_ids, alone.response_ids)
 
 
-def test_one_request_is_sample_lean(host):
-    """A mixed call of one request is the single-run lean path (tokens and reference log-probs)."""
+def test_one_request_is_the_single_run_path(host):
+    """A mixed call of one request is the single-run path (tokens and reference log-probs)."""
     alone, _ = host.generate("a", PROMPTS, 3)
     out = host.generate_many([("a", PROMPTS, 3, False)])  # one run: sampled through its own generator
     _same(out[0], alone)
@@ -93,5 +104,5 @@ def test_one_request_is_sample_lean(host):
         host.runs["a"].adapter, PROMPTS, a.generate.max_new_tokens, a.generate.temperature, 1,
         seeds.sampling(a.run.seed, 3, 0), alone.policy_version,
     )  # fmt: skip
-    host.model.set_adapter(host.runs["a"].adapter)
-    _same(sample_mixed(host.lean, host.runs["a"].generator.tokenizer, [request])[0], alone)
+    host.model.set_adapter(host.runs["b"].adapter)  # whichever is active: the request names its own
+    _same(_mixed(host, [request])[0], alone)
