@@ -28,7 +28,7 @@ from rlhf_ray.stages import ppo
 from rlhf_ray.stages.common import DONE
 from rlhf_ray.store.checkpoint import atomic_write, latest_checkpoint
 from rlhf_ray.store.locks import FileLock
-from rlhf_ray.store.provenance import model_reference, record_models, write_run_info
+from rlhf_ray.store.provenance import collect, model_reference, record_models, write_run_info
 from rlhf_ray.store.sweeps import SweepFile, is_sweep, read_sweep
 
 
@@ -73,7 +73,7 @@ def start(
         for name, (_, cfg) in runs.items():
             run_dir = sweep_dir / name
             locks.append(rundir.claim(run_dir, resume=False, overwrite=overwrite))
-            write_run_info(run_dir, {"sweep": str(sweep_dir.resolve()), "argv": argv})
+            write_run_info(run_dir, {**collect(argv), "sweep": str(sweep_dir.resolve()), "run": name})
             save_config(cfg, run_dir / "config.yaml")
     except BaseException:
         for lock in locks:
