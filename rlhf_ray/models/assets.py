@@ -19,7 +19,7 @@ from rlhf_ray.models.tiny import BUILDERS
 from rlhf_ray.store.artifacts import CONTENT, Artifact, ModelRef, entry_problem, fetch, reusable, stamp
 from rlhf_ray.store.checkpoint import atomic_write, publish_once, temp_dir
 from rlhf_ray.store.locks import entry_lock, temp_name
-from rlhf_ray.store.refs import BUILT_ASSETS, BUILT_VERSION, MODEL_ASSETS, looks_like_path, package_file
+from rlhf_ray.store.refs import BUILT_ASSETS, BUILT_VERSION, MODEL_ASSETS, NGRAM_FILE, looks_like_path, package_file
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,8 @@ def resolve_model(ref: str, cache_dir: Path) -> str:
         return str(path)
     local = Path(ref).expanduser()
     if local.exists():
-        if not (local / "config.json").exists() and not (local / "adapter_config.json").exists():  # a LoRA reward
+        markers = ("config.json", "adapter_config.json", NGRAM_FILE)  # a checkpoint, a LoRA reward, an n-gram one
+        if not any((local / name).exists() for name in markers):
             raise UserError(f"model path {local} has no config.json: point it at a transformers checkpoint directory")
         return str(local)
     if looks_like_path(ref):

@@ -21,8 +21,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from rlhf_ray.errors import UserError
+from rlhf_ray.store.refs import NGRAM_FILE
 
-CONFIG_FILE, WEIGHTS_FILE = "ngrams.json", "ngrams.safetensors"
+CONFIG_FILE, WEIGHTS_FILE = NGRAM_FILE, "ngrams.safetensors"
 # Words (with an inner apostrophe: "don't") and the two punctuation marks that carry sentiment.
 TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[!?]")
 ID2LABEL = {0: "negative", 1: "positive"}

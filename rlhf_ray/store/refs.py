@@ -27,6 +27,7 @@ BUILT_DATASETS = (IMDB_PAIRS,)
 # reward.backbone of the bag-of-n-grams classifier the reward stage trains (rlhf_ray.rewards.ngrams): no weights
 # to load, so no asset.
 NGRAM_BACKBONE = "ngrams"
+NGRAM_FILE = "ngrams.json"  # what marks a directory as such a classifier (its vocabulary and settings)
 
 # Seeded random models built offline on first use (tests, smoke runs); see rlhf_ray.models.tiny.
 BUILT_ASSETS = ("tiny-random-llama", "tiny-random-neox", "tiny-random-bert")

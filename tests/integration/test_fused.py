@@ -21,6 +21,7 @@ SEPARATE_KEYS = {
     "reward/none_frac",
     "kl/mean",
     "kl/coef",
+    "kl/loss_coef",
     "policy/loss",
     "policy/clipfrac",
     "policy/approx_kl",

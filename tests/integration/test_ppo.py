@@ -24,6 +24,7 @@ REQUIRED = [
     "reward/std",
     "kl/mean",
     "kl/coef",
+    "kl/loss_coef",
     "policy/loss",
     "policy/clipfrac",
     "policy/approx_kl",

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from rlhf_ray.errors import UserError
+from rlhf_ray.models.assets import resolve_model
 from rlhf_ray.rewards.classifier import RewardModel
 from rlhf_ray.rewards.ngrams import NgramClassifier, grams, is_ngram_model, train_nb_logistic
 
@@ -45,6 +46,7 @@ def test_fit_separates_a_toy_set_and_saves_what_it_scores(tmp_path):
     assert z[0] > 0 > z[1]
     model.save(tmp_path)
     assert is_ngram_model(tmp_path)
+    assert resolve_model(str(tmp_path), tmp_path / "cache") == str(tmp_path)  # eval and ppo take it as reward.model
     again = NgramClassifier.load(tmp_path)
     torch.testing.assert_close(again.margin(POSITIVE + NEGATIVE), model.margin(POSITIVE + NEGATIVE))
     reward = RewardModel(str(tmp_path), score="log_prob")
