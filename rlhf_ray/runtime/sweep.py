@@ -202,10 +202,17 @@ class _Live:
     last: dict = field(default_factory=dict)
 
 
-def reward_groups(configs: list[Config]) -> list[int]:
-    """Each run's reward scorer: runs with the same `reward` section share one (its models loaded once)."""
+def reward_groups(runs: list[SweepRun]) -> list[int]:
+    """Each run's reward scorer: runs with the same `reward` section AND the same reward models share one
+    (its models loaded once). The models count apart from the section: the reward stage's classifier is
+    trained per run.seed, so runs of one section but different seeds score with different models."""
     keys: dict[str, int] = {}
-    return [keys.setdefault(reward_key(c), len(keys)) for c in configs]
+    return [keys.setdefault(reward_key(r.cfg) + reward_models(r.reward), len(keys)) for r in runs]
+
+
+def reward_models(specs: list) -> str:
+    """Which model each source loads: a published directory by its content hash, else its path or name."""
+    return json.dumps([[s.name, str(getattr(s.model, "sha256", s.model))] for s in specs])
 
 
 def start_roles(runs: list[SweepRun], policy: ModelRef, sweep_dir: Path):
@@ -213,7 +220,7 @@ def start_roles(runs: list[SweepRun], policy: ModelRef, sweep_dir: Path):
     one placement group."""
     first = runs[0].cfg
     c = first.cluster
-    group = reward_groups([r.cfg for r in runs])
+    group = reward_groups(runs)
     owners = [runs[group.index(g)] for g in range(max(group) + 1)]  # the first run of each group builds it
     specs = [RoleSpec(HOST, c.actor_cpus, first.fused_gpus())]
     specs += [RoleSpec(f"reward-{g}", c.actor_cpus, c.scorer_gpus) for g in range(len(owners))]

@@ -41,6 +41,14 @@ def reward_key(cfg: Config) -> str:
     return json.dumps(cfg.to_dict()["reward"], sort_keys=True, default=str)
 
 
+def scorer_key(cfg: Config) -> str:
+    """What makes two runs' scorers one: the same reward section and, where the reward stage trains the
+    model (no reward.model, a classifier or pairwise-model source), the same run.seed it trains with."""
+    sources = cfg.reward.source_list()
+    trained = cfg.reward.model is None and any(s.kind in ("classifier", "model") and s.model is None for s in sources)
+    return reward_key(cfg) + (f"/seed={cfg.run.seed}" if trained else "")
+
+
 def sweep_plan(runs: list[Config], gpu_memory_gb: float | None = None, choose: bool = True) -> Plan:
     """The fused plan of the first run, with the `sweep` layout added: one host holding every run."""
     first = runs[0]
@@ -49,7 +57,7 @@ def sweep_plan(runs: list[Config], gpu_memory_gb: float | None = None, choose: b
     for cfg in runs:
         if id(cfg) not in known:
             known[id(cfg)] = run_bytes(cfg, gpu_memory_gb)
-    scorers = len({reward_key(cfg) for cfg in runs})
+    scorers = len({scorer_key(cfg) for cfg in runs})
     plan.layouts[SWEEP] = _sweep_layout(plan, first, [known[id(cfg)] for cfg in runs], scorers)
     if choose:
         plan.chosen = choose_layout(plan, SWEEP, 1)

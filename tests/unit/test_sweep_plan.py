@@ -54,3 +54,24 @@ def test_plan_runs_says_how_many_fit_and_refuses_too_many(tmp_path, capsys):
 @pytest.mark.parametrize("n", [0, -1])
 def test_plan_runs_needs_one(n, capsys, tmp_path):
     assert main(["plan", "--runs", str(n), "--out", str(tmp_path / "p.json")]) == 2
+
+
+def test_runs_of_other_seeds_score_with_their_own_trained_classifier():
+    """The reward stage trains the classifier per run.seed: a seed sweep needs a scorer per seed (planned and
+    started), while runs that name one reward.model share it."""
+    from types import SimpleNamespace
+
+    from rlhf_ray.rewards.sources import SourceSpec
+    from rlhf_ray.runtime.sweep import reward_groups
+    from rlhf_ray.runtime.sweep_plan import scorer_key
+
+    seeds = [load_config("configs/default.yaml", [f"run.seed={s}"]) for s in (0, 1, 1)]
+    assert len({scorer_key(c) for c in seeds}) == 2
+    named = [load_config("configs/default.yaml", [f"run.seed={s}", "reward.model=minilm-l6"]) for s in (0, 1)]
+    assert len({scorer_key(c) for c in named}) == 1
+
+    def run(cfg, model):
+        return SimpleNamespace(cfg=cfg, reward=[SourceSpec("classifier", "classifier", model=model)])
+
+    assert reward_groups([run(seeds[0], "/a"), run(seeds[1], "/b"), run(seeds[2], "/b")]) == [0, 1, 1]
+    assert reward_groups([run(named[0], "minilm-l6"), run(named[1], "minilm-l6")]) == [0, 0]
