@@ -73,6 +73,7 @@ def test_learning_one_run_leaves_the_other_untouched(pair, tiny_classifier):
     assert host.runs["b"].learner.version == 1 and host.runs["a"].learner.adapter().sha256 == before_a
 
 
+@pytest.mark.slow  # 5 s: in `make test`, not in test-fast (its neighbours cover disjoint optimizers and isolation)
 def test_run_a_learns_the_same_with_and_without_b(tiny_lm, tiny_classifier):
     """k steps of run a: the same adapter, value head and optimizer state alone and beside run b
     (b trained in between each of a's steps), and the same as a single fused run with a's config."""
