@@ -42,6 +42,17 @@ def release_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def confirm_live(payload: AdapterPayload, live: AdapterPayload, whose: str) -> str:
+    """The payload's sha256 when it is the adapter the shared weights hold now (version and bytes);
+    else AdapterIntegrityError: importing a stale one could roll the learner's weights back."""
+    digest = hashlib.sha256(payload.data).hexdigest()
+    if (payload.version, digest) != (live.version, live.sha256):
+        raise AdapterIntegrityError(
+            f"adapter v{payload.version} {digest[:12]} is not {whose} current v{live.version} {live.sha256[:12]}"
+        )
+    return digest
+
+
 class FusedPolicyHost:
     def __init__(self, cfg: Config, policy: ModelRef, env: EnvSpec | None = None):
         init_process(cfg)
@@ -57,13 +68,7 @@ class FusedPolicyHost:
         """Confirm the payload is what the shared weights hold (no copy); a stale or corrupt one is refused.
 
         Importing it instead could roll the learner's own weights back to an older adapter."""
-        digest = hashlib.sha256(payload.data).hexdigest()
-        live = self.learner.adapter()
-        if (payload.version, digest) != (live.version, live.sha256):
-            raise AdapterIntegrityError(
-                f"adapter v{payload.version} {digest[:12]} is not the fused policy's current "
-                f"v{live.version} {live.sha256[:12]}"
-            )
+        digest = confirm_live(payload, self.learner.adapter(), "the fused policy's")
         self.generator.version, self.generator.adapter_hash = payload.version, digest
         return payload.version, digest
 

@@ -14,18 +14,15 @@ Plain class: runs without Ray (tests build it in-process)."""
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
 
 from rlhf_ray.actors.common import init_process, load_policy
-from rlhf_ray.actors.fused import SharedPolicy, release_memory
+from rlhf_ray.actors.fused import SharedPolicy, confirm_live, release_memory
 from rlhf_ray.actors.generator import Generator, StaleAdapterError
 from rlhf_ray.actors.learner import Learner
 from rlhf_ray.batch import AdapterPayload, GenerationInfo, Prompt, Rollout
 from rlhf_ray.config.schema import Config
 from rlhf_ray.envs.runner import EnvSpec
-from rlhf_ray.models.adapter import AdapterIntegrityError
 from rlhf_ray.models.assets import materialize
 from rlhf_ray.models.decode import LeanDecoder
 from rlhf_ray.models.dequant import dequantized_int8
@@ -87,13 +84,7 @@ class MultiRunPolicyHost:
     def load_adapter(self, run: str, payload: AdapterPayload) -> tuple[int, str]:
         """Confirm the payload is what the run's adapter holds (no copy); a stale or corrupt one is refused."""
         state = self.runs[run]
-        digest = hashlib.sha256(payload.data).hexdigest()
-        live = state.learner.adapter()
-        if (payload.version, digest) != (live.version, live.sha256):
-            raise AdapterIntegrityError(
-                f"run {run}: adapter v{payload.version} {digest[:12]} is not its current "
-                f"v{live.version} {live.sha256[:12]}"
-            )
+        digest = confirm_live(payload, state.learner.adapter(), f"run {run}'s")
         state.generator.version, state.generator.adapter_hash = payload.version, digest
         return payload.version, digest
 

@@ -92,30 +92,22 @@ def decode_mixed(
     groups = [(k, (row_adapters == k).nonzero().flatten()) for k in range(len(adapters))]
     temps = torch.cat([temperatures, temperatures])[:, None]
     hidden, start = _prefill(decoder, ids, mask, cache, row_adapters), p
-    done = torch.zeros(b, dtype=torch.bool)
-    widths = [0] * len(adapters)
-    tokens, ref_lps = [], []
+    steps_taken = Steps(b, groups, pad, eos, max_new, torch.device("cpu"))
+    widths = steps_taken.widths
     for step in range(steps):
         logp = torch.log_softmax(decoder.logits(hidden).float() / temps, dim=-1)  # (2B, V)
         uniforms = torch.zeros(b)
         for k, idx in groups:
             if not widths[k]:  # a finished adapter draws no more: its stream is its own call's
                 uniforms[idx] = torch.rand(len(idx), generator=generators[k])
-        token = inverse_cdf_draw(logp[:b].exp(), uniforms)
-        token = torch.where(done, torch.full_like(token, pad), token)
-        tokens.append(token)
-        ref_lps.append(logp[b:].gather(1, token[:, None]).squeeze(1))
-        done |= (token == eos) | (max_new <= step + 1)
-        for k, idx in groups:
-            if not widths[k] and bool(done[idx].all()):
-                widths[k] = step + 1
-        if bool(done.all()):
+        token = steps_taken.record(inverse_cdf_draw(logp[:b].exp(), uniforms), logp, step)
+        if steps_taken.finished():
             break
         keys = torch.cat([keys, torch.ones(n, 1, dtype=torch.bool)], dim=1)
         positions = positions[:, -1:] + 1
         hidden = decoder.step(torch.cat([token, token])[:, None], positions, keys[:, None, None, :], cache, start, rows)
         start += 1
-    return torch.stack(tokens, dim=1), torch.stack(ref_lps, dim=1), widths
+    return torch.stack(steps_taken.tokens, dim=1), torch.stack(steps_taken.ref_lps, dim=1), widths
 
 
 @contextlib.contextmanager
@@ -181,9 +173,8 @@ def sample_mixed_transformers(model, tokenizer, requests: list[MixedRequest], de
     mask2 = torch.cat([mask, mask])
     positions = position_ids(mask2)
     step_input, past = torch.cat([ids, ids]), None
-    done = torch.zeros(b, dtype=torch.bool, device=device)
-    widths = [0] * len(requests)
-    tokens, ref_lps = [], []
+    steps_taken = Steps(b, groups, pad, eos, max_new, device)
+    widths = steps_taken.widths
     with adapters_by_row(model, [r.adapter for r in requests], gates), cache_kept(model):
         for step in range(int(max_new.max())):
             out = model(
@@ -196,20 +187,40 @@ def sample_mixed_transformers(model, tokenizer, requests: list[MixedRequest], de
             for k, idx in groups:
                 if not widths[k]:  # a finished request draws no more: its stream is its own call's
                     token[idx] = torch.multinomial(logp[idx].exp(), 1, generator=generators[k]).squeeze(1)
-            token = torch.where(done, torch.full_like(token, pad), token)
-            tokens.append(token)
-            ref_lps.append(logp[b:].gather(1, token[:, None]).squeeze(1))
-            done |= (token == eos) | (max_new <= step + 1)
-            for k, idx in groups:
-                if not widths[k] and bool(done[idx].all()):
-                    widths[k] = step + 1
-            if bool(done.all()):
+            token = steps_taken.record(token, logp, step)
+            if steps_taken.finished():
                 break
             step_input = torch.cat([token, token])[:, None]
             mask2 = torch.cat([mask2, torch.ones_like(mask2[:, :1])], dim=1)
             positions = positions[:, -1:] + 1
-    responses, ref = torch.stack(tokens, dim=1), torch.stack(ref_lps, dim=1)
+    responses, ref = torch.stack(steps_taken.tokens, dim=1), torch.stack(steps_taken.ref_lps, dim=1)
     return _rollouts(tokenizer, encoded, requests, sizes, widths, responses, ref)
+
+
+class Steps:
+    """What both decode paths keep per step: the drawn tokens (pad once a row has ended), the reference's
+    log-probs of them (rows B.. of the (2B, V) log-probs), which rows have ended (EOS or their own
+    budget) and the step at which each group's rows had all ended (its width alone)."""
+
+    def __init__(self, b: int, groups, pad: int, eos: int, max_new: torch.Tensor, device):
+        self.b, self.groups, self.pad, self.eos, self.max_new = b, groups, pad, eos, max_new
+        self.done = torch.zeros(b, dtype=torch.bool, device=device)
+        self.widths = [0] * len(groups)
+        self.tokens: list[torch.Tensor] = []
+        self.ref_lps: list[torch.Tensor] = []
+
+    def record(self, token: torch.Tensor, logp: torch.Tensor, step: int) -> torch.Tensor:
+        token = torch.where(self.done, torch.full_like(token, self.pad), token)
+        self.tokens.append(token)
+        self.ref_lps.append(logp[self.b :].gather(1, token[:, None]).squeeze(1))
+        self.done |= (token == self.eos) | (self.max_new <= step + 1)
+        for k, idx in self.groups:
+            if not self.widths[k] and bool(self.done[idx].all()):
+                self.widths[k] = step + 1
+        return token
+
+    def finished(self) -> bool:
+        return bool(self.done.all())
 
 
 def _rollouts(tokenizer, encoded, requests, sizes, widths, tokens, ref) -> list[Rollout]:
