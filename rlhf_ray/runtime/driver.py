@@ -95,14 +95,7 @@ def train(
     supervisor: Supervisor | None = None
     log: MetricsLog | None = None
     try:
-        start = 1
-        if ckpt is not None:
-            files = read_dir(ckpt)
-            # part of starting: loading the optimizer state can take as long as loading the model
-            timed_get(roles.learner.restore(files), cfg.cluster.start_timeout_s)
-            driver_state = json.loads(files["driver_state.json"])
-            stream.state = PromptState(**driver_state["prompts"])
-            start = driver_state["iteration"] + 1
+        start = 1 if ckpt is None else restore_run(cfg, roles, stream, ckpt)
         roles.sync(cfg.cluster.call_timeout_s)
         source = RolloutSource(roles.generators, stream, cfg, last_iteration=cfg.ppo.iterations)
         supervisor = Supervisor(cfg, roles, run_dir)  # restarts failed roles, redoes their iteration
@@ -154,6 +147,16 @@ def _loop(cfg: Config, run_dir: Path, roles: Roles, source, supervisor: Supervis
         if iteration % cfg.ppo.checkpoint_every == 0 or iteration == cfg.ppo.iterations:
             write_checkpoint(run_dir, iteration, supervisor.state, keep=cfg.ppo.keep_checkpoints)
     return last
+
+
+def restore_run(cfg: Config, roles, stream, ckpt: Path) -> int:
+    """A checkpoint back into the learner and the prompt stream; -> the first iteration still to run."""
+    files = read_dir(ckpt)
+    # part of starting: loading the optimizer state can take as long as loading the model
+    timed_get(roles.learner.restore(files), cfg.cluster.start_timeout_s)
+    driver_state = json.loads(files["driver_state.json"])
+    stream.state = PromptState(**driver_state["prompts"])
+    return driver_state["iteration"] + 1
 
 
 def driver_state_of(cfg: Config, iteration: int, source: RolloutSource) -> dict:

@@ -32,11 +32,11 @@ from ray.util.placement_group import remove_placement_group
 
 from rlhf_ray.actors.remote import MultiRunPolicyActor, RewardScorerActor
 from rlhf_ray.config.schema import Config
-from rlhf_ray.data.prompts import PromptState, prompt_stream
+from rlhf_ray.data.prompts import prompt_stream
 from rlhf_ray.errors import UserError, user_message
 from rlhf_ray.models.policy import load_tokenizer
 from rlhf_ray.runtime import stopping
-from rlhf_ray.runtime.driver import driver_state_of, run_iteration
+from rlhf_ray.runtime.driver import driver_state_of, restore_run, run_iteration
 from rlhf_ray.runtime.metrics import MetricsLog, open_sinks, plot_metrics, write_samples
 from rlhf_ray.runtime.overlap import Batch, RolloutSource
 from rlhf_ray.runtime.placement import RoleSpec, actor_options, create_placement, run_id
@@ -45,7 +45,7 @@ from rlhf_ray.runtime.roles import make_actor, retry_while_name_taken, sync_adap
 from rlhf_ray.runtime.rundir import resume_checkpoint
 from rlhf_ray.runtime.sweep_plan import reward_key
 from rlhf_ray.store.artifacts import ModelRef
-from rlhf_ray.store.checkpoint import read_dir, write_checkpoint
+from rlhf_ray.store.checkpoint import write_checkpoint
 
 log = logging.getLogger(__name__)
 HOST = "policy-0"
@@ -308,13 +308,7 @@ def _begin(r: SweepRun, roles: RunRoles, tokenizer) -> _Live:
     """A run's driver side: its prompt stream, restored learner (on resume), supervisor and log."""
     cfg = r.cfg
     stream = prompt_stream(cfg, tokenizer, "train")
-    start = 1
-    if r.resume:
-        files = read_dir(resume_checkpoint(r.run_dir, cfg))
-        timed_get(roles.learner.restore(files), cfg.cluster.start_timeout_s)
-        driver_state = json.loads(files["driver_state.json"])
-        stream.state = PromptState(**driver_state["prompts"])
-        start = driver_state["iteration"] + 1
+    start = restore_run(cfg, roles, stream, resume_checkpoint(r.run_dir, cfg)) if r.resume else 1
     roles.sync(cfg.cluster.call_timeout_s)
     source = PrefetchedSource(roles.generators, stream, cfg, last_iteration=cfg.ppo.iterations)
     supervisor = Supervisor(cfg, roles, r.run_dir)
