@@ -449,7 +449,7 @@ def _trained_kind(cfg: Config) -> str:
 def _validate_reward_objective(cfg: Config) -> None:
     """Training sizes (None = the objective's default) and a dataset of the objective's shape."""
     r = cfg.reward
-    for key in ("train_size", "eval_size"):
+    for key in ("train_size", "eval_size", "train_window"):
         value = getattr(r, key)
         _check(value is None or value > 0, f"reward.{key}", f"must be > 0 (or null for the default); got {value}")
     _check(
@@ -457,6 +457,11 @@ def _validate_reward_objective(cfg: Config) -> None:
         "reward.backbone",
         "ngrams is a sentiment classifier (0/1 labels): use reward.objective=classifier, or an encoder "
         "backbone (minilm-l6) for a pairwise reward model",
+    )
+    _check(
+        r.train_window is None or r.objective == "classifier",
+        "reward.train_window",
+        "windows of reviews are for the sentiment classifier: set it to null for reward.objective=pairwise",
     )
     embedded = {"classifier": "imdb", "pairwise": "imdb-pairs"}  # each objective's embedded set
     for objective, other in (("pairwise", "imdb"), ("classifier", "imdb-pairs")):

@@ -159,6 +159,11 @@ class RewardConfig:
     train_batch_size: int = 32
     # Tokens per training text (the end of a long text is kept).
     train_max_length: int = 128
+    # classifier: train on windows of this many consecutive words, one per review at a seeded place, instead
+    # of whole reviews (None). PPO scores 20-40-word texts: on windows a stretch of plot is as often in a
+    # positive review as in a negative one, so the classifier learns to call it ~50/50 and a reward from it
+    # pays for tone; trained on whole reviews it calls most neutral text positive (docs/benchmarks.md).
+    train_window: int | None = None
 
     def source_list(self) -> list[RewardSourceConfig]:
         """reward.sources, or (when empty) the one source the keys above describe: the classifier, or

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import random
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -76,17 +77,30 @@ def opening(text: str, words: int = OPENING_WORDS) -> str:
     return " ".join(text.replace("<br />", " ").split()[:words])
 
 
+def windows(texts: list[str], words: int, seed: int) -> list[str]:
+    """One window of `words` consecutive words of each text, starting at a seeded random word (a shorter
+    text whole): reward.train_window's training texts, each labelled with its whole review's label."""
+    rng = random.Random(seed)
+    out = []
+    for text in texts:
+        split = text.replace("<br />", " ").split()
+        start = rng.randrange(max(1, len(split) - words + 1))
+        out.append(" ".join(split[start : start + words]))
+    return out
+
+
 def encode(tokenizer, texts: list[str], max_length: int, device: str) -> dict[str, torch.Tensor]:
     return tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length).to(device)
 
 
 @torch.no_grad()
 def held_out_logits(model, tokenizer, texts: list[str], r: RewardConfig, device: str) -> torch.Tensor:
-    """(N, num_labels) float32 logits on the CPU, in scoring batches (reward.batch_size)."""
+    """(N, num_labels) float32 logits on the CPU, in scoring batches (reward.batch_size), each text cut to
+    reward.max_length tokens as the scorer cuts it."""
     model.eval()
     return torch.cat(
         [
-            model(**encode(tokenizer, texts[i : i + r.batch_size], r.train_max_length, device)).logits.float().cpu()
+            model(**encode(tokenizer, texts[i : i + r.batch_size], r.max_length, device)).logits.float().cpu()
             for i in range(0, len(texts), r.batch_size)
         ]
     )
@@ -100,6 +114,8 @@ class ClassifierObjective:
 
     def __init__(self, r: RewardConfig, seed: int):
         self.texts, self.targets = labelled_sample(r.dataset, "train", r.train_size, seed)
+        if r.train_window:
+            self.texts = windows(self.texts, r.train_window, seed)
         self.eval_texts, self.eval_targets = labelled_sample(r.dataset, "test", r.eval_size, seed)
         self.report: dict = {}
 
