@@ -449,7 +449,7 @@ def _trained_kind(cfg: Config) -> str:
 def _validate_reward_objective(cfg: Config) -> None:
     """Training sizes (None = the objective's default) and a dataset of the objective's shape."""
     r = cfg.reward
-    for key in ("train_size", "eval_size", "train_window"):
+    for key in ("train_size", "eval_size", "train_window", "train_layers"):
         value = getattr(r, key)
         _check(value is None or value > 0, f"reward.{key}", f"must be > 0 (or null for the default); got {value}")
     _check(
@@ -462,6 +462,12 @@ def _validate_reward_objective(cfg: Config) -> None:
         r.train_window is None or r.objective == "classifier",
         "reward.train_window",
         "windows of reviews are for the sentiment classifier: set it to null for reward.objective=pairwise",
+    )
+    _check(
+        r.train_layers is None or (r.method == "full" and r.backbone != NGRAM_BACKBONE),
+        "reward.train_layers",
+        "picks the encoder layers that train under reward.method=full: set it to null for method=lora "
+        "(the LoRA already trains a few weights) or backbone=ngrams",
     )
     embedded = {"classifier": "imdb", "pairwise": "imdb-pairs"}  # each objective's embedded set
     for objective, other in (("pairwise", "imdb"), ("classifier", "imdb-pairs")):

@@ -164,6 +164,9 @@ class RewardConfig:
     # positive review as in a negative one, so the classifier learns to call it ~50/50 and a reward from it
     # pays for tone; trained on whole reviews it calls most neutral text positive (docs/benchmarks.md).
     train_window: int | None = None
+    # method=full: train only the top N layers of the encoder and what follows them (pooler, head); the
+    # embeddings and the lower layers stay frozen, so the backward stops there. None = every layer.
+    train_layers: int | None = None
 
     def source_list(self) -> list[RewardSourceConfig]:
         """reward.sources, or (when empty) the one source the keys above describe: the classifier, or

@@ -96,11 +96,11 @@ def encode(tokenizer, texts: list[str], max_length: int, device: str) -> dict[st
 @torch.no_grad()
 def held_out_logits(model, tokenizer, texts: list[str], r: RewardConfig, device: str) -> torch.Tensor:
     """(N, num_labels) float32 logits on the CPU, in scoring batches (reward.batch_size), each text cut to
-    reward.max_length tokens as the scorer cuts it."""
+    reward.train_max_length tokens as training cut it (its end kept)."""
     model.eval()
     return torch.cat(
         [
-            model(**encode(tokenizer, texts[i : i + r.batch_size], r.max_length, device)).logits.float().cpu()
+            model(**encode(tokenizer, texts[i : i + r.batch_size], r.train_max_length, device)).logits.float().cpu()
             for i in range(0, len(texts), r.batch_size)
         ]
     )
@@ -211,7 +211,24 @@ def build_reward_model(cfg: Config, backbone: str, device: str, id2label: dict[i
         model = attach_lora(
             model, cfg.model.lora_r, cfg.model.lora_alpha, cfg.model.lora_dropout, None, task_type="SEQ_CLS"
         )
+    elif r.train_layers is not None:
+        freeze_below(model, r.train_layers)
     return model, head
+
+
+def freeze_below(model: torch.nn.Module, top: int) -> None:
+    """reward.train_layers: only the top `top` layers of the encoder and what follows them (pooler,
+    head) train. The layers are the model's longest ModuleList; every parameter registered before the
+    first trained layer's (the embeddings, the lower layers) is frozen, so no backward runs below it."""
+    layers = max((m for m in model.modules() if isinstance(m, torch.nn.ModuleList)), key=len, default=None)
+    if layers is None or top > len(layers):
+        size = 0 if layers is None else len(layers)
+        raise UserError(f"reward.train_layers={top}: the reward backbone has {size} layers; use at most {size}")
+    first = next(layers[len(layers) - top].parameters())
+    for p in model.parameters():
+        if p is first:
+            return
+        p.requires_grad_(False)
 
 
 def head_line(r: RewardConfig, outputs: int, head: list[str]) -> str:
@@ -226,9 +243,12 @@ def head_line(r: RewardConfig, outputs: int, head: list[str]) -> str:
 def plan_line(r: RewardConfig, steps: int) -> str:
     """What the reward stage is about to do, said before the task starts (its first step waits for
     the backbone to load and the held-out set to be scored)."""
-    weights = (
-        "the whole encoder and the head" if r.method == "full" else f"a LoRA on the {r.quant} encoder and the head"
-    )
+    if r.method == "lora":
+        weights = f"a LoRA on the {r.quant} encoder and the head"
+    elif r.train_layers is not None:
+        weights = f"the top {r.train_layers} encoder layers and the head; the rest frozen"
+    else:
+        weights = "the whole encoder and the head"
     if r.objective == "pairwise":
         what, rows, held = "a scalar reward model", f"{r.train_size} preference pairs", f"{r.eval_size} pairs"
     else:

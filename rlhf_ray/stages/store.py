@@ -37,8 +37,9 @@ def stage_inputs(cfg: Config, stage: str, upstream: dict[str, str] | None = None
         reward = {k: v for k, v in dataclasses.asdict(cfg.reward.resolved()).items() if k not in _SCORING_ONLY}
         if reward["objective"] == "classifier":
             del reward["objective"]  # classifier entries cached before reward.objective existed keep their key
-        if reward["train_window"] is None:
-            del reward["train_window"]  # whole reviews: entries cached before the key existed keep theirs
+        for key in ("train_window", "train_layers"):  # unset: entries cached before the keys existed keep theirs
+            if reward[key] is None:
+                del reward[key]
         return {"seed": d["run"]["seed"], "reward": reward}
     raise ValueError(f"stage {stage!r} is not content-addressed")
 

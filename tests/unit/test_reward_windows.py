@@ -33,3 +33,32 @@ def test_each_text_gives_one_window_of_consecutive_words_seeded():
 def test_bad_windows_are_refused(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, overrides)
+
+
+def test_train_layers_freezes_the_embeddings_and_the_lower_layers(tiny_classifier):
+    from transformers import AutoModelForSequenceClassification
+
+    from rlhf_ray.errors import UserError
+    from rlhf_ray.stages.reward import freeze_below
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_classifier, num_labels=2)
+    layers = len(model.bert.encoder.layer)
+    freeze_below(model, 1)
+    trainable = {
+        n.split(".")[1] if n.startswith("bert.") else n.split(".")[0]
+        for n, p in model.named_parameters()
+        if p.requires_grad
+    }
+    assert trainable == {"encoder", "pooler", "classifier"}
+    top = f"bert.encoder.layer.{layers - 1}."
+    for name, p in model.named_parameters():
+        if name.startswith("bert.encoder."):
+            assert p.requires_grad == name.startswith(top), name  # only the top layer of the encoder
+    with pytest.raises(UserError, match=f"has {layers} layers"):
+        freeze_below(model, layers + 1)
+
+
+def test_train_layers_is_refused_where_it_does_not_apply():
+    for overrides in (["reward.train_layers=0"], ["reward.train_layers=2", "reward.method=lora"]):
+        with pytest.raises(ConfigError, match="reward.train_layers"):
+            load_config(None, overrides)
