@@ -31,7 +31,7 @@ import torch
 from rlhf_ray.algo.preference import bradley_terry_loss
 from rlhf_ray.config.schema import Config, RewardConfig
 from rlhf_ray.data.pairs import load_pairs
-from rlhf_ray.data.prompts import load_text_dataset
+from rlhf_ray.data.prompts import clean_text, load_text_dataset
 from rlhf_ray.errors import UserError
 from rlhf_ray.models.assets import resolve_model
 from rlhf_ray.models.loading import load_with_head
@@ -74,7 +74,7 @@ def labelled_sample(ref: str, split: str, n: int | None, seed: int) -> tuple[lis
 
 def opening(text: str, words: int = OPENING_WORDS) -> str:
     """A review's first `words` words: about what PPO scores (a 4-8-token opening + 20 new tokens)."""
-    return " ".join(text.replace("<br />", " ").split()[:words])
+    return " ".join(clean_text(text).split()[:words])
 
 
 def windows(texts: list[str], words: int, seed: int) -> list[str]:
@@ -83,7 +83,7 @@ def windows(texts: list[str], words: int, seed: int) -> list[str]:
     rng = random.Random(seed)
     out = []
     for text in texts:
-        split = text.replace("<br />", " ").split()
+        split = clean_text(text).split()
         start = rng.randrange(max(1, len(split) - words + 1))
         out.append(" ".join(split[start : start + words]))
     return out

@@ -1,4 +1,4 @@
-"""reward.train_window: the classifier's training texts as windows of reviews (rlhf_ray.stages.reward.windows)."""
+"""reward.train_window and reward.train_layers: what the reward stage trains on, and which of its layers."""
 
 from __future__ import annotations
 
