@@ -10,6 +10,9 @@ The reference is the base with every adapter disabled, as in a single run. The l
 packed base is built once and shared by every run (it reads the active adapter at each call);
 `generate_many` samples every run's prompts in one call of it, each row under its run's adapter
 (models/mixed.py).
+Under the separate layout (cluster.layout: separate) the same class plays one role only: `role="learner"`
+holds every run's learner and no generator, `role="generator"` (replica `rank`) every run's generator,
+each run's adapter imported from the learner's payloads as a single generator imports its own.
 Plain class: runs without Ray (tests build it in-process)."""
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from rlhf_ray.actors.learner import Learner
 from rlhf_ray.batch import AdapterPayload, GenerationInfo, Prompt, Rollout
 from rlhf_ray.config.schema import Config
 from rlhf_ray.envs.runner import EnvSpec
+from rlhf_ray.models.adapter import import_adapter
 from rlhf_ray.models.assets import materialize
 from rlhf_ray.models.decode import LeanDecoder
 from rlhf_ray.models.dequant import dequantized_int8
@@ -39,33 +43,54 @@ def adapter_names(runs: list[str]) -> dict[str, str]:
     return {run: f"run{i}" for i, run in enumerate(runs)}
 
 
-class RunState:
-    """One run on the shared base: its learner (adapter, value head, optimizer, KL) and generator."""
+ROLES = ("fused", "generator", "learner")
 
-    def __init__(self, adapter: str, learner: Learner, generator: Generator):
+
+class RunState:
+    """One run on the shared base: its learner (adapter, value head, optimizer, KL) and generator
+    (either is None on a host of the separate layout that does not play that role)."""
+
+    def __init__(self, adapter: str, learner: Learner | None, generator: Generator | None):
         self.adapter, self.learner, self.generator = adapter, learner, generator
 
 
 class MultiRunPolicyHost:
-    def __init__(self, runs: dict[str, Config], policy: ModelRef, envs: dict[str, EnvSpec | None] | None = None):
+    def __init__(
+        self,
+        runs: dict[str, Config],
+        policy: ModelRef,
+        envs: dict[str, EnvSpec | None] | None = None,
+        role: str = "fused",
+        rank: int = 0,
+    ):
         """runs: run name -> its config (the sweep checked that none changes the base); envs: each
-        run's environments (multi-turn), None for single-turn runs."""
+        run's environments (multi-turn), None for single-turn runs; role: fused (both roles),
+        generator (replica `rank`) or learner."""
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}, got {role!r}")
         first = next(iter(runs.values()))
         init_process(first)
         policy_path = materialize(policy, first.cache_dir())
-        device = role_device(first.fused_gpus())
-        model = ppo_numerics(load_policy(first, policy_path, device))  # the one quantized base (+ a placeholder)
+        c = first.cluster
+        device = role_device(
+            {"fused": first.fused_gpus(), "generator": c.generator_gpus, "learner": c.learner_gpus}[role]
+        )
+        # the one quantized base (+ a placeholder adapter), loaded as the single-run role of this kind loads it
+        checkpointing = False if role == "generator" else None
+        model = ppo_numerics(load_policy(first, policy_path, device, gradient_checkpointing=checkpointing))
         shared = SharedPolicy(model, load_tokenizer(policy_path), device)
         names = adapter_names(list(runs))
-        self.runs: dict[str, RunState] = {}
+        self.role, self.runs = role, {}
         for run, cfg in runs.items():
             m = cfg.model
             torch.manual_seed(cfg.run.seed)  # a run's fresh LoRA depends on its seed only, not on its neighbours
             targets = target_modules_for(model, m.target_modules)
             model.add_adapter(names[run], lora_config(m.lora_r, m.lora_alpha, m.lora_dropout, targets))
             # its value head next, from the same seeded stream (as a single fused run: LoRA, then head)
-            learner = Learner(cfg, policy_path, shared=shared, adapter_name=names[run])
-            generator = Generator(cfg, policy_path, shared=shared, env=(envs or {}).get(run))
+            learner = Learner(cfg, policy_path, shared=shared, adapter_name=names[run]) if role != "generator" else None
+            generator = None
+            if role != "learner":
+                generator = Generator(cfg, policy_path, rank=rank, shared=shared, env=(envs or {}).get(run))
             self.runs[run] = RunState(names[run], learner, generator)
         model.set_adapter(names[next(iter(runs))])
         model.delete_adapter(PLACEHOLDER)
@@ -82,9 +107,13 @@ class MultiRunPolicyHost:
 
     # ------------------------------------------------------------------ generator role (per run)
     def load_adapter(self, run: str, payload: AdapterPayload) -> tuple[int, str]:
-        """Confirm the payload is what the run's adapter holds (no copy); a stale or corrupt one is refused."""
+        """Fused: confirm the payload is what the run's adapter holds (no copy; a stale or corrupt one is
+        refused). A generator host: import it into the run's adapter after its hash check."""
         state = self.runs[run]
-        digest = confirm_live(payload, state.learner.adapter(), f"run {run}'s")
+        if state.learner is None:
+            digest = import_adapter(self.model, payload, adapter_name=state.adapter)
+        else:
+            digest = confirm_live(payload, state.learner.adapter(), f"run {run}'s")
         state.generator.version, state.generator.adapter_hash = payload.version, digest
         return payload.version, digest
 

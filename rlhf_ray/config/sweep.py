@@ -28,7 +28,6 @@ SHARED_KEYS = (
 # Keys a sweep does not support yet (one line each, with what to do instead).
 UNSUPPORTED = {
     "ppo.overlap": (True, "overlapped rollouts are not built for sweeps: set ppo.overlap=false"),
-    "cluster.layout": ("separate", "a sweep runs on the fused layout only (one policy host for every run)"),
     "cluster.num_learners": (None, "a sweep has one policy host: set cluster.num_learners=1"),
 }
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=,-]*$")

@@ -1,21 +1,24 @@
 """Many runs, one base: the sweep's driver loop over one multi-run policy host.
 
 One `MultiRunPolicyActor` holds the quantized base once and every run's adapter, value head and
-optimizer (actors/multirun.py); runs with the same reward config share a reward scorer; each run
-has its own prompt stream, supervisor, metrics log and run directory. Each run is driven by the single-run code
-itself: `RunRoles` presents the host to `driver.run_iteration`, `RolloutSource` and `Supervisor`
-as if it were that run's own roles (every call carries the run's name), so a sweep's iteration is
-a PPO iteration, its checkpoints are PPO checkpoints and `ppo --resume` continues one run alone.
+optimizer (actors/multirun.py). Under cluster.layout=separate the roles split as a single run's do:
+one learner host holds every run's learner, and each of cluster.num_generators generator hosts holds
+every run's adapter (each run's prompts sharded over them as a single run shards its own). Runs with
+the same reward config share a reward scorer; each run has its own prompt stream, supervisor,
+metrics log and run directory. Each run is driven by the single-run code itself: `RunRoles`
+presents the hosts to `driver.run_iteration`, `RolloutSource` and `Supervisor` as if they were that
+run's own roles (every call carries the run's name), so a sweep's iteration is a PPO iteration, its
+checkpoints are PPO checkpoints and `ppo --resume` continues one run alone.
 
-Rounds: one host call samples every unfinished run's next batch (each row under its run's adapter,
-models/mixed.py; run by run where the lean decode loop does not apply), then each run is scored,
-learns and syncs in turn (the host switching the active adapter).
+Rounds: one call per generator host samples every unfinished run's next batch (each row under its
+run's adapter, models/mixed.py; run by run where the lean decode loop does not apply), then each run
+is scored, learns and syncs in turn (the host switching the active adapter).
 
 A run that fails by itself (its reward function raises, a non-finite batch under
 ppo.on_nonfinite=stop, its scorer beyond cluster.max_role_restarts) stops alone with its last
 completed iteration checkpointed; the others go on. A policy host that dies or hangs is restarted by
 the run that meets it (its Supervisor, as a single run's), and every other run restores its own last
-completed iteration on the fresh host before its next one: every run goes on as if uninterrupted."""
+completed iteration on the hosts before its next round: every run goes on as if uninterrupted."""
 
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ from rlhf_ray.errors import UserError, user_message
 from rlhf_ray.models.policy import load_tokenizer
 from rlhf_ray.runtime import stopping
 from rlhf_ray.runtime.driver import driver_state_of, restore_run, run_iteration
+from rlhf_ray.runtime.layout import role_layout
 from rlhf_ray.runtime.metrics import MetricsLog, open_sinks, plot_metrics, write_samples
 from rlhf_ray.runtime.overlap import Batch, RolloutSource
 from rlhf_ray.runtime.placement import RoleSpec, actor_options, create_placement, run_id
@@ -48,15 +52,25 @@ from rlhf_ray.store.artifacts import ModelRef
 from rlhf_ray.store.checkpoint import write_checkpoint
 
 log = logging.getLogger(__name__)
-HOST = "policy-0"
 
 
 class HostRef:
-    """The one policy host every run's view calls, replaced in place when it is restarted; its
-    generation counts the restarts, so each run knows when its adapter must be restored on it."""
+    """A policy host every run's view calls, replaced in place when it is restarted."""
 
     def __init__(self, actor, maker: Callable[[], object]):
-        self.actor, self.maker, self.generation = actor, maker, 0
+        self.actor, self.maker = actor, maker
+
+
+@dataclass
+class Hosts:
+    """The sweep's policy hosts by role name: `policy-0` (fused), or `generator-<i>` and `learner-0`
+    (separate). generation counts the restarts of any of them, so each run knows when its adapter
+    must be restored (its learner) and synced (every generator) on them."""
+
+    refs: dict[str, HostRef]
+    generators: list[str]
+    learner: str
+    generation: int = 0
 
 
 class _RunMethod:
@@ -113,7 +127,7 @@ class RunRoles:
     """One run's roles as the driver, RolloutSource and Supervisor see them (runtime.roles.Roles)."""
 
     run: str
-    host: HostRef
+    hosts: Hosts
     scorer_maker: Callable[[], object]
     scorers: list
     start_timeout_s: float
@@ -121,21 +135,24 @@ class RunRoles:
     learner: RunLearner = field(init=False)
 
     def __post_init__(self):
-        self.generators, self.learner = [RunHandle(self.host, self.run)], RunLearner(self.host, self.run)
+        h = self.hosts
+        self.generators = [RunHandle(h.refs[name], self.run) for name in h.generators]
+        self.learner = RunLearner(h.refs[h.learner], self.run)
 
     def named(self) -> dict:
-        return {HOST: self.host.actor, "reward-0": self.scorers[0]}
+        return {**{name: ref.actor for name, ref in self.hosts.refs.items()}, "reward-0": self.scorers[0]}
 
     def restart(self, name: str) -> None:
-        """The host is every run's: a fresh one (every run's adapter new again) replaces it for all of
-        them, and each other run restores its own last completed iteration on it before its next one
-        (`_step`). A run's scorer (shared by the runs of its reward config: one list, replaced in
-        place) is restarted in its bundle."""
-        if name == HOST:
-            ray.kill(self.host.actor)
-            self.host.actor = retry_while_name_taken(self.host.maker)
-            self.host.generation += 1
-            timed_get(self.host.actor.where.remote(), self.start_timeout_s)
+        """A host is every run's: a fresh one (every run's adapter new again) replaces it for all of
+        them, and each other run restores its own last completed iteration on the hosts before its
+        next one (`catch_up`). A run's scorer (shared by the runs of its reward config: one list,
+        replaced in place) is restarted in its bundle."""
+        if name in self.hosts.refs:
+            host = self.hosts.refs[name]
+            ray.kill(host.actor)
+            host.actor = retry_while_name_taken(host.maker)
+            self.hosts.generation += 1
+            timed_get(host.actor.where.remote(), self.start_timeout_s)
             return
         ray.kill(self.scorers[0])
         self.scorers[0] = retry_while_name_taken(self.scorer_maker)
@@ -153,6 +170,11 @@ class PrefetchedSource(RolloutSource):
 
     prefetched: tuple[int, Batch] | None = None
 
+    def drop(self) -> None:
+        """Forget the batch sampled ahead (its host may have died since): the prompts go back to the stream."""
+        if self.prefetched is not None:
+            self.stream.state, self.prefetched = replace(self.prefetched[1].state_before), None
+
     def _launch(self, iteration: int) -> Batch:
         if self.prefetched is not None and self.prefetched[0] == iteration:
             batch, self.prefetched = self.prefetched[1], None
@@ -160,22 +182,25 @@ class PrefetchedSource(RolloutSource):
         return super()._launch(iteration)
 
 
-def prefetch(host, states: list) -> None:
-    """Draw each run's next prompts from its own stream and sample them all in ONE host call (each row
-    under its run's adapter: MultiRunPolicyHost.generate_many); each run's source hands its share to
+def prefetch(hosts: Hosts, states: list) -> None:
+    """Draw each run's next prompts from its own stream and sample them all in ONE call per generator
+    host (each row under its run's adapter: MultiRunPolicyHost.generate_many; generator i gets shard i
+    of every run's prompts, as a single run's generator i would); each run's source hands its share to
     its iteration as if it had sampled it."""
     if len(states) < 2:
         return
-    requests, slots = [], []
+    n = len(hosts.generators)
+    slots = []
     for state in states:
         source, it = state.source, state.iteration
         before = replace(source.stream.state)
-        prompts = source.stream.next(source.batch_size)
-        requests.append((state.run.name, prompts, it, source.want_samples(it)))
-        slots.append((source, it, before))
-    refs = host.actor.generate_many.options(num_returns=2 * len(requests)).remote(requests)
-    for i, (source, it, before) in enumerate(slots):
-        source.prefetched = (it, Batch([refs[2 * i]], [refs[2 * i + 1]], before))
+        slots.append((state.run.name, source, it, before, source.stream.next(source.batch_size)))
+    calls = []
+    for i, name in enumerate(hosts.generators):
+        requests = [(run, prompts[i::n], it, source.want_samples(it)) for run, source, it, _, prompts in slots]
+        calls.append(hosts.refs[name].actor.generate_many.options(num_returns=2 * len(requests)).remote(requests))
+    for k, (_, source, it, before, _) in enumerate(slots):
+        source.prefetched = (it, Batch([c[2 * k] for c in calls], [c[2 * k + 1] for c in calls], before))
 
 
 @dataclass
@@ -194,7 +219,7 @@ class SweepRun:
 class _Live:
     run: SweepRun
     roles: RunRoles
-    source: RolloutSource
+    source: PrefetchedSource
     supervisor: Supervisor
     log: MetricsLog
     iteration: int  # the next one
@@ -216,28 +241,35 @@ def reward_models(specs: list) -> str:
 
 
 def start_roles(runs: list[SweepRun], policy: ModelRef, sweep_dir: Path):
-    """The host (every run's adapter on one base) and a reward scorer per distinct reward config, in
-    one placement group."""
+    """The policy hosts (every run's adapter on each one base: one fused host, or under the separate
+    layout the generator hosts and the learner host) and a reward scorer per distinct reward config,
+    in one placement group."""
     first = runs[0].cfg
     c = first.cluster
     group = reward_groups(runs)
     owners = [runs[group.index(g)] for g in range(max(group) + 1)]  # the first run of each group builds it
-    specs = [RoleSpec(HOST, c.actor_cpus, first.fused_gpus())]
-    specs += [RoleSpec(f"reward-{g}", c.actor_cpus, c.scorer_gpus) for g in range(len(owners))]
+    layout = role_layout(first, first.cluster.layout)
+    roles = {s.name: "generator" for s in layout.generators}
+    roles.update({s.name: "fused" if layout.fused else "learner" for s in layout.learners})
+    policy_specs = [*layout.generators, *layout.learners]
+    specs = policy_specs + [RoleSpec(f"reward-{g}", c.actor_cpus, c.scorer_gpus) for g in range(len(owners))]
     rid = run_id(sweep_dir)
     pg = create_placement(specs, c, name=f"rlhf_ray/{rid}")
-    opts = [actor_options(s, pg, i, c.namespace, rid) for i, s in enumerate(specs)]
+    opts = {s.name: actor_options(s, pg, i, c.namespace, rid) for i, s in enumerate(specs)}
+    configs, envs = {r.name: r.cfg for r in runs}, {r.name: r.env for r in runs}
     started: list = []
     try:
-        host_maker = partial(
-            make_actor,
-            MultiRunPolicyActor,
-            opts[0],
-            ({r.name: r.cfg for r in runs}, policy, {r.name: r.env for r in runs}),
-        )
-        host = HostRef(host_maker(), host_maker)
-        started.append(host.actor)
-        makers = [partial(make_actor, RewardScorerActor, opts[g + 1], (o.cfg, o.reward)) for g, o in enumerate(owners)]
+        refs = {}
+        for rank, spec in enumerate(policy_specs):
+            role = roles[spec.name]
+            maker = partial(make_actor, MultiRunPolicyActor, opts[spec.name], (configs, policy, envs, role, rank))
+            refs[spec.name] = HostRef(maker(), maker)
+            started.append(refs[spec.name].actor)
+        learner = layout.learners[0].name
+        hosts = Hosts(refs, [s.name for s in layout.generators] or [learner], learner)  # fused: one host for both
+        makers = [
+            partial(make_actor, RewardScorerActor, opts[f"reward-{g}"], (o.cfg, o.reward)) for g, o in enumerate(owners)
+        ]
         scorers = [[make()] for make in makers]  # one list per scorer, shared by its runs' views (restarts)
         started += [s[0] for s in scorers]
         timed_get([a.where.remote() for a in started], c.start_timeout_s)  # every model loaded
@@ -247,10 +279,10 @@ def start_roles(runs: list[SweepRun], policy: ModelRef, sweep_dir: Path):
         remove_placement_group(pg)
         raise
     views = {
-        r.name: RunRoles(r.name, host, makers[group[i]], scorers[group[i]], c.start_timeout_s)
+        r.name: RunRoles(r.name, hosts, makers[group[i]], scorers[group[i]], c.start_timeout_s)
         for i, r in enumerate(runs)
     }
-    return host, views, started[1:], pg
+    return hosts, views, started[len(refs) :], pg
 
 
 def train_sweep(
@@ -261,19 +293,27 @@ def train_sweep(
     on_state(None, "generation", mode=...): whether the runs share one sampling call."""
     stopping.reclaim()  # ray.init replaced our SIGTERM handler
     tokenizer = load_tokenizer(policy_path)
-    host, views, scorers, pg = start_roles(runs, policy, sweep_dir)
+    hosts, views, scorers, pg = start_roles(runs, policy, sweep_dir)
     live: dict[str, _Live] = {}
     results: dict[str, dict] = {}
     try:
         names = [r.name for r in runs]
-        batched = timed_get(host.actor.batched.remote(names), runs[0].cfg.cluster.call_timeout_s)
+        first_generator = hosts.refs[hosts.generators[0]].actor
+        batched = timed_get(first_generator.batched.remote(names), runs[0].cfg.cluster.call_timeout_s)
         on_state(None, "generation", mode=f"one call for every run ({batched})" if batched else "run by run")
         for r in runs:
             live[r.name] = _begin(r, views[r.name], tokenizer)
             on_state(r.name, "running", iteration=live[r.name].iteration - 1)
         while live:
             if batched:
-                prefetch(host, list(live.values()))  # one sampling call for every run
+                for name in list(live):  # a host restarted in the last round: every run back on it first
+                    try:
+                        catch_up(live[name])
+                    except KeyboardInterrupt:
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - this run stops alone, the others go on
+                        results[name] = _fail(live.pop(name), exc, on_state)
+                prefetch(hosts, list(live.values()))  # one sampling call per generator host for every run
             for name in list(live):
                 state = live[name]
                 try:
@@ -298,7 +338,8 @@ def train_sweep(
     finally:
         for state in live.values():
             state.log.close()
-        for actor in [host.actor, *{id(v.scorers[0]): v.scorers[0] for v in views.values()}.values(), *scorers]:
+        hosts_now = [ref.actor for ref in hosts.refs.values()]
+        for actor in [*hosts_now, *{id(v.scorers[0]): v.scorers[0] for v in views.values()}.values(), *scorers]:
             ray.kill(actor)  # the live ones (a restarted role replaced its first actor) and the first ones
         remove_placement_group(pg)
     return results
@@ -332,20 +373,27 @@ def _step(state: _Live) -> None:
         state.last = metrics
         log.info("%s iteration %d: reward=%.3f kl=%.3f", state.run.name, it, metrics["reward/mean"], metrics["kl/mean"])
 
-    host = state.roles.host
-    if state.host_generation != host.generation:  # the host was restarted (by another run's recovery):
-        state.supervisor.restore()  # this run's adapter, head, optimizer, KL back on the fresh one
-        state.host_generation = host.generation
+    catch_up(state)
     state.supervisor.run(
         it,
         lambda: run_iteration(cfg, state.roles, state.source, it),
         lambda: driver_state_of(cfg, it, state.source),
         record,
     )
-    state.host_generation = host.generation  # a restart during this iteration restored this run itself
+    state.host_generation = state.roles.hosts.generation  # a restart during this iteration restored this run itself
     if it % cfg.ppo.checkpoint_every == 0 or it == cfg.ppo.iterations:
         write_checkpoint(run_dir, it, state.supervisor.state, keep=cfg.ppo.keep_checkpoints)
     state.iteration += 1
+
+
+def catch_up(state: _Live) -> None:
+    """A host was restarted (by another run's recovery) since this run last ran: its adapter, value
+    head, optimizer and KL back on the learner, and its adapter on every generator."""
+    hosts = state.roles.hosts
+    if state.host_generation != hosts.generation:
+        state.source.drop()  # sampled before the restart, perhaps by the dead host: sampled again, alone
+        state.supervisor.restore()
+        state.host_generation = hosts.generation
 
 
 def _finish(state: _Live) -> dict:

@@ -6,7 +6,9 @@ One base, one dequant cache, one lean-decoder layout and one process overhead fo
 only for the run that is learning: the host frees them after each run's update), its value head,
 and its rows of the KV cache (every run's batch is sampled in one call: models/mixed.py). One
 reward scorer process per distinct reward config (runs with the same `reward` section share one).
-Every run may have its own rank and targets: each run is counted from its own config."""
+Every run may have its own rank and targets: each run is counted from its own config.
+Under cluster.layout=separate the learner host holds every run's learner parts and each of the
+cluster.num_generators generator hosts every run's adapter weights and its share of the KV cache."""
 
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ class RunBytes:
     grads: int  # its LoRA gradients, alive only while it learns
     value_head: int
     kv_cache: int  # its rows of the batched sampling call
+    generator_lora: int  # its adapter's weights on each generator host (separate layout)
+    generator_kv: int  # its rows on each generator host (its batch over cluster.num_generators)
 
     @property
     def kept(self) -> int:
@@ -33,8 +37,11 @@ class RunBytes:
 
 
 def run_bytes(cfg: Config, gpu_memory_gb: float | None = None) -> RunBytes:
-    policy = make_plan(cfg, gpu_memory_gb, choose=False).layouts["fused"].roles["policy"]
-    return RunBytes(policy.lora * 3 // 4, policy.lora // 4, policy.value_head, policy.kv_cache)
+    layouts = make_plan(cfg, gpu_memory_gb, choose=False).layouts
+    policy, generator = layouts["fused"].roles["policy"], layouts["separate"].roles["generator"]
+    return RunBytes(
+        policy.lora * 3 // 4, policy.lora // 4, policy.value_head, policy.kv_cache, generator.lora, generator.kv_cache
+    )
 
 
 def reward_key(cfg: Config) -> str:
@@ -65,16 +72,29 @@ def sweep_plan(runs: list[Config], gpu_memory_gb: float | None = None, choose: b
 
 
 def _sweep_layout(plan: Plan, first: Config, per_run: list[RunBytes], scorers: int):
-    fused = plan.layouts["fused"]
-    host = dataclasses.replace(
-        fused.roles["policy"],
+    shares = gpu_shares(first) if plan.device == "gpu" else None
+    learning = dict(
         lora=sum(r.lora for r in per_run) + max(r.grads for r in per_run),  # one run's grads at a time
         value_head=sum(r.value_head for r in per_run),
-        kv_cache=sum(r.kv_cache for r in per_run),
     )
-    roles = {"policy": host, "scorer": fused.roles["scorer"]}
-    shares = gpu_shares(first) if plan.device == "gpu" else None
-    return _layout(SWEEP, roles, {"policy": 1, "scorer": scorers}, plan.budget, shares)
+    if first.cluster.layout == "separate":
+        separate = plan.layouts["separate"].roles
+        roles = {
+            "generator": dataclasses.replace(
+                separate["generator"],
+                lora=sum(r.generator_lora for r in per_run),
+                kv_cache=sum(r.generator_kv for r in per_run),
+            ),
+            "learner": dataclasses.replace(separate["learner"], **learning),
+            "scorer": separate["scorer"],
+        }
+        counts = {"generator": first.cluster.num_generators, "learner": 1, "scorer": scorers}
+        return _layout(SWEEP, roles, counts, plan.budget, shares)
+    host = dataclasses.replace(
+        plan.layouts["fused"].roles["policy"], **learning, kv_cache=sum(r.kv_cache for r in per_run)
+    )
+    return _layout(SWEEP, {"policy": host, "scorer": plan.layouts["fused"].roles["scorer"]},
+                   {"policy": 1, "scorer": scorers}, plan.budget, shares)  # fmt: skip
 
 
 def runs_that_fit(cfg: Config, plan: Plan, gpu_memory_gb: float | None = None) -> int:
@@ -89,11 +109,17 @@ def runs_that_fit(cfg: Config, plan: Plan, gpu_memory_gb: float | None = None) -
 def format_sweep(plan: Plan, cfg: Config, runs: int, gpu_memory_gb: float | None = None) -> str:
     lp = plan.layouts[SWEEP]
     one = run_bytes(cfg, gpu_memory_gb)
+    if cfg.cluster.layout == "separate":
+        where = (
+            f"in the learner process, and {(one.generator_lora + one.generator_kv) / GIB:.4f} GiB (adapter, KV "
+            f"cache) in each of the {lp.counts['generator']} generator process(es), each with its own base"
+        )
+    else:
+        where = f"+ {one.kv_cache / GIB:.4f} GiB of KV cache while sampling, in the policy process"
     return (
         f"\n[sweep] {runs} runs on one base: total {lp.total / GIB:.2f} GiB "
         f"({'fits' if lp.fits else 'does NOT fit'}); per run {(one.lora + one.value_head) / GIB:.4f} GiB kept "
-        f"(adapter, AdamW moments, value head) + {one.kv_cache / GIB:.4f} GiB of KV cache while sampling, in the "
-        f"policy process; {lp.counts['scorer']} reward scorer(s) for them all; at most "
+        f"(adapter, AdamW moments, value head) {where}; {lp.counts['scorer']} reward scorer(s) for them all; at most "
         f"{runs_that_fit(cfg, plan, gpu_memory_gb)} runs of this config fit the {plan.device} budget of "
         f"{plan.budget / GIB:.2f} GiB"
     )

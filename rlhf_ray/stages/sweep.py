@@ -32,8 +32,11 @@ from rlhf_ray.store.provenance import collect, model_reference, record_models, w
 from rlhf_ray.store.sweeps import SweepFile, is_sweep, read_sweep
 
 
-def _fused(cfg: Config) -> Config:
-    return dataclasses.replace(cfg, cluster=dataclasses.replace(cfg.cluster, layout="fused"))
+def _layout(cfg: Config) -> Config:
+    """A sweep's layout: fused (one base for every run's generation and learning) unless the config
+    asks for separate (a learner host and cluster.num_generators generator hosts, each one base)."""
+    layout = "separate" if cfg.cluster.layout == "separate" else "fused"
+    return dataclasses.replace(cfg, cluster=dataclasses.replace(cfg.cluster, layout=layout))
 
 
 def new_runs(config: str | None, overrides: list[str], grids: list[str], runs_path: str | None) -> dict:
@@ -45,7 +48,7 @@ def new_runs(config: str | None, overrides: list[str], grids: list[str], runs_pa
     check_names(list(named))
     configs = {name: load_config(config, [*overrides, *extra]) for name, extra in named.items()}
     check_sweep(configs)
-    return {name: (named[name], _fused(cfg)) for name, cfg in configs.items()}
+    return {name: (named[name], _layout(cfg)) for name, cfg in configs.items()}
 
 
 def start(
@@ -97,7 +100,7 @@ def resume(sweep_dir: Path, overrides: list[str]) -> tuple[list[FileLock], Sweep
     try:
         sweep = SweepFile(sweep_dir, read_sweep(sweep_dir))
         todo = [r for r in sweep.data["runs"] if r["state"] != "done"]
-        configs = {r["name"]: _fused(load_config(sweep_dir / r["name"] / "config.yaml", overrides)) for r in todo}
+        configs = {r["name"]: _layout(load_config(sweep_dir / r["name"] / "config.yaml", overrides)) for r in todo}
         if configs:
             check_sweep(configs)
         runs = []
@@ -132,7 +135,7 @@ def run(sweep_dir: Path, sweep: SweepFile, runs: list[SweepRun]) -> dict:
     finally:
         atomic_write(sweep_dir / "plan.json", json.dumps(plan.to_json(), indent=2).encode())
     for r in runs:
-        r.cfg = planned(r.cfg, r.run_dir)  # plan.json per run (as a single run); the layout stays fused
+        r.cfg = planned(r.cfg, r.run_dir)  # plan.json per run (as a single run); the layout stays the sweep's
     with attached(first.cluster):
         policy_path = resolve_model(first.model.policy, first.cache_dir())
         for r in runs:

@@ -107,3 +107,27 @@ def test_one_request_is_the_single_run_path(host):
     )  # fmt: skip
     host.model.set_adapter(host.runs["b"].adapter)  # whichever is active: the request names its own
     _same(_mixed(host, [request])[0], alone)
+
+
+def test_separate_layout_hosts_play_one_role_each(host, tiny_lm):
+    """cluster.layout=separate: a generator host imports each run's adapter from its payload and samples
+    the runs' mixed call as the fused host does (its rank picks its sampling stream, as a single run's
+    generator's); a learner host holds the same fresh adapters and no generator."""
+    runs = {run: state.generator.cfg for run, state in host.runs.items()}
+    generator = MultiRunPolicyHost(runs, tiny_lm, role="generator", rank=0)
+    assert all(state.learner is None for state in generator.runs.values())
+    for run in runs:
+        generator.load_adapter(run, host.publish(run)[0])
+    requests = [(run, PROMPTS, 2, True) for run in runs]
+    fused, separate = host.generate_many(requests), generator.generate_many(requests)
+    for a, b in zip(fused[0::2], separate[0::2]):
+        _same(a, b)
+    other = MultiRunPolicyHost(runs, tiny_lm, role="generator", rank=1)
+    for run in runs:
+        other.load_adapter(run, host.publish(run)[0])
+    assert not torch.equal(other.generate_many(requests)[0].response_ids, fused[0].response_ids)
+    learner = MultiRunPolicyHost(runs, tiny_lm, role="learner")
+    assert all(state.generator is None for state in learner.runs.values())
+    fresh = MultiRunPolicyHost(runs, tiny_lm)  # the fused host before the fixture set its adapters
+    for run in runs:
+        assert learner.publish(run)[0].sha256 == fresh.publish(run)[0].sha256

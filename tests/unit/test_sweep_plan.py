@@ -38,6 +38,22 @@ def test_ranks_may_differ_each_run_counted_from_its_own_config():
     assert b == 4 * s and lora == 12 * (s + b) + 4 * b  # one run's grads at a time: the largest run's
 
 
+def test_separate_layout_each_generator_host_holds_every_runs_adapter_and_rows():
+    """cluster.layout=separate: one learner host with every run's learner parts, and each generator
+    host (its own base) with every run's adapter weights and its shard of every run's rows."""
+    over = ["algo.advantage=gae", "cluster.layout=separate", "cluster.num_generators=2"]
+    cfg = load_config("configs/gpt_neox_20b_24gb.yaml", over)
+    alone = make_plan(cfg, 80, choose=False).layouts["separate"].roles
+    three = sweep_plan([cfg] * 3, 80, choose=False).layouts[SWEEP]
+    assert three.counts == {"generator": 2, "learner": 1, "scorer": 1}
+    gen, learner = three.roles["generator"], three.roles["learner"]
+    assert gen.base == alone["generator"].base and gen.lora == 3 * alone["generator"].lora
+    assert gen.kv_cache == 3 * alone["generator"].kv_cache  # each run's half of its rows, on each generator
+    params = alone["learner"].lora // 16
+    assert learner.lora == 3 * 12 * params + 4 * params and learner.value_head == 3 * alone["learner"].value_head
+    assert three.on_host == ["scorer"] and three.total == 2 * gen.total + learner.total  # the card's share
+
+
 def test_plan_runs_says_how_many_fit_and_refuses_too_many(tmp_path, capsys):
     out = tmp_path / "plan.json"
     cfg = "configs/gpt_neox_20b_24gb.yaml"
