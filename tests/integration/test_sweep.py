@@ -173,13 +173,14 @@ def test_a_run_of_a_sweep_learns_as_it_does_alone_through_a_dead_host_sigterm_an
             assert swept_rows == pq.read_table(alone / "samples" / name).to_pylist()
 
 
-def test_separate_layout_two_generator_hosts_a_dead_one_and_each_run_as_alone(tmp_path):
+def test_separate_layout_two_generator_hosts_a_dead_one_sigkill_resume_and_each_run_as_alone(tmp_path):
     """cluster.layout=separate with two generators: a learner host and two generator hosts, each with
     both runs' adapters (each run's prompts sharded over them as alone). One generator host is killed:
-    restarted by the run that meets it, both runs synced on it again; each run equals its solo run of
-    the same layout (samples, rewards; the rest within the rounding of rows that share a matmul)."""
+    restarted by the run that meets it, both runs synced on it again. Then the driver is SIGKILLed and
+    the sweep resumed from the runs' checkpoints. Each run equals its uninterrupted solo run of the same
+    layout (samples, rewards; the rest within the rounding of rows that share a matmul)."""
     layout = ["cluster.layout=separate", "cluster.num_generators=2", "generate.decoder=lean"]
-    common = [*layout, "ppo.iterations=4", "ppo.checkpoint_every=100", "ppo.samples_every=2"]
+    common = [*layout, "ppo.iterations=6", "ppo.checkpoint_every=2", "ppo.samples_every=2"]
     sweep = tmp_path / "sweep"
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONPATH": str(REPO)}
     args = ["--config", SMOKE, "--run-dir", str(sweep), "--grid", "run.seed=[0,1]", *common]
@@ -193,14 +194,17 @@ def test_separate_layout_two_generator_hosts_a_dead_one_and_each_run_as_alone(tm
         actors = run_actors(sweep.name)
         assert sorted(actors) == ["generator-0", "generator-1", "learner-0", "reward-0"], actors
         ray.kill(ray.get_actor(actors["generator-1"], namespace="rlhf_ray"))
-        code = driver.wait(timeout=300)
+        for run in ("seed=0", "seed=1"):
+            wait_for_iteration(sweep / run, 3, driver, timeout_s=180)
+        assert driver.poll() is None
+        driver.send_signal(signal.SIGKILL)  # no checkpoint on the way out: the runs resume from iteration 2
+        driver.wait(timeout=60)
     finally:
         if driver.poll() is None:
             driver.kill()
-    output = (tmp_path / "driver.log").read_text()
-    assert code == 0, output[-3000:]
     recovered = recoveries(sweep)
     assert recovered and all(e["role"] == "generator-1" for e in recovered), recovered
+    assert main(["sweep", "--resume", str(sweep)]) == 0
     data = json.loads((sweep / "sweep.json").read_text())
     assert data["generation"] == "one call for every run (lean)" and all(r["state"] == "done" for r in data["runs"])
     plan = json.loads((sweep / "plan.json").read_text())["layouts"]["sweep"]
@@ -212,7 +216,7 @@ def test_separate_layout_two_generator_hosts_a_dead_one_and_each_run_as_alone(tm
         assert main(["ppo", "--config", SMOKE, "--run-dir", str(alone), f"run.seed={seed}", *common]) == 0
         swept = read_metrics(sweep / f"seed={seed}" / "metrics.jsonl")
         solo = read_metrics(alone / "metrics.jsonl")
-        assert [r["iteration"] for r in swept] == [r["iteration"] for r in solo] == [1, 2, 3, 4]
+        assert [r["iteration"] for r in swept] == [r["iteration"] for r in solo] == list(range(1, 7))
         for s, a in zip(swept, solo):
             assert s["reward/mean"] == a["reward/mean"] and s["response/length_mean"] == a["response/length_mean"]
             for key in ("kl/mean", "policy/loss", "value/loss", "policy/grad_norm"):
