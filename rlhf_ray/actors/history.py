@@ -12,23 +12,25 @@ import torch
 from rlhf_ray.errors import StaleRolloutError
 
 
-def _snapshot(model, value_head) -> dict[str, torch.Tensor]:
+def _snapshot(model, value_head, adapter_name: str) -> dict[str, torch.Tensor]:
     # peft is imported where it is used (as in models/adapter.py): the driver and the reward scorer
     # import this module through actors.remote and never need peft, nor the bitsandbytes and
     # torch.compile machinery it pulls in (4-12 s of CPU per process start on 2 cores)
     from peft import get_peft_model_state_dict
 
     # clone: on CPU, .cpu()/.detach() alias the live parameters that the optimizer is about to change
-    state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+    lora = get_peft_model_state_dict(model, adapter_name=adapter_name)
+    state = {k: v.detach().clone() for k, v in lora.items()}
     if value_head is not None:
         state.update({f"value_head.{k}": v.detach().clone() for k, v in value_head.state_dict().items()})
     return state
 
 
-def _load(model, value_head, state: dict[str, torch.Tensor]) -> None:
+def _load(model, value_head, state: dict[str, torch.Tensor], adapter_name: str) -> None:
     from peft import set_peft_model_state_dict
 
-    set_peft_model_state_dict(model, {k: v for k, v in state.items() if not k.startswith("value_head.")})
+    lora = {k: v for k, v in state.items() if not k.startswith("value_head.")}
+    set_peft_model_state_dict(model, lora, adapter_name=adapter_name)
     if value_head is not None:
         value_head.load_state_dict(
             {k[len("value_head.") :]: v for k, v in state.items() if k.startswith("value_head.")}
@@ -36,10 +38,11 @@ def _load(model, value_head, state: dict[str, torch.Tensor]) -> None:
 
 
 class AdapterHistory:
-    """The trainable state of the last `depth` adapter versions (LoRA + value head: megabytes)."""
+    """The trainable state of the last `depth` adapter versions (LoRA + value head: megabytes) of the
+    model's adapter `adapter_name` (a sweep's run trains one named adapter of several)."""
 
-    def __init__(self, depth: int):
-        self.depth = depth
+    def __init__(self, depth: int, adapter_name: str = "default"):
+        self.depth, self.adapter_name = depth, adapter_name
         self.states: dict[int, dict[str, torch.Tensor]] = {}
 
     def check(self, sampled: int, current: int) -> int:
@@ -56,7 +59,7 @@ class AdapterHistory:
         """Keep adapter `version` (call before the update that replaces it)."""
         if self.depth == 0:
             return
-        self.states[version] = _snapshot(model, value_head)
+        self.states[version] = _snapshot(model, value_head, self.adapter_name)
         for old in [v for v in self.states if v <= version - self.depth]:
             del self.states[old]
 
@@ -68,9 +71,9 @@ class AdapterHistory:
             return
         if version not in self.states:  # e.g. the first iteration after a resume
             raise StaleRolloutError(f"adapter v{version} is no longer kept by the learner (at v{current})")
-        now = _snapshot(model, value_head)
-        _load(model, value_head, self.states[version])
+        now = _snapshot(model, value_head, self.adapter_name)
+        _load(model, value_head, self.states[version], self.adapter_name)
         try:
             yield
         finally:
-            _load(model, value_head, now)
+            _load(model, value_head, now, self.adapter_name)

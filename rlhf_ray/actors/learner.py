@@ -88,7 +88,7 @@ class Learner:
         self.version = 0
         self.last_metrics: dict = {}  # the latest iteration's figures, for the adapter's model card
         # Adapters that lagging (overlapped) rollouts may have been sampled with; empty when on-policy.
-        self.history = AdapterHistory(cfg.ppo.max_policy_lag if cfg.ppo.overlap else 0)
+        self.history = AdapterHistory(cfg.ppo.max_policy_lag if cfg.ppo.overlap else 0, self.adapter_name)
         self.dp = DataParallel()  # a single learner until join_group
         self.dequant = dequant_enabled(cfg.model.dequant_cache, self.model)
 

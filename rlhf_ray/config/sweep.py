@@ -27,8 +27,7 @@ SHARED_KEYS = (
 )
 # Keys a sweep does not support yet (one line each, with what to do instead).
 UNSUPPORTED = {
-    "ppo.overlap": (True, "overlapped rollouts are not built for sweeps: set ppo.overlap=false"),
-    "cluster.num_learners": (None, "a sweep has one policy host: set cluster.num_learners=1"),
+    "cluster.num_learners": (None, "a sweep has one learner (every run's on one base): set cluster.num_learners=1"),
 }
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=,-]*$")
 

@@ -165,20 +165,36 @@ class RunRoles:
 
 
 class PrefetchedSource(RolloutSource):
-    """A run's RolloutSource whose next batch may already be sampled, in the round's one call for
-    every run (`prefetch`); a redo after a recovery samples the same prompts again, run alone."""
+    """A run's RolloutSource whose next batches may already be sampled, in the round's one call for
+    every run (`prefetch`): the batch of its next iteration and, with ppo.overlap, the one after it,
+    which a single run launches when it takes the one before. A redo after a recovery samples the same
+    prompts again, run alone."""
 
-    prefetched: tuple[int, Batch] | None = None
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.prefetched: dict[int, Batch] = {}
+
+    def wanted(self, iteration: int) -> list[int]:
+        """The iterations whose batches this run's next take launches and are not launched yet."""
+        launched = set(self.prefetched) | ({self.ahead[0]} if self.ahead else set())
+        ahead = [iteration + 1] if self.overlap and iteration < self.last else []
+        return [i for i in [iteration, *ahead] if i not in launched]
 
     def drop(self) -> None:
-        """Forget the batch sampled ahead (its host may have died since): the prompts go back to the stream."""
-        if self.prefetched is not None:
-            self.stream.state, self.prefetched = replace(self.prefetched[1].state_before), None
+        """Forget every batch sampled ahead (its host may have died since): the prompts go back to the stream."""
+        batches = [*([self.ahead] if self.ahead else []), *sorted(self.prefetched.items())]
+        if batches:
+            self.stream.state = replace(min(batches, key=lambda ib: ib[0])[1].state_before)
+        self.prefetched, self.ahead = {}, None
+
+    def take(self, iteration: int) -> Batch:
+        if self.current is not None and self.current[0] == iteration:  # a redo: every batch sampled again
+            self.prefetched = {}
+        return super().take(iteration)
 
     def _launch(self, iteration: int) -> Batch:
-        if self.prefetched is not None and self.prefetched[0] == iteration:
-            batch, self.prefetched = self.prefetched[1], None
-            return batch
+        if iteration in self.prefetched:
+            return self.prefetched.pop(iteration)
         return super()._launch(iteration)
 
 
@@ -186,21 +202,25 @@ def prefetch(hosts: Hosts, states: list) -> None:
     """Draw each run's next prompts from its own stream and sample them all in ONE call per generator
     host (each row under its run's adapter: MultiRunPolicyHost.generate_many; generator i gets shard i
     of every run's prompts, as a single run's generator i would); each run's source hands its share to
-    its iteration as if it had sampled it."""
+    its iteration as if it had sampled it. With ppo.overlap that is the batch after the run's next
+    one, sampled, as alone, under the adapter the generators hold before this round's updates."""
     if len(states) < 2:
         return
     n = len(hosts.generators)
     slots = []
     for state in states:
-        source, it = state.source, state.iteration
-        before = replace(source.stream.state)
-        slots.append((state.run.name, source, it, before, source.stream.next(source.batch_size)))
+        source = state.source
+        for it in source.wanted(state.iteration):
+            before = replace(source.stream.state)
+            slots.append((state.run.name, source, it, before, source.stream.next(source.batch_size)))
+    if not slots:
+        return
     calls = []
     for i, name in enumerate(hosts.generators):
         requests = [(run, prompts[i::n], it, source.want_samples(it)) for run, source, it, _, prompts in slots]
         calls.append(hosts.refs[name].actor.generate_many.options(num_returns=2 * len(requests)).remote(requests))
     for k, (_, source, it, before, _) in enumerate(slots):
-        source.prefetched = (it, Batch([c[2 * k] for c in calls], [c[2 * k + 1] for c in calls], before))
+        source.prefetched[it] = Batch([c[2 * k] for c in calls], [c[2 * k + 1] for c in calls], before)
 
 
 @dataclass

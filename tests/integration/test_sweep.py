@@ -224,3 +224,22 @@ def test_separate_layout_two_generator_hosts_a_dead_one_sigkill_resume_and_each_
         for name in sorted(p.name for p in (alone / "samples").iterdir()):
             swept_rows = pq.read_table(sweep / f"seed={seed}" / "samples" / name).to_pylist()
             assert swept_rows == pq.read_table(alone / "samples" / name).to_pylist()
+
+
+def test_overlapped_sweep_samples_each_run_one_version_behind_as_alone(tmp_path):
+    """ppo.overlap in a sweep: each round's one call also samples every run's batch after its next one,
+    under the adapter it holds before the round's updates, as a single overlapped run launches it when
+    it takes the one before. Each run equals its solo overlapped run (samples, rewards, sampled versions)."""
+    common = ["ppo.iterations=3", "ppo.overlap=true", "cluster.layout=fused", "generate.decoder=lean"]
+    sweep = tmp_path / "sweep"
+    assert main(["sweep", "--config", SMOKE, "--run-dir", str(sweep), "--grid", "run.seed=[0,1]", *common]) == 0
+    for seed in (0, 1):
+        alone = tmp_path / f"alone{seed}"
+        assert main(["ppo", "--config", SMOKE, "--run-dir", str(alone), f"run.seed={seed}", *common]) == 0
+        swept = read_metrics(sweep / f"seed={seed}" / "metrics.jsonl")
+        solo = read_metrics(alone / "metrics.jsonl")
+        assert [r["policy/sampled_version"] for r in swept] == [r["policy/sampled_version"] for r in solo] == [0, 0, 1]
+        for s, a in zip(swept, solo):
+            assert s["reward/mean"] == a["reward/mean"] and s["response/length_mean"] == a["response/length_mean"]
+            for key in ("kl/mean", "policy/loss", "value/loss", "policy/grad_norm"):
+                assert abs(s[key] - a[key]) <= 1e-4 * max(1.0, abs(a[key])), (seed, s["iteration"], key)

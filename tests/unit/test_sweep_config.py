@@ -65,8 +65,6 @@ def test_unsupported_settings_are_refused(tmp_path, capsys):
     args = ["sweep", "--config", SMOKE, "--run-dir", str(tmp_path / "sw"), "--grid", "run.seed=[0,1]"]
     assert main([*args, "cluster.layout=separate", "cluster.num_learners=2"]) == 2  # one learner host for all
     assert "'cluster.num_learners'" in capsys.readouterr().err
-    assert main([*args, "ppo.overlap=true"]) == 2
-    assert "'ppo.overlap'" in capsys.readouterr().err
     assert main(["sweep", "--config", SMOKE, "--run-dir", str(tmp_path / "sw")]) == 2
     assert "--grid" in capsys.readouterr().err
     assert main(["sweep", "--run-dir", str(tmp_path / "sw"), "ppo.lr=-1"]) == 2  # the common config first
