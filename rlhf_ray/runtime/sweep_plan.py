@@ -109,7 +109,9 @@ def runs_that_fit(cfg: Config, plan: Plan, gpu_memory_gb: float | None = None) -
 def format_sweep(plan: Plan, cfg: Config, runs: int, gpu_memory_gb: float | None = None) -> str:
     lp = plan.layouts[SWEEP]
     one = run_bytes(cfg, gpu_memory_gb)
+    bases = "one base"
     if cfg.cluster.layout == "separate":
+        bases = "one base per process"
         where = (
             f"in the learner process, and {(one.generator_lora + one.generator_kv) / GIB:.4f} GiB (adapter, KV "
             f"cache) in each of the {lp.counts['generator']} generator process(es), each with its own base"
@@ -117,7 +119,7 @@ def format_sweep(plan: Plan, cfg: Config, runs: int, gpu_memory_gb: float | None
     else:
         where = f"+ {one.kv_cache / GIB:.4f} GiB of KV cache while sampling, in the policy process"
     return (
-        f"\n[sweep] {runs} runs on one base: total {lp.total / GIB:.2f} GiB "
+        f"\n[sweep] {runs} runs on {bases}: total {lp.total / GIB:.2f} GiB "
         f"({'fits' if lp.fits else 'does NOT fit'}); per run {(one.lora + one.value_head) / GIB:.4f} GiB kept "
         f"(adapter, AdamW moments, value head) {where}; {lp.counts['scorer']} reward scorer(s) for them all; at most "
         f"{runs_that_fit(cfg, plan, gpu_memory_gb)} runs of this config fit the {plan.device} budget of "
