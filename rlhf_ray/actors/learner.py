@@ -94,9 +94,13 @@ class Learner:
 
     def join_group(self, host: str, port: int, rank: int, world: int) -> int:
         """Become rank `rank` of `world` data-parallel learners (rank 0 listens on host:port)."""
-        self.dp = join(host, port, rank, world, self.device)
-        self.dp.broadcast([q for g in self.optimizer.param_groups for q in g["params"]])
+        self.use_group(join(host, port, rank, world, self.device))
         return rank
+
+    def use_group(self, dp: DataParallel) -> None:
+        """Train in the data-parallel group `dp` joined, starting from rank 0's weights."""
+        self.dp = dp
+        self.dp.broadcast([q for g in self.optimizer.param_groups for q in g["params"]])
 
     # ------------------------------------------------------------------ weight sync + checkpoint
     def adapter(self) -> AdapterPayload:

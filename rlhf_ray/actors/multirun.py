@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from rlhf_ray.actors.common import init_process, load_policy
+from rlhf_ray.actors.dp import join
 from rlhf_ray.actors.fused import SharedPolicy, confirm_live, release_memory
 from rlhf_ray.actors.generator import Generator, StaleAdapterError
 from rlhf_ray.actors.learner import Learner
@@ -193,6 +194,15 @@ class MultiRunPolicyHost:
         finally:
             state.learner.optimizer.zero_grad(set_to_none=True)
             release_memory()
+
+    def join_group(self, host: str, port: int, rank: int, world: int) -> int:
+        """A learner host becomes rank `rank` of `world` data-parallel learner hosts: every run's learner
+        trains in the one process group (the driver has the runs learn in the same order on every rank)."""
+        learners = [state.learner for state in self.runs.values()]
+        dp = join(host, port, rank, world, learners[0].device)
+        for learner in learners:
+            learner.use_group(dp)
+        return rank
 
     def checkpoint(self, run: str) -> dict[str, bytes]:
         return self.runs[run].learner.checkpoint()

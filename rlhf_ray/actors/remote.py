@@ -29,6 +29,11 @@ def where() -> dict:
     }
 
 
+def dp_address() -> tuple[str, int]:
+    """Where rank 0 of the data-parallel learners listens: this node's IP and a free port."""
+    return ray.util.get_node_ip_address(), free_port()
+
+
 @ray.remote
 class GeneratorActor(Generator):
     def where(self) -> dict:
@@ -47,8 +52,7 @@ class LearnerActor(Learner):
         return where()
 
     def dp_address(self) -> tuple[str, int]:
-        """Where rank 0 of the data-parallel learners listens: this node's IP and a free port."""
-        return ray.util.get_node_ip_address(), free_port()
+        return dp_address()
 
     def learn(self, rollouts, scores, iteration):
         # Ray resolves only top-level ObjectRef arguments; these arrive as lists of refs, so the
@@ -73,6 +77,9 @@ class MultiRunPolicyActor(MultiRunPolicyHost):
 
     def where(self) -> dict:
         return where()
+
+    def dp_address(self) -> tuple[str, int]:
+        return dp_address()
 
     def learn(self, run, rollouts, scores, iteration):
         return super().learn(run, ray.get(rollouts), ray.get(scores), iteration)  # lists of refs, as LearnerActor

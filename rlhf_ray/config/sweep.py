@@ -25,10 +25,6 @@ SHARED_KEYS = (
     "run.cache_dir",
     "cluster.",
 )
-# Keys a sweep does not support yet (one line each, with what to do instead).
-UNSUPPORTED = {
-    "cluster.num_learners": (None, "a sweep has one learner (every run's on one base): set cluster.num_learners=1"),
-}
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=,-]*$")
 
 
@@ -109,15 +105,10 @@ def check_names(names: list[str]) -> None:
 
 
 def check_sweep(configs: dict[str, Config]) -> None:
-    """Refuse, in one line naming the key, a key that must be the same in every run, or that a sweep
-    does not support."""
+    """Refuse, in one line naming the key, a key that must be the same in every run."""
     flat = {name: flatten(cfg.to_dict()) for name, cfg in configs.items()}
     first_name, first = next(iter(flat.items()))
     for name, keys in flat.items():
-        for key, (bad, why) in UNSUPPORTED.items():
-            value = keys.get(key)
-            if (bad is None and value != 1) or (bad is not None and value == bad):
-                raise ConfigError(key, f"run {name} sets {value}: {why}", "drop it from the sweep's overrides")
         for key in sorted(set(keys) | set(first)):
             if shared_key(key) and keys.get(key) != first.get(key):
                 raise ConfigError(

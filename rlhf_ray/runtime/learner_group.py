@@ -33,6 +33,13 @@ def _same(*values):
     return values[0]
 
 
+def join_ranks(actors: list) -> None:
+    """Join data-parallel learner actors into one process group (nothing to join for one)."""
+    if len(actors) > 1:
+        host, port = ray.get(actors[0].dp_address.remote())
+        ray.get([a.join_group.remote(host, port, rank, len(actors)) for rank, a in enumerate(actors)])
+
+
 class LearnerGroup:
     def __init__(self, actors: list):
         self.actors = actors
@@ -49,9 +56,7 @@ class LearnerGroup:
         try:  # a rank failing to start must not leave the others running (a restart reuses their names)
             for opts in options:
                 actors.append(actor_cls.options(**opts).remote(cfg, policy, *extra))
-            if len(actors) > 1:
-                host, port = ray.get(actors[0].dp_address.remote())
-                ray.get([a.join_group.remote(host, port, rank, len(actors)) for rank, a in enumerate(actors)])
+            join_ranks(actors)
         except BaseException:
             for actor in actors:
                 ray.kill(actor)

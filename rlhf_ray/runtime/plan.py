@@ -364,7 +364,11 @@ def make_plan(cfg: Config, gpu_memory_gb: float | None = None, choose: bool = Tr
     shares = gpu_shares(cfg) if on_gpu else None
     layouts = {
         "separate": _layout(
-            "separate", roles, {"generator": c.num_generators, "scorer": c.num_scorers, "learner": 1}, budget, shares
+            "separate",
+            roles,
+            {"generator": c.num_generators, "scorer": c.num_scorers, "learner": c.num_learners},
+            budget,
+            shares,
         ),
         "fused": _layout("fused", roles, {"policy": 1, "scorer": c.num_scorers}, budget, shares),
     }

@@ -2,8 +2,9 @@
 
 One `MultiRunPolicyActor` holds the quantized base once and every run's adapter, value head and
 optimizer (actors/multirun.py). Under cluster.layout=separate the roles split as a single run's do:
-one learner host holds every run's learner, and each of cluster.num_generators generator hosts holds
-every run's adapter (each run's prompts sharded over them as a single run shards its own). Runs with
+the learner host (or cluster.num_learners data-parallel ones) holds every run's learner, and each of
+cluster.num_generators generator hosts holds every run's adapter (each run's prompts sharded over
+them as a single run shards its own). Runs with
 the same reward config share a reward scorer; each run has its own prompt stream, supervisor,
 metrics log and run directory. Each run is driven by the single-run code itself: `RunRoles`
 presents the hosts to `driver.run_iteration`, `RolloutSource` and `Supervisor` as if they were that
@@ -41,6 +42,7 @@ from rlhf_ray.models.policy import load_tokenizer
 from rlhf_ray.runtime import stopping
 from rlhf_ray.runtime.driver import driver_state_of, restore_run, run_iteration
 from rlhf_ray.runtime.layout import role_layout
+from rlhf_ray.runtime.learner_group import LearnerGroup, join_ranks
 from rlhf_ray.runtime.metrics import MetricsLog, open_sinks, plot_metrics, write_samples
 from rlhf_ray.runtime.overlap import Batch, RolloutSource
 from rlhf_ray.runtime.placement import RoleSpec, actor_options, create_placement, run_id
@@ -63,14 +65,27 @@ class HostRef:
 
 @dataclass
 class Hosts:
-    """The sweep's policy hosts by role name: `policy-0` (fused), or `generator-<i>` and `learner-0`
-    (separate). generation counts the restarts of any of them, so each run knows when its adapter
-    must be restored (its learner) and synced (every generator) on them."""
+    """The sweep's policy hosts by role name: `policy-0` (fused), or `generator-<i>` and `learner-<i>`
+    (separate; several learners are data-parallel ranks of one process group). generation counts the
+    restarts of any of them, so each run knows when its adapter must be restored (its learner) and
+    synced (every generator) on them."""
 
     refs: dict[str, HostRef]
     generators: list[str]
-    learner: str
+    learners: list[str]
     generation: int = 0
+
+    def restart(self, name: str, timeout_s: float) -> None:
+        """A fresh host for `name`; a learner restarts with every other rank of its group, joined anew."""
+        names = self.learners if name in self.learners and len(self.learners) > 1 else [name]
+        for n in names:
+            ray.kill(self.refs[n].actor)
+        for n in names:
+            self.refs[n].actor = retry_while_name_taken(self.refs[n].maker)
+        self.generation += 1
+        timed_get([self.refs[n].actor.where.remote() for n in names], timeout_s)
+        if len(names) > 1:
+            join_ranks([self.refs[n].actor for n in names])
 
 
 class _RunMethod:
@@ -99,29 +114,6 @@ class RunHandle:
         return _RunMethod(self.host, method, self.run)
 
 
-class RunLearner:
-    """The shared host as one run's learner group (learn, publish, checkpoint, restore refs)."""
-
-    def __init__(self, host: HostRef, run: str):
-        self.host, self.handle = host, RunHandle(host, run)
-
-    @property
-    def actors(self) -> list:
-        return [self.host.actor]
-
-    def learn(self, rollout_refs: list, score_refs: list, iteration: int) -> tuple:
-        return self.handle.learn.options(num_returns=2).remote(rollout_refs, score_refs, iteration)
-
-    def publish(self) -> tuple:
-        return self.handle.publish.options(num_returns=2).remote()
-
-    def checkpoint(self):
-        return self.handle.checkpoint.remote()
-
-    def restore(self, files: dict[str, bytes]):
-        return self.handle.restore.remote(files)
-
-
 @dataclass
 class RunRoles:
     """One run's roles as the driver, RolloutSource and Supervisor see them (runtime.roles.Roles)."""
@@ -132,12 +124,13 @@ class RunRoles:
     scorers: list
     start_timeout_s: float
     generators: list = field(init=False)
-    learner: RunLearner = field(init=False)
+    learner: LearnerGroup = field(init=False)
 
     def __post_init__(self):
         h = self.hosts
         self.generators = [RunHandle(h.refs[name], self.run) for name in h.generators]
-        self.learner = RunLearner(h.refs[h.learner], self.run)
+        # the learner hosts as this run's learner group (learn on every rank, publish from rank 0)
+        self.learner = LearnerGroup([RunHandle(h.refs[name], self.run) for name in h.learners])
 
     def named(self) -> dict:
         return {**{name: ref.actor for name, ref in self.hosts.refs.items()}, "reward-0": self.scorers[0]}
@@ -148,11 +141,7 @@ class RunRoles:
         next one (`catch_up`). A run's scorer (shared by the runs of its reward config: one list,
         replaced in place) is restarted in its bundle."""
         if name in self.hosts.refs:
-            host = self.hosts.refs[name]
-            ray.kill(host.actor)
-            host.actor = retry_while_name_taken(host.maker)
-            self.hosts.generation += 1
-            timed_get(host.actor.where.remote(), self.start_timeout_s)
+            self.hosts.restart(name, self.start_timeout_s)
             return
         ray.kill(self.scorers[0])
         self.scorers[0] = retry_while_name_taken(self.scorer_maker)
@@ -262,16 +251,17 @@ def reward_models(specs: list) -> str:
 
 def start_roles(runs: list[SweepRun], policy: ModelRef, sweep_dir: Path):
     """The policy hosts (every run's adapter on each one base: one fused host, or under the separate
-    layout the generator hosts and the learner host) and a reward scorer per distinct reward config,
+    layout the generator hosts and the learner hosts) and a reward scorer per distinct reward config,
     in one placement group."""
     first = runs[0].cfg
     c = first.cluster
     group = reward_groups(runs)
     owners = [runs[group.index(g)] for g in range(max(group) + 1)]  # the first run of each group builds it
     layout = role_layout(first, first.cluster.layout)
-    roles = {s.name: "generator" for s in layout.generators}
-    roles.update({s.name: "fused" if layout.fused else "learner" for s in layout.learners})
-    policy_specs = [*layout.generators, *layout.learners]
+    # (spec, role, rank): a generator host's rank picks its sampling stream, as a single run's generator's
+    hosted = [(s, "generator", i) for i, s in enumerate(layout.generators)]
+    hosted += [(s, "fused" if layout.fused else "learner", i) for i, s in enumerate(layout.learners)]
+    policy_specs = [spec for spec, _, _ in hosted]
     specs = policy_specs + [RoleSpec(f"reward-{g}", c.actor_cpus, c.scorer_gpus) for g in range(len(owners))]
     rid = run_id(sweep_dir)
     pg = create_placement(specs, c, name=f"rlhf_ray/{rid}")
@@ -280,13 +270,13 @@ def start_roles(runs: list[SweepRun], policy: ModelRef, sweep_dir: Path):
     started: list = []
     try:
         refs = {}
-        for rank, spec in enumerate(policy_specs):
-            role = roles[spec.name]
+        for spec, role, rank in hosted:
             maker = partial(make_actor, MultiRunPolicyActor, opts[spec.name], (configs, policy, envs, role, rank))
             refs[spec.name] = HostRef(maker(), maker)
             started.append(refs[spec.name].actor)
-        learner = layout.learners[0].name
-        hosts = Hosts(refs, [s.name for s in layout.generators] or [learner], learner)  # fused: one host for both
+        learners = [s.name for s in layout.learners]
+        hosts = Hosts(refs, [s.name for s in layout.generators] or learners, learners)  # fused: one host for both
+        join_ranks([refs[n].actor for n in learners])  # data-parallel learner hosts: one process group
         makers = [
             partial(make_actor, RewardScorerActor, opts[f"reward-{g}"], (o.cfg, o.reward)) for g, o in enumerate(owners)
         ]

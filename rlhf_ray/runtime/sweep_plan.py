@@ -88,7 +88,7 @@ def _sweep_layout(plan: Plan, first: Config, per_run: list[RunBytes], scorers: i
             "learner": dataclasses.replace(separate["learner"], **learning),
             "scorer": separate["scorer"],
         }
-        counts = {"generator": first.cluster.num_generators, "learner": 1, "scorer": scorers}
+        counts = {"generator": first.cluster.num_generators, "learner": first.cluster.num_learners, "scorer": scorers}
         return _layout(SWEEP, roles, counts, plan.budget, shares)
     host = dataclasses.replace(
         plan.layouts["fused"].roles["policy"], **learning, kv_cache=sum(r.kv_cache for r in per_run)
@@ -113,7 +113,7 @@ def format_sweep(plan: Plan, cfg: Config, runs: int, gpu_memory_gb: float | None
     if cfg.cluster.layout == "separate":
         bases = "one base per process"
         where = (
-            f"in the learner process, and {(one.generator_lora + one.generator_kv) / GIB:.4f} GiB (adapter, KV "
+            f"in each learner process, and {(one.generator_lora + one.generator_kv) / GIB:.4f} GiB (adapter, KV "
             f"cache) in each of the {lp.counts['generator']} generator process(es), each with its own base"
         )
     else:

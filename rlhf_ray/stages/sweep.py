@@ -34,8 +34,10 @@ from rlhf_ray.store.sweeps import SweepFile, is_sweep, read_sweep
 
 def _layout(cfg: Config) -> Config:
     """A sweep's layout: fused (one base for every run's generation and learning) unless the config
-    asks for separate (a learner host and cluster.num_generators generator hosts, each one base)."""
-    layout = "separate" if cfg.cluster.layout == "separate" else "fused"
+    asks for separate, or for several generators or learners (cluster.num_learners learner hosts and
+    cluster.num_generators generator hosts, each one base)."""
+    c = cfg.cluster
+    layout = "separate" if c.layout == "separate" or max(c.num_generators, c.num_learners) > 1 else "fused"
     return dataclasses.replace(cfg, cluster=dataclasses.replace(cfg.cluster, layout=layout))
 
 

@@ -174,12 +174,13 @@ def test_a_run_of_a_sweep_learns_as_it_does_alone_through_a_dead_host_sigterm_an
 
 
 def test_separate_layout_two_generator_hosts_a_dead_one_sigkill_resume_and_each_run_as_alone(tmp_path):
-    """cluster.layout=separate with two generators: a learner host and two generator hosts, each with
-    both runs' adapters (each run's prompts sharded over them as alone). One generator host is killed:
+    """cluster.layout=separate with two generators and two data-parallel learners: two learner hosts
+    (one process group for both runs' learners) and two generator hosts, each with both runs'
+    adapters (each run's prompts sharded over them as alone). One generator host is killed:
     restarted by the run that meets it, both runs synced on it again. Then the driver is SIGKILLed and
     the sweep resumed from the runs' checkpoints. Each run equals its uninterrupted solo run of the same
     layout (samples, rewards; the rest within the rounding of rows that share a matmul)."""
-    layout = ["cluster.layout=separate", "cluster.num_generators=2", "generate.decoder=lean"]
+    layout = ["cluster.layout=separate", "cluster.num_generators=2", "cluster.num_learners=2", "generate.decoder=lean"]
     common = [*layout, "ppo.iterations=6", "ppo.checkpoint_every=2", "ppo.samples_every=2"]
     sweep = tmp_path / "sweep"
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONPATH": str(REPO)}
@@ -192,7 +193,7 @@ def test_separate_layout_two_generator_hosts_a_dead_one_sigkill_resume_and_each_
         for run in ("seed=0", "seed=1"):
             wait_for_iteration(sweep / run, 1, driver, timeout_s=180)
         actors = run_actors(sweep.name)
-        assert sorted(actors) == ["generator-0", "generator-1", "learner-0", "reward-0"], actors
+        assert sorted(actors) == ["generator-0", "generator-1", "learner-0", "learner-1", "reward-0"], actors
         ray.kill(ray.get_actor(actors["generator-1"], namespace="rlhf_ray"))
         for run in ("seed=0", "seed=1"):
             wait_for_iteration(sweep / run, 3, driver, timeout_s=180)
@@ -208,7 +209,7 @@ def test_separate_layout_two_generator_hosts_a_dead_one_sigkill_resume_and_each_
     data = json.loads((sweep / "sweep.json").read_text())
     assert data["generation"] == "one call for every run (lean)" and all(r["state"] == "done" for r in data["runs"])
     plan = json.loads((sweep / "plan.json").read_text())["layouts"]["sweep"]
-    assert plan["counts"] == {"generator": 2, "learner": 1, "scorer": 1}
+    assert plan["counts"] == {"generator": 2, "learner": 2, "scorer": 1}
     import pyarrow.parquet as pq
 
     for seed in (0, 1):
