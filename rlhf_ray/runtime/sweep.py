@@ -5,10 +5,11 @@ optimizer (actors/multirun.py). Under cluster.layout=separate the roles split as
 the learner host (or cluster.num_learners data-parallel ones) holds every run's learner, and each of
 cluster.num_generators generator hosts holds every run's adapter (each run's prompts sharded over
 them as a single run shards its own). Runs with the same reward config share a reward scorer; each
-run has its own prompt stream, supervisor, metrics log and run directory. Each run is driven by the single-run code itself: `RunRoles`
-presents the hosts to `driver.run_iteration`, `RolloutSource` and `Supervisor` as if they were that
-run's own roles (every call carries the run's name), so a sweep's iteration is a PPO iteration, its
-checkpoints are PPO checkpoints and `ppo --resume` continues one run alone.
+run has its own prompt stream, supervisor, metrics log and run directory. Each run is driven by the
+single-run code itself: `RunRoles` presents the hosts to `driver.run_iteration`, `RolloutSource` and
+`Supervisor` as if they were that run's own roles (every call carries the run's name), so a sweep's
+iteration is a PPO iteration, its checkpoints are PPO checkpoints and `ppo --resume` continues one
+run alone.
 
 Rounds: one call per generator host samples every unfinished run's next batch (each row under its
 run's adapter, models/mixed.py; run by run where the lean decode loop does not apply), then each run
