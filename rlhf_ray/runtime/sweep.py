@@ -262,7 +262,10 @@ def start_roles(runs: list[SweepRun], policy: ModelRef, sweep_dir: Path):
     hosted = [(s, "generator", i) for i, s in enumerate(layout.generators)]
     hosted += [(s, "fused" if layout.fused else "learner", i) for i, s in enumerate(layout.learners)]
     policy_specs = [spec for spec, _, _ in hosted]
-    specs = policy_specs + [RoleSpec(f"reward-{g}", c.actor_cpus, c.scorer_gpus) for g in range(len(owners))]
+    # the scorers (one per reward config and trained seed) share one role's CPU reservation: each scores
+    # for a moment per round, and a 4-seed sweep of the default config must start on 2 cores
+    scorer_cpus = c.actor_cpus / len(owners)
+    specs = policy_specs + [RoleSpec(f"reward-{g}", scorer_cpus, c.scorer_gpus) for g in range(len(owners))]
     rid = run_id(sweep_dir)
     pg = create_placement(specs, c, name=f"rlhf_ray/{rid}")
     opts = {s.name: actor_options(s, pg, i, c.namespace, rid) for i, s in enumerate(specs)}

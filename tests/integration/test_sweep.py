@@ -58,7 +58,9 @@ def test_two_runs_one_base_a_failure_stays_alone_and_resume_finishes_it(tmp_path
         f"  - 'reward.sources=[{{kind: function, function: {tmp_path}/flaky.py:huge_later}}]'\n"
     )
     sweep = tmp_path / "sweep"
-    code = main(["sweep", "--config", SMOKE, "--run-dir", str(sweep), "--runs", str(runs), "ppo.iterations=2"])
+    # three reward scorers share one role's CPUs: 0.6 + 0.6 of the 2-CPU cluster, not 0.6 + 3 x 0.6
+    args = ["--runs", str(runs), "ppo.iterations=2", "cluster.actor_cpus=0.6"]
+    code = main(["sweep", "--config", SMOKE, "--run-dir", str(sweep), *args])
     err = capsys.readouterr().err
     assert code == 1, err
     assert "2 of 3 runs failed" in err and "boom" in err and f"sweep --resume {sweep}" in err
