@@ -81,7 +81,7 @@ class MultiRunPolicyHost:
         model = ppo_numerics(load_policy(first, policy_path, device, gradient_checkpointing=checkpointing))
         shared = SharedPolicy(model, load_tokenizer(policy_path), device)
         names = adapter_names(list(runs))
-        self.role, self.runs = role, {}
+        self.runs: dict[str, RunState] = {}
         for run, cfg in runs.items():
             m = cfg.model
             torch.manual_seed(cfg.run.seed)  # a run's fresh LoRA depends on its seed only, not on its neighbours
