@@ -86,7 +86,8 @@ TOOLS = {
 PLAN_HELP = "memory plan: bytes per role for the separate and fused layouts (no weights loaded), plan.json"
 SWEEP_HELP = (
     "many PPO/GRPO runs on ONE quantized base, each with its own LoRA adapter, value head and optimizer "
-    "(fused layout only; cluster.layout=separate is refused): DIR/<name>/ per run, DIR/sweep.json"
+    "(one base per host: fused, or cluster.layout=separate with generator and learner hosts): DIR/<name>/ per "
+    "run, DIR/sweep.json"
 )
 SWEEP_EPILOG = """examples:
   rlhf-ray sweep --config configs/smoke.yaml --run-dir runs/sw --grid 'ppo.lr=[1e-4,3e-4]' --grid 'run.seed=[0,1]'

@@ -459,6 +459,12 @@ def _validate_reward_objective(cfg: Config) -> None:
         "backbone (minilm-l6) for a pairwise reward model",
     )
     _check(
+        not r.ngram_ensemble or (r.objective == "classifier" and r.backbone != NGRAM_BACKBONE),
+        "reward.ngram_ensemble",
+        "averages an encoder classifier with the n-gram model: use it with reward.objective=classifier and an "
+        "encoder backbone (minilm-l6), or set it to false",
+    )
+    _check(
         r.train_window is None or r.objective == "classifier",
         "reward.train_window",
         "windows of reviews are for the sentiment classifier: set it to null for reward.objective=pairwise",

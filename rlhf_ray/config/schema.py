@@ -164,6 +164,11 @@ class RewardConfig:
     # positive review as in a negative one, so the classifier learns to call it ~50/50 and a reward from it
     # pays for tone; trained on whole reviews it calls most neutral text positive (docs/benchmarks.md).
     train_window: int | None = None
+    # classifier: also fit the n-gram model (backbone ngrams) on every training review, saved beside the encoder,
+    # and score with the mean of the two logit margins. The n-gram model reads a whole review (0.92 held-out
+    # accuracy against the encoder's ~0.83 at 128 tokens); on texts of PPO's length the two margins spread
+    # alike, so each carries half the reward (docs/benchmarks.md, issue 31).
+    ngram_ensemble: bool = False
     # method=full: train only the top N layers of the encoder and what follows them (pooler, head); the
     # embeddings and the lower layers stay frozen, so the backward stops there. None = every layer.
     train_layers: int | None = None

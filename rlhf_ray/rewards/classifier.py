@@ -11,7 +11,7 @@ from rlhf_ray.config.schema import PROBABILITY_SCORES
 from rlhf_ray.errors import NonFiniteError, UserError
 from rlhf_ray.models.loading import load_with_head
 from rlhf_ray.models.policy import load_kwargs, quiet_warnings
-from rlhf_ray.rewards.ngrams import NgramClassifier, is_ngram_model
+from rlhf_ray.rewards.ngrams import ENSEMBLE_DIR, NgramClassifier, blend, is_ngram_model
 
 # Classification heads stay in full precision: they are tiny and their outputs are the reward.
 HEAD_MODULES = ["classifier", "score", "pooler"]
@@ -96,10 +96,19 @@ class RewardModel:
             # head reads the last token that is not padding
             self.tokenizer.pad_token = self.tokenizer.eos_token
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        # reward.ngram_ensemble: an n-gram model beside the encoder, the two margins averaged
+        self.ngrams = (
+            NgramClassifier.load(Path(path, ENSEMBLE_DIR)) if is_ngram_model(Path(path, ENSEMBLE_DIR)) else None
+        )
         self.score_kind, self.device = score, device
         self.batch_size, self.max_length = batch_size, max_length
         config = self.model.config
         self.pos = positive_index(config)
+        if self.ngrams is not None and config.num_labels != 2:
+            raise UserError(
+                f"{path}: an n-gram model ({ENSEMBLE_DIR}/) beside a {config.num_labels}-label classifier; "
+                "the ensemble averages two sentiment margins: remove the directory or use a 2-label model"
+            )
         if config.num_labels < 2 and score in PROBABILITY_SCORES:
             raise UserError(f"reward.score={score} needs a classifier with >= 2 labels; use logit_margin")
 
@@ -124,7 +133,8 @@ class RewardModel:
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=self.max_length).to(
             self.device
         )
-        return self.model(**enc).logits.float()
+        logits = self.model(**enc).logits.float()
+        return logits if self.ngrams is None else blend(logits, self.ngrams.margin(texts), self.pos)
 
     def _reduce(self, logits: torch.Tensor) -> torch.Tensor:
         if logits.shape[-1] == 1:

@@ -37,7 +37,7 @@ from rlhf_ray.models.assets import resolve_model
 from rlhf_ray.models.loading import load_with_head
 from rlhf_ray.models.policy import attach_lora, load_kwargs, role_device
 from rlhf_ray.rewards.classifier import HEAD_MODULES
-from rlhf_ray.rewards.ngrams import train_nb_logistic
+from rlhf_ray.rewards.ngrams import ENSEMBLE_DIR, blend, train_nb_logistic
 from rlhf_ray.stages.common import begin, finish, prepare_worker, stream_task
 from rlhf_ray.stages.sft import MAX_GRAD_NORM
 from rlhf_ray.store import seeds
@@ -118,6 +118,7 @@ class ClassifierObjective:
             self.texts = windows(self.texts, r.train_window, seed)
         self.eval_texts, self.eval_targets = labelled_sample(r.dataset, "test", r.eval_size, seed)
         self.report: dict = {}
+        self.ngrams = None  # reward.ngram_ensemble: the fitted n-gram model, averaged with the encoder's margins
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -130,12 +131,26 @@ class ClassifierObjective:
         return model(**enc, labels=torch.tensor([self.targets[j] for j in rows], device=device)).loss
 
     def evaluate(self, model, tokenizer, r: RewardConfig, device: str, openings: bool = False) -> dict[str, float]:
-        """Held-out accuracy and score gap; with `openings`, also the accuracy on their first OPENING_WORDS words."""
-        out = classifier_figures(held_out_logits(model, tokenizer, self.eval_texts, r, device), self.eval_targets)
+        """Held-out accuracy and score gap; with `openings`, also the accuracy on their first OPENING_WORDS words.
+        With an n-gram model beside the encoder, the ensemble's figures, and the encoder's alone as encoder_*."""
+        sets = {"": self.eval_texts}
         if openings:
-            logits = held_out_logits(model, tokenizer, [opening(t) for t in self.eval_texts], r, device)
-            out["opening_accuracy"] = classifier_figures(logits, self.eval_targets)["accuracy"]
+            sets["opening_"] = [opening(t) for t in self.eval_texts]
+        out: dict[str, float] = {}
+        for prefix, texts in sets.items():
+            logits = held_out_logits(model, tokenizer, texts, r, device)
+            if self.ngrams is not None:
+                out[f"encoder_{prefix}accuracy"] = classifier_figures(logits, self.eval_targets)["accuracy"]
+                logits = blend(logits, self.ngrams.margin(texts), pos=1)
+            figures = classifier_figures(logits, self.eval_targets)
+            out.update(figures if not prefix else {f"{prefix}accuracy": figures["accuracy"]})
         return out
+
+    def fit_ngrams(self, r: RewardConfig, seed: int) -> None:
+        """reward.ngram_ensemble: the n-gram model on every review of the training split (the encoder saw
+        reward.train_size of them); evaluate() then scores the ensemble."""
+        texts, targets = labelled_sample(r.dataset, "train", None, seed)
+        self.ngrams, _ = train_nb_logistic(texts, targets)
 
 
 def classifier_figures(logits: torch.Tensor, targets: list[int]) -> dict[str, float]:
@@ -254,9 +269,10 @@ def plan_line(r: RewardConfig, steps: int) -> str:
     else:
         what, rows, held = "the sentiment classifier", f"{r.train_size} labelled reviews", f"{r.eval_size} reviews"
     epochs = f"{r.epochs} epoch" + ("s" if r.epochs != 1 else "")
+    ngrams = "; then an n-gram model on every review, averaged with it" if r.ngram_ensemble else ""
     return (
         f"reward stage: training {what} on {r.backbone} ({weights}) with {rows} of {r.dataset}: up to "
-        f"{steps} steps ({epochs} in batches of {r.train_batch_size}); held-out accuracy on {held} is "
+        f"{steps} steps ({epochs} in batches of {r.train_batch_size}){ngrams}; held-out accuracy on {held} is "
         "measured before the first step and after the last"
     )
 
@@ -338,9 +354,16 @@ def train_reward(cfg: Config) -> Iterator[tuple[str, dict]]:
         step = record["step"]
         yield "step", record
     train_s = time.perf_counter() - start
+    if r.ngram_ensemble:
+        yield "info", "reward stage: fitting the n-gram model the encoder's margins are averaged with"
+        objective.fit_ngrams(r, seed)
+        train_s = time.perf_counter() - start
     after = objective.evaluate(model, tokenizer, r, device, openings=True)
     with tempfile.TemporaryDirectory() as tmp:
-        files = read_dir(save_reward_model(model, tokenizer, r.method, objective.labels, Path(tmp)))
+        save_reward_model(model, tokenizer, r.method, objective.labels, Path(tmp))
+        if objective.ngrams is not None:
+            objective.ngrams.save(Path(tmp, ENSEMBLE_DIR))
+        files = read_dir(Path(tmp))
     metrics = {
         "objective": r.objective,
         "accuracy_before": before["accuracy"],
@@ -416,6 +439,8 @@ def run(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
     m = result["metrics"]
     what = "pairwise accuracy" if r.objective == "pairwise" else "accuracy"
     openings = f" ({m['opening_accuracy']:.3f} on openings)" if "opening_accuracy" in m else ""
+    if "encoder_accuracy" in m:
+        openings += f"; the encoder alone {m['encoder_accuracy']:.3f} ({m['encoder_opening_accuracy']:.3f})"
     log.info(
         "reward: held-out %s %.3f -> %.3f%s; %s model in %s",
         what,

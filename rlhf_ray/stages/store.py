@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 # Keys of the reward section that only affect scoring, not the trained reward model.
 _SCORING_ONLY = {"model", "score", "input", "batch_size", "max_length", "sources"}
+# Reward keys added after entries were cached, with the value that means "unset".
+_LATER_KEYS = {"train_window": None, "train_layers": None, "ngram_ensemble": False}
 
 
 def stage_inputs(cfg: Config, stage: str, upstream: dict[str, str] | None = None) -> dict:
@@ -37,8 +39,8 @@ def stage_inputs(cfg: Config, stage: str, upstream: dict[str, str] | None = None
         reward = {k: v for k, v in dataclasses.asdict(cfg.reward.resolved()).items() if k not in _SCORING_ONLY}
         if reward["objective"] == "classifier":
             del reward["objective"]  # classifier entries cached before reward.objective existed keep their key
-        for key in ("train_window", "train_layers"):  # unset: entries cached before the keys existed keep theirs
-            if reward[key] is None:
+        for key, unset in _LATER_KEYS.items():  # unset: entries cached before the keys existed keep theirs
+            if reward[key] == unset:
                 del reward[key]
         return {"seed": d["run"]["seed"], "reward": reward}
     raise ValueError(f"stage {stage!r} is not content-addressed")

@@ -183,6 +183,37 @@ def test_reward_stage_trains_the_ngram_classifier_that_ppo_scores_with(ray_sessi
     assert make_plan(cfg).layouts["separate"].roles["scorer"].base > 0
 
 
+def test_reward_stage_ensemble_saves_both_models_and_scores_their_mean_margin(ray_session, data_dir, tmp_path):
+    """reward.ngram_ensemble: the encoder trains as usual, the n-gram model fits on every training row; the
+    held-out figures are the ensemble's, the encoder's own beside them; the scorer reads the mean margin."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from rlhf_ray.rewards.classifier import RewardModel
+    from rlhf_ray.rewards.ngrams import ENSEMBLE_DIR, NgramClassifier
+
+    argv = ["reward.backbone=tiny-random-bert", f"reward.dataset={data_dir / 'sentiment.csv'}", "reward.epochs=1"]
+    argv += ["reward.train_size=32", "reward.eval_size=40", "reward.train_max_length=32", "reward.ngram_ensemble=true"]
+    assert main(["reward", "--run-dir", str(tmp_path), *argv]) == 0
+    done = read_json(tmp_path / "DONE.json")
+    assert done["accuracy"] == 1.0  # the n-gram half separates the toy set whatever 2 steps did to the encoder
+    assert 0.0 <= done["encoder_accuracy"] <= 1.0 and 0.0 <= done["encoder_opening_accuracy"] <= 1.0
+    model = tmp_path / "model"
+    texts = ["a great and moving story 7", "an awful and dull story 7"]
+    encoder = AutoModelForSequenceClassification.from_pretrained(model).eval()
+    with torch.no_grad():
+        logits = encoder(**AutoTokenizer.from_pretrained(model)(texts, return_tensors="pt", padding=True)).logits
+    mean = (logits[:, 1] - logits[:, 0] + NgramClassifier.load(model / ENSEMBLE_DIR).margin(texts)) / 2
+    scores = RewardModel(str(model), score="log_prob").score(texts)
+    torch.testing.assert_close(scores, torch.nn.functional.logsigmoid(mean))
+    assert scores[0] > scores[1]
+
+
+def test_ngram_ensemble_refuses_the_pairwise_objective(capsys, tmp_path):
+    assert main(["reward", "--run-dir", str(tmp_path), "reward.ngram_ensemble=true", "reward.objective=pairwise"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "reward.ngram_ensemble" in err[0] and "objective=classifier" in err[0]
+
+
 def test_ngram_backbone_refuses_the_pairwise_objective(capsys, tmp_path):
     assert main(["reward", "--run-dir", str(tmp_path), "reward.backbone=ngrams", "reward.objective=pairwise"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -70,3 +70,26 @@ def test_prompt_stream_is_deterministic_and_resumable(tiny_lm):
     c.state = state
     assert c.next(30) == first[30:]
     assert all(2 <= len(tokenizer(p.text, add_special_tokens=False)["input_ids"]) <= 7 for p in first)
+
+
+def test_gguf_is_parsed_once_during_a_conversion_and_gguf_is_left_as_it_was(tmp_path):
+    """convert_gguf's memo: the three parses transformers makes of one file share one reader, and the name
+    table is built once per (architecture, layers); outside the conversion gguf is untouched."""
+    import gguf
+    import numpy as np
+
+    from rlhf_ray.models.assets import gguf_parsed_once
+
+    path = tmp_path / "tiny.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_tensor("token_embd.weight", np.zeros((4, 2), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    reader, names = gguf.GGUFReader, gguf.get_tensor_name_map
+    with gguf_parsed_once():
+        assert gguf.GGUFReader(path) is gguf.GGUFReader(path)
+        assert gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2) is gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2)
+    assert (gguf.GGUFReader, gguf.get_tensor_name_map) == (reader, names)
+    assert gguf.GGUFReader(path) is not gguf.GGUFReader(path)

@@ -11,7 +11,7 @@ import torch
 from rlhf_ray.errors import UserError
 from rlhf_ray.models.assets import resolve_model
 from rlhf_ray.rewards.classifier import RewardModel
-from rlhf_ray.rewards.ngrams import NgramClassifier, grams, is_ngram_model, train_nb_logistic
+from rlhf_ray.rewards.ngrams import ENSEMBLE_DIR, NgramClassifier, blend, grams, is_ngram_model, train_nb_logistic
 
 POSITIVE = ["a great film, loved it", "wonderful acting and a great story", "loved every minute, wonderful"]
 NEGATIVE = ["an awful film, hated it", "boring acting and an awful story", "hated every minute, boring"]
@@ -57,3 +57,39 @@ def test_fit_separates_a_toy_set_and_saves_what_it_scores(tmp_path):
         train_nb_logistic(POSITIVE, [1, 1, 1])
     with pytest.raises(ValueError, match="n-grams"):
         NgramClassifier(["a"], torch.zeros(2), 0.0)
+
+
+def test_blend_averages_the_two_margins_by_hand():
+    logits = torch.tensor([[1.0, 3.0], [0.5, -1.5]])  # margins 2 and -2 for positive = 1
+    z = torch.tensor([4.0, 1.0])
+    torch.testing.assert_close(blend(logits, z, pos=1), torch.tensor([[0.0, 3.0], [0.0, -0.5]]))
+    # positive = 0: margins -2 and 2, means 1 and 1.5, in column 0
+    torch.testing.assert_close(blend(logits, z, pos=0), torch.tensor([[1.0, 0.0], [1.5, 0.0]]))
+
+
+def test_reward_model_scores_an_ensemble_directory_with_the_mean_margin(tmp_path, tiny_classifier):
+    """reward.ngram_ensemble's layout: a classifier checkpoint with an n-gram model in ngrams/; log_prob is
+    log sigmoid of the mean of the encoder's margin and the n-gram margin. Beside a 1-output model: refused."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(0)
+    encoder = AutoModelForSequenceClassification.from_pretrained(tiny_classifier, num_labels=2).eval()
+    encoder.save_pretrained(tmp_path / "rm")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_classifier)
+    tokenizer.save_pretrained(tmp_path / "rm")
+    ngrams = NgramClassifier(["great", "awful"], torch.tensor([2.0, -3.0]), bias=0.5)
+    ngrams.save(tmp_path / "rm" / ENSEMBLE_DIR)
+    texts = ["a great story", "an awful story"]
+    with torch.no_grad():
+        logits = encoder(**tokenizer(texts, return_tensors="pt", padding=True)).logits
+    mean = (logits[:, 1] - logits[:, 0] + torch.tensor([2.5, -2.5])) / 2
+    reward = RewardModel(str(tmp_path / "rm"), score="log_prob")
+    torch.testing.assert_close(reward.score(texts), torch.nn.functional.logsigmoid(mean))
+    scalar = AutoModelForSequenceClassification.from_pretrained(
+        tiny_classifier, num_labels=1, ignore_mismatched_sizes=True
+    )
+    scalar.save_pretrained(tmp_path / "scalar")
+    tokenizer.save_pretrained(tmp_path / "scalar")
+    ngrams.save(tmp_path / "scalar" / ENSEMBLE_DIR)
+    with pytest.raises(UserError, match="1-label classifier"):
+        RewardModel(str(tmp_path / "scalar"))
