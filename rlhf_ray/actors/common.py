@@ -26,6 +26,7 @@ def load_policy(cfg: Config, policy_path: str, device: str, gradient_checkpointi
         m.lora_dropout,
         m.target_modules,
         gradient_checkpointing=gc,
+        layers=m.lora_layers,
         # On a GPU the base loads in bf16 (policy_dtype); peft's k-bit preparation would cast its
         # embeddings, head and norms back to fp32. Shapes are built in their planned dtype already.
         upcast_16bit=device != "cuda" and not is_shape_dir(policy_path),

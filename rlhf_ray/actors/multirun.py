@@ -32,7 +32,14 @@ from rlhf_ray.models.assets import materialize
 from rlhf_ray.models.decode import LeanDecoder
 from rlhf_ray.models.dequant import dequantized_int8
 from rlhf_ray.models.mixed import MixedRequest, sample_mixed, sample_mixed_transformers
-from rlhf_ray.models.policy import load_tokenizer, lora_config, ppo_numerics, role_device, target_modules_for
+from rlhf_ray.models.policy import (
+    load_tokenizer,
+    lora_config,
+    ppo_numerics,
+    role_device,
+    target_modules_for,
+    top_layers,
+)
 from rlhf_ray.store import seeds
 from rlhf_ray.store.artifacts import ModelRef
 
@@ -86,7 +93,8 @@ class MultiRunPolicyHost:
             m = cfg.model
             torch.manual_seed(cfg.run.seed)  # a run's fresh LoRA depends on its seed only, not on its neighbours
             targets = target_modules_for(model, m.target_modules)
-            model.add_adapter(names[run], lora_config(m.lora_r, m.lora_alpha, m.lora_dropout, targets))
+            layers = top_layers(model, m.lora_layers)
+            model.add_adapter(names[run], lora_config(m.lora_r, m.lora_alpha, m.lora_dropout, targets, layers=layers))
             # its value head next, from the same seeded stream (as a single fused run: LoRA, then head)
             learner = Learner(cfg, policy_path, shared=shared, adapter_name=names[run]) if role != "generator" else None
             generator = None

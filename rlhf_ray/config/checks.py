@@ -127,6 +127,8 @@ def check_model_ref(key: str, ref: str) -> None:
 def _check_ranges(cfg: Config) -> None:
     for key in POSITIVE:
         _check(value_of(cfg, key) > 0, key, f"must be > 0; got {value_of(cfg, key)}")
+    layers = cfg.model.lora_layers
+    _check(layers is None or layers > 0, "model.lora_layers", f"must be > 0 (or null: every layer); got {layers}")
     for key in NON_NEGATIVE:
         _check(value_of(cfg, key) >= 0, key, f"must be >= 0; got {value_of(cfg, key)}")
     for key in UNIT_INTERVAL:

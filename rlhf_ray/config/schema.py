@@ -39,6 +39,9 @@ class ModelConfig:
     lora_dropout: float = 0.0
     # None -> per-architecture default (q_proj,v_proj for Llama-style, query_key_value for GPT-NeoX).
     target_modules: list[str] | None = None
+    # LoRA only in the top N decoder layers (peft's layers_to_transform); None = every layer. The backward pass
+    # then stops at the lowest adapted layer.
+    lora_layers: int | None = None
     # Recompute activations in the backward pass: less memory, slower.
     gradient_checkpointing: bool = False
     # Tokens per chunk when computing log-probs, bounds the (chunk, vocab) logits in memory.

@@ -132,6 +132,16 @@ def target_modules_for(model, configured: list[str] | None) -> list[str]:
 NON_REENTRANT = {"use_reentrant": False}
 
 
+def top_layers(model, n: int | None) -> list[int] | None:
+    """model.lora_layers: the indices of the top `n` decoder layers (None: every layer)."""
+    if n is None:
+        return None
+    total = model.config.num_hidden_layers
+    if not 0 < n <= total:
+        raise UserError(f"model.lora_layers={n}: the policy has {total} decoder layers; use 1 to {total} (or null)")
+    return list(range(total - n, total))
+
+
 def attach_lora(
     model,
     r: int,
@@ -141,12 +151,13 @@ def attach_lora(
     task_type: str = "CAUSAL_LM",
     gradient_checkpointing: bool = False,
     upcast_16bit: bool = True,
+    layers: int | None = None,
 ):
     """Freeze the (quantized) base and wrap it with a fresh trainable LoRA adapter.
 
     upcast_16bit=False keeps 16-bit embeddings/norms as they are (peft's k-bit preparation would
     make them fp32: +1.24 GB on a 20B model)."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import get_peft_model, prepare_model_for_kbit_training
 
     kbit = getattr(model, "is_loaded_in_8bit", False) or getattr(model, "is_loaded_in_4bit", False)
     if kbit and upcast_16bit:
@@ -157,13 +168,7 @@ def attach_lora(
     elif gradient_checkpointing:
         model.requires_grad_(False)
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=NON_REENTRANT)
-    lora = LoraConfig(
-        r=r,
-        lora_alpha=alpha,
-        lora_dropout=dropout,
-        target_modules=target_modules_for(model, targets),
-        task_type=task_type,
-    )
+    lora = lora_config(r, alpha, dropout, target_modules_for(model, targets), task_type, top_layers(model, layers))
     return get_peft_model(model, lora)
 
 
@@ -183,11 +188,25 @@ def adapter_parameters(model, adapter_name: str) -> list[nn.Parameter]:
     return params
 
 
-def lora_config(r: int, alpha: int, dropout: float, targets: list[str], task_type: str = "CAUSAL_LM"):
+def lora_config(
+    r: int,
+    alpha: int,
+    dropout: float,
+    targets: list[str],
+    task_type: str = "CAUSAL_LM",
+    layers: list[int] | None = None,
+):
     """The LoraConfig attach_lora builds (a sweep adds one per run to the same base)."""
     from peft import LoraConfig
 
-    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type=task_type)
+    return LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=targets,
+        task_type=task_type,
+        layers_to_transform=layers,
+    )
 
 
 class ValueHead(nn.Module):

@@ -29,13 +29,14 @@ The estimates, per role:
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field
 
 from rlhf_ray.config.schema import Config
 from rlhf_ray.errors import UserError
 from rlhf_ray.models.assets import resolve_model
 from rlhf_ray.models.dequant import cache_fits
-from rlhf_ray.models.policy import target_modules_for
+from rlhf_ray.models.policy import target_modules_for, top_layers
 from rlhf_ray.rewards.ngrams import is_ngram_model
 from rlhf_ray.store.refs import NGRAM_BACKBONE
 
@@ -113,7 +114,13 @@ class ModelShape:
     model_type: str = ""  # the config's model_type (the lean decode loop knows llama)
 
 
-def model_shape(config, lora_r: int, targets: list[str] | None) -> ModelShape:
+def layer_index(module_name: str) -> int | None:
+    """The decoder layer a module's name places it in ("model.layers.12.self_attn.q_proj" -> 12), peft's way."""
+    found = re.search(r"\.(\d+)\.", module_name)
+    return int(found.group(1)) if found else None
+
+
+def model_shape(config, lora_r: int, targets: list[str] | None, lora_layers: int | None = None) -> ModelShape:
     import torch
     from torch import nn
     from transformers import AutoModelForCausalLM
@@ -121,13 +128,14 @@ def model_shape(config, lora_r: int, targets: list[str] | None) -> ModelShape:
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     names = target_modules_for(model, targets)
+    adapted = set(top_layers(model, lora_layers) or range(config.num_hidden_layers))
     head = model.get_output_embeddings()
     linears, lora, quantized_ids = [], 0, set()
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear) and module is not head:
             linears.append((module.in_features, module.out_features))
             quantized_ids.add(id(module.weight))
-            if name.split(".")[-1] in names:
+            if name.split(".")[-1] in names and layer_index(name) in adapted:
                 lora += lora_r * (module.in_features + module.out_features)
     other = sum(p.numel() for p in model.parameters() if id(p) not in quantized_ids)
     heads = config.num_attention_heads
@@ -338,7 +346,8 @@ def policy_plan(cfg: Config, on_gpu: bool) -> dict[str, RoleBytes]:
     """generator / learner / fused policy bytes (reads only the policy's config)."""
 
     policy_path = resolve_model(cfg.model.policy, cfg.cache_dir())
-    s = model_shape(read_config(policy_path, "model.policy"), cfg.model.lora_r, cfg.model.target_modules)
+    m = cfg.model
+    s = model_shape(read_config(policy_path, "model.policy"), m.lora_r, m.target_modules, m.lora_layers)
     dense = dense_dtype_bytes(on_gpu)
     roles = policy_roles(cfg, s, dense, on_gpu)
     if not on_gpu:

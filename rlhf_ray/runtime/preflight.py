@@ -12,7 +12,7 @@ from rlhf_ray.data.prompts import longest_prompt, prompt_set
 from rlhf_ray.envs.runner import EnvRunner, env_spec
 from rlhf_ray.errors import ConfigError, UserError
 from rlhf_ray.models.assets import resolve_model
-from rlhf_ray.models.policy import load_tokenizer, target_modules_for
+from rlhf_ray.models.policy import load_tokenizer, target_modules_for, top_layers
 from rlhf_ray.runtime.placement import check_fits, role_specs
 
 
@@ -89,6 +89,7 @@ def check_policy(cfg: Config, path: str, longest_prompt: tuple[int, str]) -> Non
         )
     with torch.device("meta"):  # module names only: no weights are read or allocated
         skeleton = AutoModelForCausalLM.from_config(config)
+    top_layers(skeleton, cfg.model.lora_layers)  # model.lora_layers within the policy's layers, in one line
     names = [name for name, _ in skeleton.named_modules()]
     for target in target_modules_for(skeleton, cfg.model.target_modules):
         if not any(name == target or name.endswith("." + target) for name in names):

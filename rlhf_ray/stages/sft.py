@@ -154,6 +154,7 @@ def train_sft(cfg: Config) -> Iterator[tuple[str, dict]]:
         m.lora_dropout,
         m.target_modules,
         gradient_checkpointing=m.gradient_checkpointing,
+        layers=m.lora_layers,
     )
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=s.lr)

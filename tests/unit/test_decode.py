@@ -78,6 +78,29 @@ def test_lean_loop_scores_like_the_learner_with_and_without_the_adapter(policy):
     assert (policy_lp - reference_lp).abs().max() > 1e-2  # the adapter matters in this test
 
 
+def test_lora_in_the_top_layer_only_samples_and_learns_like_the_learner(tiny_lm):
+    """model.lora_layers=1: layers below carry no LoRA; the lean loop still scores as the learner does, and
+    the learner's backward reaches every adapter weight (all in the top layer)."""
+    model = perturbed_policy(tiny_lm, targets=ALL_PROJECTIONS, layers=1)
+    tokenizer = load_tokenizer(tiny_lm)
+    top = model.config.num_hidden_layers - 1
+    adapted = {name.split(".layers.")[1].split(".")[0] for name, _ in model.named_parameters() if "lora_A" in name}
+    assert adapted == {str(top)} and top > 0
+    expanded, enc = encode_prompts(tokenizer, PROMPTS, 1, "cpu")
+    torch.manual_seed(5)
+    args = (LeanDecoder(model), enc["input_ids"], enc["attention_mask"])
+    tokens, ref, own = decode_with_reference(*args, max_new_tokens=6, temperature=TEMPERATURE, eos=-1, pad=0)
+    rollout = make_rollout(tokenizer, expanded, enc, tokens, 0, 1, TEMPERATURE, ref)
+    mask = rollout.response_mask.float()
+    policy_lp, reference_lp = _learner(model, rollout, False), _learner(model, rollout, True)
+    torch.testing.assert_close(own[:, : mask.shape[1]] * mask, policy_lp, atol=2e-4, rtol=2e-4)
+    torch.testing.assert_close(rollout.ref_logprobs, reference_lp, atol=2e-4, rtol=2e-4)
+    assert (policy_lp - reference_lp).abs().max() > 1e-2
+    policy_lp.sum().backward()
+    lora = [p for name, p in model.named_parameters() if "lora_" in name]
+    assert lora and all(p.grad is not None and p.grad.abs().sum() > 0 for p in lora)
+
+
 def test_a_decoder_built_once_follows_the_adapter_loaded_into_the_model(tiny_lm):
     """The generator keeps one LeanDecoder for the run: a new adapter (a weight sync) must be used."""
     model, tokenizer = perturbed_policy(tiny_lm), load_tokenizer(tiny_lm)

@@ -148,3 +148,20 @@ def test_unreadable_model_config_is_one_line(tmp_path, capsys):
     assert main(["plan", "model.policy=no-such-org/no-such-model", "--out", str(tmp_path / "p.json")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "model.policy=no-such-org/no-such-model" in err
+
+
+def test_lora_layers_counts_the_adapter_of_the_top_layers_only(cache_dir, capsys, tmp_path):
+    """model.lora_layers: the plan's LoRA is the top layers' share (SmolLM2: 30 layers, q/v projections of
+    576 -> 576 and 576 -> 192 at rank 16); a count beyond the policy's layers is refused in one line."""
+    from rlhf_ray.models.assets import resolve_model
+    from rlhf_ray.runtime.plan import model_shape, read_config
+
+    config = read_config(resolve_model("smollm2-135m-instruct", cache_dir), "model.policy")
+    per_layer = 16 * ((576 + 576) + (576 + 192))
+    assert model_shape(config, 16, None).lora_params == 30 * per_layer
+    assert model_shape(config, 16, None, lora_layers=15).lora_params == 15 * per_layer
+    assert main(["plan", "--out", str(tmp_path / "p.json"), "model.lora_layers=31"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model.lora_layers=31" in err[0] and "30 decoder layers" in err[0]
+    assert main(["plan", "--out", str(tmp_path / "p.json"), "model.lora_layers=0"]) == 2
+    assert "model.lora_layers" in capsys.readouterr().err

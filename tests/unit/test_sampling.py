@@ -17,10 +17,11 @@ PROMPTS = ["This movie was", "Honestly the plot of this film", "I"]  # lengths d
 TEMPERATURE = 0.7
 
 
-def perturbed_policy(path, quant="8bit", targets=None):
+def perturbed_policy(path, quant="8bit", targets=None, layers=None):
     """A policy whose adapter matters (random LoRA B), in PPO's numerics; test_decode uses it too."""
     torch.manual_seed(0)
-    model = ppo_numerics(attach_lora(load_causal_lm(path, quant, "cpu"), r=4, alpha=8, dropout=0.0, targets=targets))
+    base = load_causal_lm(path, quant, "cpu")
+    model = ppo_numerics(attach_lora(base, r=4, alpha=8, dropout=0.0, targets=targets, layers=layers))
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, p in model.named_parameters():
