@@ -361,7 +361,7 @@ def train_reward(cfg: Config) -> Iterator[tuple[str, dict]]:
     after = objective.evaluate(model, tokenizer, r, device, openings=True)
     with tempfile.TemporaryDirectory() as tmp:
         save_reward_model(model, tokenizer, r.method, objective.labels, Path(tmp))
-        if objective.ngrams is not None:
+        if r.ngram_ensemble:  # the classifier objective only (config checks)
             objective.ngrams.save(Path(tmp, ENSEMBLE_DIR))
         files = read_dir(Path(tmp))
     metrics = {

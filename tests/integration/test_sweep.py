@@ -180,8 +180,9 @@ def test_separate_layout_two_generator_hosts_a_dead_one_sigkill_resume_and_each_
     (one process group for both runs' learners) and two generator hosts, each with both runs'
     adapters (each run's prompts sharded over them as alone). One generator host is killed:
     restarted by the run that meets it, both runs synced on it again. Then the driver is SIGKILLed and
-    the sweep resumed from the runs' checkpoints. Each run equals its uninterrupted solo run of the same
-    layout (samples, rewards; the rest within the rounding of rows that share a matmul)."""
+    the sweep resumed from the runs' checkpoints. The second run (its adapter added beside the first's on
+    every host) equals its uninterrupted solo run of the same layout (samples, rewards; the rest within the
+    rounding of rows that share a matmul); one solo run, not two, keeps the suite's minutes."""
     layout = ["cluster.layout=separate", "cluster.num_generators=2", "cluster.num_learners=2", "generate.decoder=lean"]
     common = [*layout, "ppo.iterations=6", "ppo.checkpoint_every=2", "ppo.samples_every=2"]
     sweep = tmp_path / "sweep"
@@ -214,7 +215,7 @@ def test_separate_layout_two_generator_hosts_a_dead_one_sigkill_resume_and_each_
     assert plan["counts"] == {"generator": 2, "learner": 2, "scorer": 1}
     import pyarrow.parquet as pq
 
-    for seed in (0, 1):
+    for seed in (1,):
         alone = tmp_path / f"alone{seed}"
         assert main(["ppo", "--config", SMOKE, "--run-dir", str(alone), f"run.seed={seed}", *common]) == 0
         swept = read_metrics(sweep / f"seed={seed}" / "metrics.jsonl")
