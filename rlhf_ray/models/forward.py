@@ -6,6 +6,7 @@ instead of (B, R, V), in training too (with several chunks, each is recomputed i
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -27,14 +28,66 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def decoder_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Final hidden states (B, T, H) of the decoder body (LoRA applies; adapter state as set)."""
+# Decoder bodies whose forward runs `inputs_embeds` through `layers` as given, then `norm`: a slice of their
+# layers can be run on the hidden states entering its first one (Gemma, for one, scales inputs_embeds).
+TRUNK_MODELS = frozenset({"llama", "mistral", "qwen2", "qwen3"})
+
+
+def _body(model):
     lm = causal_lm_of(model)
-    body = getattr(lm, lm.base_model_prefix)
-    out = body(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask), use_cache=False
-    )
+    return getattr(lm, lm.base_model_prefix)
+
+
+def trunk_depth(model, adapter_name: str = "default") -> int:
+    """How many bottom decoder layers carry no LoRA of `adapter_name` (model.lora_layers): their output is
+    the same for the policy, its past versions and the reference, so a batch's pass through them can be
+    computed once and reused (trunk_hidden). 0 where there is no such trunk, or the body cannot be entered
+    above its first layer."""
+    body = _body(model)
+    if causal_lm_of(model).config.model_type not in TRUNK_MODELS or not hasattr(body, "norm"):
+        return 0
+    for index, layer in enumerate(body.layers):
+        if any(adapter_name in getattr(m, "lora_A", {}) for m in layer.modules()):
+            return index
+    return 0  # no adapter in any layer: nothing to train, nothing to split
+
+
+@contextmanager
+def _only_layers(body, layers: slice, norm: bool):
+    """The body runs `layers` only (and its final norm only if `norm`), until the block ends."""
+    all_layers, final_norm = body.layers, body.norm
+    body.layers = all_layers[layers]
+    if not norm:
+        body.norm = torch.nn.Identity()
+    try:
+        yield
+    finally:
+        body.layers, body.norm = all_layers, final_norm
+
+
+def _run_body(body, attention_mask: torch.Tensor, **inputs) -> torch.Tensor:
+    out = body(attention_mask=attention_mask, position_ids=position_ids(attention_mask), use_cache=False, **inputs)
     return out[0] if isinstance(out, tuple) else out.last_hidden_state
+
+
+def trunk_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, depth: int) -> torch.Tensor:
+    """The hidden states (B, T, H) entering layer `depth` (trunk_depth): the frozen layers below it, no grad."""
+    body = _body(model)
+    with torch.no_grad(), _only_layers(body, slice(0, depth), norm=False):
+        return _run_body(body, attention_mask, input_ids=input_ids)
+
+
+def decoder_hidden(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, trunk: tuple[int, torch.Tensor] | None = None
+) -> torch.Tensor:
+    """Final hidden states (B, T, H) of the decoder body (LoRA applies; adapter state as set). With `trunk`
+    = (depth, trunk_hidden's states for these rows), only the layers from `depth` up run."""
+    body = _body(model)
+    if trunk is None:
+        return _run_body(body, attention_mask, input_ids=input_ids)
+    depth, states = trunk
+    with _only_layers(body, slice(depth, None), norm=True):
+        return _run_body(body, attention_mask, inputs_embeds=states)
 
 
 def _chunk_stats(
@@ -99,6 +152,7 @@ def response_stats(
     with_entropy: bool = False,
     temperature: float = 1.0,
     entropy_grad: bool = True,
+    trunk: tuple[int, torch.Tensor] | None = None,
 ) -> ResponseStats:
     """Shapes: input_ids, attention_mask (B, P + R) with P = prompt_len -> ResponseStats of (B, R).
 
@@ -107,10 +161,11 @@ def response_stats(
 
     Logits at position t predict token t + 1, so response token j (at P + j) is scored by the
     hidden state at P + j - 1; the value of that state is the value before emitting token j.
-    entropy_grad=False computes the entropy as a metric only (no graph) when its loss weight is 0."""
+    entropy_grad=False computes the entropy as a metric only (no graph) when its loss weight is 0.
+    trunk: (depth, the hidden states entering layer depth), to run only the layers above (decoder_hidden)."""
     lm = causal_lm_of(model)
     head = lm.get_output_embeddings()
-    hidden = decoder_hidden(model, input_ids, attention_mask)
+    hidden = decoder_hidden(model, input_ids, attention_mask, trunk)
     targets = input_ids[:, prompt_len:]  # (B, R)
     mask = attention_mask[:, prompt_len:]
     states = hidden[:, prompt_len - 1 : -1]  # (B, R, H)

@@ -6,7 +6,8 @@ reward.objective=pairwise: a scalar reward model (one output) on preference pair
 chosen and rejected text (rlhf_ray.data.pairs; the embedded imdb-pairs or a user's file),
 Bradley-Terry loss -logsigmoid(r(prompt + chosen) - r(prompt + rejected)); PPO scores with its
 output (a `kind: model` source). Both share the model set-up, the optimizer loop (fit) and the
-output layout; each reports its held-out accuracy before and after training.
+output layout; each reports its held-out accuracy after training (and before, where the backbone
+brings its own head: a fresh one is at chance).
 
 `reward.method=full` fine-tunes the whole (small) encoder with a fresh head;
 `reward.method=lora` trains a LoRA on a `reward.quant`-quantized encoder with the head kept
@@ -251,13 +252,14 @@ def head_line(r: RewardConfig, outputs: int, head: list[str]) -> str:
     what = "a new scalar head (1 output)" if r.objective == "pairwise" else f"a new {outputs}-label head"
     return (
         f"reward stage: {what} on {r.backbone} ({', '.join(head)} start random: the backbone has no head "
-        "of this size); training it is what this stage does"
+        "of this size); training it is what this stage does (a random head scores at chance: no held-out pass "
+        "before the first step)"
     )
 
 
 def plan_line(r: RewardConfig, steps: int) -> str:
     """What the reward stage is about to do, said before the task starts (its first step waits for
-    the backbone to load and the held-out set to be scored)."""
+    the backbone to load, and for the held-out set to be scored where the backbone brings its own head)."""
     if r.method == "lora":
         weights = f"a LoRA on the {r.quant} encoder and the head"
     elif r.train_layers is not None:
@@ -273,7 +275,7 @@ def plan_line(r: RewardConfig, steps: int) -> str:
     return (
         f"reward stage: training {what} on {r.backbone} ({weights}) with {rows} of {r.dataset}: up to "
         f"{steps} steps ({epochs} in batches of {r.train_batch_size}){ngrams}; held-out accuracy on {held} is "
-        "measured before the first step and after the last"
+        "measured after the last step (and before the first, where the backbone's own head is trained on)"
     )
 
 
@@ -339,15 +341,17 @@ def train_reward(cfg: Config) -> Iterator[tuple[str, dict]]:
     if tokenizer.pad_token is None:  # a decoder backbone: pad with EOS, the head pools the last real token
         tokenizer.pad_token = tokenizer.eos_token
         model.config.pad_token_id = tokenizer.pad_token_id
-    t0 = time.perf_counter()
-    before = objective.evaluate(model, tokenizer, r, device)
-    yield (
-        "info",
-        (
-            f"reward stage: held-out accuracy before training {before['accuracy']:.3f} "
-            f"({objective.eval_size()} scored in {time.perf_counter() - t0:.0f} s); training"
-        ),
-    )
+    before = None  # a fresh head is at chance by construction: scoring the held-out set would only say so
+    if not head:  # the backbone's own head: how good it already is, so the user sees what training adds
+        t0 = time.perf_counter()
+        before = objective.evaluate(model, tokenizer, r, device)["accuracy"]
+        yield (
+            "info",
+            (
+                f"reward stage: held-out accuracy before training {before:.3f} "
+                f"({objective.eval_size()} scored in {time.perf_counter() - t0:.0f} s); training"
+            ),
+        )
     start, step = time.perf_counter(), 0
     loss_of = functools.partial(objective.loss, model, tokenizer, max_length=r.train_max_length, device=device)
     for record in fit(model, r, len(objective), seed, loss_of):
@@ -366,7 +370,7 @@ def train_reward(cfg: Config) -> Iterator[tuple[str, dict]]:
         files = read_dir(Path(tmp))
     metrics = {
         "objective": r.objective,
-        "accuracy_before": before["accuracy"],
+        "accuracy_before": before,
         **after,
         "method": r.method,
         "steps": step,
@@ -441,10 +445,11 @@ def run(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
     openings = f" ({m['opening_accuracy']:.3f} on openings)" if "opening_accuracy" in m else ""
     if "encoder_accuracy" in m:
         openings += f"; the encoder alone {m['encoder_accuracy']:.3f} ({m['encoder_opening_accuracy']:.3f})"
+    before = "chance" if m["accuracy_before"] is None else f"{m['accuracy_before']:.3f}"
     log.info(
-        "reward: held-out %s %.3f -> %.3f%s; %s model in %s",
+        "reward: held-out %s %s -> %.3f%s; %s model in %s",
         what,
-        m["accuracy_before"],
+        before,
         m["accuracy"],
         openings,
         r.objective,

@@ -135,32 +135,35 @@ def test_merge_without_adapter_is_a_one_line_error(tmp_path, capsys):
 def test_reward_stage_trains_a_classifier_reward_model_loads(ray_session, data_dir, tmp_path, method, quant, lr):
     from rlhf_ray.rewards.classifier import RewardModel
 
-    code = main(
-        [
-            "reward",
-            "--run-dir",
-            str(tmp_path),
-            "reward.backbone=tiny-random-bert",
-            f"reward.dataset={data_dir / 'sentiment.csv'}",
-            f"reward.method={method}",
-            f"reward.quant={quant}",
-            "reward.train_size=160",
-            "reward.eval_size=40",
-            "reward.epochs=3",
-            f"reward.lr={lr}",
-            "reward.train_batch_size=16",
-            "reward.train_max_length=32",
-            "model.lora_r=8",
-        ]
-    )
-    assert code == 0
+    argv = [
+        "reward",
+        "--run-dir",
+        str(tmp_path),
+        "reward.backbone=tiny-random-bert",
+        f"reward.dataset={data_dir / 'sentiment.csv'}",
+        f"reward.method={method}",
+        f"reward.quant={quant}",
+        "reward.train_size=160",
+        "reward.eval_size=40",
+        "reward.epochs=3",
+        f"reward.lr={lr}",
+        "reward.train_batch_size=16",
+        "reward.train_max_length=32",
+        "model.lora_r=8",
+    ]
+    assert main(argv) == 0
     done = read_json(tmp_path / "DONE.json")
     assert done == read_json(tmp_path / "metrics.json") and done["method"] == method
-    # Separable toy sentiment: a trained classifier gets it right, a broken training loop does not.
+    # Separable toy sentiment: a trained classifier gets it right, a broken training loop does not. This tiny
+    # backbone ships a (random) 2-label head of its own, so the held-out set was scored before training too.
     assert done["accuracy"] >= 0.9 > done["accuracy_before"]
     reward = RewardModel(str(tmp_path / "model"), quant=quant)
     scores = reward.score(["a great and moving story 7", "an awful and dull story 7"])
     assert scores[0] > scores[1]
+    if method == "full":  # a trained classifier as the backbone: its head is kept and scored before training
+        again = ["reward", "--run-dir", str(tmp_path / "again"), f"reward.backbone={tmp_path / 'model'}"]
+        assert main([*again, *argv[4:], "reward.epochs=1"]) == 0
+        assert read_json(tmp_path / "again" / "DONE.json")["accuracy_before"] >= 0.9
 
 
 def test_reward_stage_trains_the_ngram_classifier_that_ppo_scores_with(ray_session, data_dir, tmp_path):

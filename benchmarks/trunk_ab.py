@@ -1,0 +1,58 @@
+"""A/B of the learner's frozen trunk (model.lora_layers): the default config's learner update (SmolLM2-135M
+8-bit, LoRA in the top 15 of 30 layers, 64 responses of 20 tokens, 2 epochs of 2 mini-batches) with the
+bottom 15 layers run once per row and iteration (learner.TrunkCache) against every forward through all 30
+layers. One rollout is sampled; two learners from the same fresh state learn it in turn, A B A B, so machine
+noise hits both alike. Prints the median seconds of each, their ratio and the largest difference of the
+reported loss metrics.
+
+    .venv/bin/python benchmarks/trunk_ab.py --repeats 5"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+from rlhf_ray.actors.generator import Generator
+from rlhf_ray.actors.learner import Learner
+from rlhf_ray.config.load import load_config
+from rlhf_ray.models.assets import resolve_model
+
+PROMPTS = ["This movie was", "I did not expect", "The actors", "Honestly, the plot", "What a", "Two hours"]
+KEYS = ("policy/loss", "policy/approx_kl", "kl/mean", "kl/loss", "value/loss", "policy/grad_norm")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+    cfg = load_config("configs/default.yaml", [])
+    path = resolve_model(cfg.model.policy, cfg.cache_dir())
+    learners = {"all_layers": Learner(cfg, path), "trunk_once": Learner(cfg, path)}
+    learners["all_layers"].trunk_depth = 0
+    gen = Generator(cfg, path)
+    gen.load_adapter(learners["trunk_once"].adapter())
+    rollout, _ = gen.generate([PROMPTS[i % len(PROMPTS)] for i in range(cfg.ppo.batch_size)], iteration=1)
+    scores = rollout.response_mask.sum(1).float() / cfg.generate.max_new_tokens - 0.5
+    timings: dict[str, list[float]] = {name: [] for name in learners}
+    phases: dict[str, list[tuple[float, float]]] = {name: [] for name in learners}
+    metrics = {}
+    for _ in range(args.repeats):
+        for name, learner in learners.items():  # each learns the same batch from its own fresh state
+            state = learner.checkpoint()
+            t0 = time.perf_counter()
+            metrics[name], _ = learner.learn([rollout], [scores], iteration=1)
+            timings[name].append(time.perf_counter() - t0)
+            phases[name].append((metrics[name]["time/experience_s"], metrics[name]["time/update_s"]))
+            learner.restore(state)
+    med = {k: round(statistics.median(v), 3) for k, v in timings.items()}
+    split = {k: [round(statistics.median(p[i] for p in v), 3) for i in (0, 1)] for k, v in phases.items()}
+    diff = max(abs(metrics["all_layers"][k] - metrics["trunk_once"][k]) for k in KEYS if k in metrics["all_layers"])
+    print(json.dumps({"medians_s": med, "experience_update_s": split,
+                      "ratio": round(med["trunk_once"] / med["all_layers"], 3),
+                      "max_metric_difference": diff}))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
