@@ -158,6 +158,7 @@ class LeanDecoder:
         self.embed, self.norm, self.rotary = body.embed_tokens, body.norm, body.rotary_emb
         self.head = lm.get_output_embeddings().weight
         self.head_packed, self.head_rows = None, 0
+        self.shared = 0  # bottom layers without the adapter (prepare): policy and reference rows share them
         self.layers = []
         for block in body.layers:
             a, m = block.self_attn, block.mlp
@@ -174,37 +175,57 @@ class LeanDecoder:
 
     def prepare(self, rows: int, adapters: list[str] | None = None) -> None:
         """Before a call: the adapter now in the model (or the named `adapters` of a mixed call), and
-        weights packed for `rows` decode rows."""
-        for layer in self.layers:
-            for proj in layer[1], layer[2], layer[4], layer[5]:
+        weights packed for `rows` decode rows. The bottom layers without the adapter (model.lora_layers)
+        compute the same for a policy row and its reference row: step() runs them on the policy rows only,
+        so they are packed for half the rows."""
+        projections = [(layer[1], layer[2], layer[4], layer[5]) for layer in self.layers]
+        for projs in projections:
+            for proj in projs:
                 proj.bind(adapters)
-                proj.pack(rows)
+        plain = [all(lora is None for proj in projs for lora in proj.loras) for projs in projections]
+        self.shared = 0 if adapters else next((i for i, p in enumerate(plain) if not p), len(plain))
+        for i, projs in enumerate(projections):
+            for proj in projs:
+                proj.pack(rows // 2 if i < self.shared else rows)
         if _packable() and rows != self.head_rows:
             self.head_packed = torch.ops.mkl._mkl_reorder_linear_weight(self.head.detach(), rows)
             self.head_rows = rows
 
-    def step(self, ids, positions, allowed, cache, start: int, policy_rows: int) -> torch.Tensor:
+    def step(self, ids, positions, allowed, cache, start: int, policy_rows: int | RowAdapters) -> torch.Tensor:
         """ids/positions (N, T) at cache slots [start, start + T); allowed (N, 1, T, start + T) bool.
-        Returns the last position's hidden state after the final norm, (N, H)."""
+        Returns the last position's hidden state after the final norm, (N, H). With `policy_rows` = N / 2
+        the rows [N / 2, N) are the reference's copies of the policy rows' inputs (decode_with_reference):
+        the layers below the adapter (self.shared) run on the policy rows only, their KV cache filled for
+        those rows, and their output is copied to the reference rows."""
         n, t = ids.shape
-        x = self.embed(ids)
-        cos, sin = self.rotary(x, positions)
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        shared = self.shared if isinstance(policy_rows, int) and 2 * policy_rows == n else 0
         hd, end = self.head_dim, start + t
-        for (norm1, qkv, o, norm2, gate_up, down), (k_cache, v_cache) in zip(self.layers, cache):
+        for index, ((norm1, qkv, o, norm2, gate_up, down), (k_cache, v_cache)) in enumerate(zip(self.layers, cache)):
+            if index == 0 or index == shared:  # (re)enter with every row the layers from here on compute
+                if index == 0:
+                    rows = n // 2 if shared else n
+                    x = self.embed(ids[:rows])
+                else:
+                    rows, x = n, torch.cat([x, x])
+                cos, sin = self.rotary(x, positions[:rows])
+                cos, sin, mask = cos.unsqueeze(1), sin.unsqueeze(1), allowed[:rows]
+            if rows < n:
+                k_cache, v_cache = k_cache[:rows], v_cache[:rows]
             q, k, v = qkv(norm1(x), policy_rows)
-            q = q.view(n, t, self.heads, hd).transpose(1, 2)
-            k = k.view(n, t, self.kv_heads, hd).transpose(1, 2)
-            v = v.view(n, t, self.kv_heads, hd).transpose(1, 2)
+            q = q.view(rows, t, self.heads, hd).transpose(1, 2)
+            k = k.view(rows, t, self.kv_heads, hd).transpose(1, 2)
+            v = v.view(rows, t, self.kv_heads, hd).transpose(1, 2)
             q, k = (q * cos) + (_rotate_half(q) * sin), (k * cos) + (_rotate_half(k) * sin)
             k_cache[:, :, start:end] = k
             v_cache[:, :, start:end] = v
             attn = F.scaled_dot_product_attention(
-                q, k_cache[:, :, :end], v_cache[:, :, :end], attn_mask=allowed, scale=self.scale, enable_gqa=True
+                q, k_cache[:, :, :end], v_cache[:, :, :end], attn_mask=mask, scale=self.scale, enable_gqa=True
             )
-            x = x + o(attn.transpose(1, 2).reshape(n, t, self.heads * hd), policy_rows)[0]
+            x = x + o(attn.transpose(1, 2).reshape(rows, t, self.heads * hd), policy_rows)[0]
             gate, up = gate_up(norm2(x), policy_rows)
             x = x + down(F.silu(gate) * up, policy_rows)[0]
+        if rows < n:  # no layer has the adapter: the reference rows are the policy rows
+            x = torch.cat([x, x])
         return self.norm(x[:, -1])
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

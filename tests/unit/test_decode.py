@@ -88,8 +88,19 @@ def test_lora_in_the_top_layer_only_samples_and_learns_like_the_learner(tiny_lm)
     assert adapted == {str(top)} and top > 0
     expanded, enc = encode_prompts(tokenizer, PROMPTS, 1, "cpu")
     torch.manual_seed(5)
-    args = (LeanDecoder(model), enc["input_ids"], enc["attention_mask"])
+    decoder = LeanDecoder(model)
+    args = (decoder, enc["input_ids"], enc["attention_mask"])
     tokens, ref, own = decode_with_reference(*args, max_new_tokens=6, temperature=TEMPERATURE, eos=-1, pad=0)
+    assert decoder.shared == top  # the layers below run on the policy rows only, copied to the reference rows
+    # ... and give what every layer on every row gives
+    prepare = decoder.prepare
+    decoder.prepare = lambda rows, adapters=None: (prepare(rows, adapters), setattr(decoder, "shared", 0))
+    torch.manual_seed(5)
+    tokens_all, ref_all, own_all = decode_with_reference(
+        *args, max_new_tokens=6, temperature=TEMPERATURE, eos=-1, pad=0
+    )
+    assert decoder.shared == 0 and torch.equal(tokens, tokens_all)
+    torch.testing.assert_close((ref, own), (ref_all, own_all), atol=1e-5, rtol=1e-5)
     rollout = make_rollout(tokenizer, expanded, enc, tokens, 0, 1, TEMPERATURE, ref)
     mask = rollout.response_mask.float()
     policy_lp, reference_lp = _learner(model, rollout, False), _learner(model, rollout, True)
