@@ -1,5 +1,5 @@
 """A/B of ppo.micro_batch_tokens on a learner update with mixed response lengths (SmolLM2-135M 8-bit +
-LoRA, the default config's learner: GAE, 4 epochs of 2 mini-batches). One rollout is sampled, its
+LoRA, the default config's learner: GAE, its epochs, 2 mini-batches of the rows). One rollout is sampled, its
 responses are cut at spread-out lengths (as EOS would cut them), and two learners, padded and
 token-budget, run `learn` on it in turn, so machine noise hits both alike. Prints the median seconds
 of each and the largest difference of the reported loss metrics.
@@ -31,7 +31,12 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=256, help="ppo.micro_batch_tokens of the B side")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    base = [f"ppo.batch_size={args.rows}", f"generate.max_new_tokens={args.new_tokens}"]
+    # 2 mini-batches of the rows whatever --rows is (the default config's are 2 of 32)
+    base = [
+        f"ppo.batch_size={args.rows}",
+        f"ppo.mini_batch_size={args.rows // 2}",
+        f"generate.max_new_tokens={args.new_tokens}",
+    ]
     cfg = load_config("configs/default.yaml", base)
     path = resolve_model(cfg.model.policy, cfg.cache_dir())
     learners = {
@@ -49,20 +54,30 @@ def main() -> None:
         rollout.response_mask[row, n:] = 0
         rollout.response_ids[row, n:] = gen.tokenizer.pad_token_id
     scores = torch.linspace(-1.0, 2.0, args.rows)
-    timings: dict[str, list[float]] = {name: [] for name in learners}
-    metrics = {}
-    for _ in range(args.repeats):
-        for name, learner in learners.items():  # each learns the same batch from its own fresh state
-            state = learner.checkpoint()
-            t0 = time.perf_counter()
-            metrics[name], _ = learner.learn([rollout], [scores], iteration=1)
-            timings[name].append(time.perf_counter() - t0)
-            learner.restore(state)
+    timings, metrics = learn_in_turn(learners, rollout, scores, args.repeats)
     med = {k: statistics.median(v) for k, v in timings.items()}
-    diff = max(abs(metrics["padded"][k] - metrics["token_budget"][k]) for k in KEYS if k in metrics["padded"])
+    last = {name: runs[-1] for name, runs in metrics.items()}
+    diff = max(abs(last["padded"][k] - last["token_budget"][k]) for k in KEYS if k in last["padded"])
     print(json.dumps({"response_tokens": int(keep.sum()), "padded_tokens": args.rows * args.new_tokens,
                       "medians_s": med, "speedup": med["padded"] / med["token_budget"],
                       "max_metric_difference": diff}))  # fmt: skip
+
+
+def learn_in_turn(
+    learners: dict, rollout, scores, repeats: int
+) -> tuple[dict[str, list[float]], dict[str, list[dict]]]:
+    """Each learner learns the same batch from its own fresh state, in turn (A B A B), `repeats` times:
+    the seconds of every learn and the metrics of every learn, per learner (trunk_ab.py uses it too)."""
+    timings: dict[str, list[float]] = {name: [] for name in learners}
+    metrics: dict[str, list[dict]] = {name: [] for name in learners}
+    for _ in range(repeats):
+        for name, learner in learners.items():
+            state = learner.checkpoint()
+            t0 = time.perf_counter()
+            metrics[name].append(learner.learn([rollout], [scores], iteration=1)[0])
+            timings[name].append(time.perf_counter() - t0)
+            learner.restore(state)
+    return timings, metrics
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ import json
 import statistics
 import time
 
+from token_budget_ab import learn_in_turn  # benchmarks/ is on sys.path when a script here runs
+
 from rlhf_ray.actors.generator import Generator
 from rlhf_ray.actors.learner import Learner
 from rlhf_ray.config.load import load_config
@@ -41,17 +43,9 @@ def main() -> None:
     rollout, _ = gen.generate(prompts, iteration=1)
     sampling = sampling_ab(gen, prompts, args.repeats)
     scores = rollout.response_mask.sum(1).float() / cfg.generate.max_new_tokens - 0.5
-    timings: dict[str, list[float]] = {name: [] for name in learners}
-    phases: dict[str, list[tuple[float, float]]] = {name: [] for name in learners}
-    metrics = {}
-    for _ in range(args.repeats):
-        for name, learner in learners.items():  # each learns the same batch from its own fresh state
-            state = learner.checkpoint()
-            t0 = time.perf_counter()
-            metrics[name], _ = learner.learn([rollout], [scores], iteration=1)
-            timings[name].append(time.perf_counter() - t0)
-            phases[name].append((metrics[name]["time/experience_s"], metrics[name]["time/update_s"]))
-            learner.restore(state)
+    timings, runs = learn_in_turn(learners, rollout, scores, args.repeats)
+    phases = {k: [(m["time/experience_s"], m["time/update_s"]) for m in v] for k, v in runs.items()}
+    metrics = {name: v[-1] for name, v in runs.items()}
     med = {k: round(statistics.median(v), 3) for k, v in timings.items()}
     split = {k: [round(statistics.median(p[i] for p in v), 3) for i in (0, 1)] for k, v in phases.items()}
     diff = max(abs(metrics["all_layers"][k] - metrics["trunk_once"][k]) for k in KEYS if k in metrics["all_layers"])
