@@ -198,28 +198,27 @@ class LeanDecoder:
         the layers below the adapter (self.shared) run on the policy rows only, their KV cache filled for
         those rows, and their output is copied to the reference rows."""
         n, t = ids.shape
-        shared = self.shared if isinstance(policy_rows, int) and 2 * policy_rows == n else 0
+        # rows through the layers without the adapter: the policy rows only when the rest copy them
+        rows = n // 2 if self.shared and isinstance(policy_rows, int) and 2 * policy_rows == n else n
+        x = self.embed(ids[:rows])
+        cos, sin = self.rotary(x, positions)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         hd, end = self.head_dim, start + t
         for index, ((norm1, qkv, o, norm2, gate_up, down), (k_cache, v_cache)) in enumerate(zip(self.layers, cache)):
-            if index == 0 or index == shared:  # (re)enter with every row the layers from here on compute
-                if index == 0:
-                    rows = n // 2 if shared else n
-                    x = self.embed(ids[:rows])
-                else:
-                    rows, x = n, torch.cat([x, x])
-                cos, sin = self.rotary(x, positions[:rows])
-                cos, sin, mask = cos.unsqueeze(1), sin.unsqueeze(1), allowed[:rows]
+            if index == self.shared and rows < n:  # the first adapted layer: the reference rows join here
+                x, rows = torch.cat([x, x]), n
             if rows < n:
                 k_cache, v_cache = k_cache[:rows], v_cache[:rows]
             q, k, v = qkv(norm1(x), policy_rows)
             q = q.view(rows, t, self.heads, hd).transpose(1, 2)
             k = k.view(rows, t, self.kv_heads, hd).transpose(1, 2)
             v = v.view(rows, t, self.kv_heads, hd).transpose(1, 2)
-            q, k = (q * cos) + (_rotate_half(q) * sin), (k * cos) + (_rotate_half(k) * sin)
+            q = (q * cos[:rows]) + (_rotate_half(q) * sin[:rows])
+            k = (k * cos[:rows]) + (_rotate_half(k) * sin[:rows])
             k_cache[:, :, start:end] = k
             v_cache[:, :, start:end] = v
             attn = F.scaled_dot_product_attention(
-                q, k_cache[:, :, :end], v_cache[:, :, :end], attn_mask=mask, scale=self.scale, enable_gqa=True
+                q, k_cache[:, :, :end], v_cache[:, :, :end], attn_mask=allowed[:rows], scale=self.scale, enable_gqa=True
             )
             x = x + o(attn.transpose(1, 2).reshape(rows, t, self.heads * hd), policy_rows)[0]
             gate, up = gate_up(norm2(x), policy_rows)
