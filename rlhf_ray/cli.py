@@ -18,7 +18,7 @@ from rlhf_ray.config.help import all_keys, explain, one_of, sections, suggest
 from rlhf_ray.config.load import load_config, save_config
 from rlhf_ray.config.schema import Config
 from rlhf_ray.errors import UserError, user_message
-from rlhf_ray.process import install_log_filters
+from rlhf_ray.process import set_up_process
 from rlhf_ray.runtime import rundir, stopping
 from rlhf_ray.stages.common import DONE
 from rlhf_ray.store.checkpoint import latest_checkpoint, read_json
@@ -267,7 +267,7 @@ def finished_run(run_dir: Path, cfg: Config) -> dict | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    install_log_filters()  # before ray or bitsandbytes can log
+    set_up_process()  # before ray or bitsandbytes can log (or bitsandbytes is imported)
     try:
         reject_dashed_keys(argv)
     except UserError as exc:

@@ -1,7 +1,15 @@
-"""Per-process set-up for a role, a stage worker or the CLI: torch's thread count and two log filters.
+"""Per-process set-up for a role, a stage worker or the CLI: torch's thread count, log filters and a
+cheaper import of bitsandbytes.
 
 Ray-free, so role classes also run on hosts without Ray. Nothing here runs at import time: the CLI,
-`actors.common.init_process` and `stages.common.prepare_worker` call `install_log_filters()`.
+`actors.common.init_process`, `stages.common.prepare_worker` and every Ray worker we start (its
+worker_process_setup_hook) call `set_up_process()`.
+
+bitsandbytes wraps a few of its kernels in `torch.compile` when it is imported. Building those
+wrappers loads inductor's compiler and networkx, ~550 modules and 2-2.5 s of CPU in every process
+that loads a quantized model or imports peft (which imports bitsandbytes), on the 2-core EPYC; our
+CPU paths never call those kernels. `defer_bitsandbytes_compile()` builds each wrapper at its first
+call instead: `torch.compile` compiles at the first call either way, so nothing else changes.
 
 The filters drop log lines every run printed that say nothing a user can act on (by exact
 message; the loggers keep everything else):
@@ -20,8 +28,12 @@ rlhf_ray.models.loading.)"""
 
 from __future__ import annotations
 
+import functools
+import importlib.abc
+import importlib.machinery
 import logging
 import os
+import sys
 
 RAY_TOKEN_LOGGER = "ray._private.authentication.authentication_token_setup"
 RAY_TOKEN_MESSAGE = "Token authentication is enabled for this Ray cluster"
@@ -59,6 +71,60 @@ def install_log_filters() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _Drop) for f in logger.filters):
             logger.addFilter(flt)
+
+
+def set_up_process() -> None:
+    install_log_filters()
+    defer_bitsandbytes_compile()
+
+
+class _DeferCompile(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Finds bitsandbytes on the first import of it and runs its module with `torch.compile` deferred."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "bitsandbytes":
+            return None
+        sys.meta_path.remove(self)  # once: the package is in sys.modules from here on
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is not None and spec.loader is not None:
+            self.loader, spec.loader = spec.loader, self
+        return spec
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        import torch
+
+        module.__loader__ = module.__spec__.loader = self.loader  # the real loader from here on
+        eager = torch.compile
+        torch.compile = functools.partial(_compile_at_first_call, eager)
+        try:
+            self.loader.exec_module(module)
+        finally:
+            torch.compile = eager
+
+
+def _compile_at_first_call(eager, model=None, **kwargs):
+    """`torch.compile(fn, **kwargs)` (or its decorator form) that calls `eager` at fn's first call."""
+    if model is None:
+        return lambda fn: _compile_at_first_call(eager, fn, **kwargs)
+    compiled = None
+
+    @functools.wraps(model)
+    def call(*args, **kw):
+        nonlocal compiled
+        if compiled is None:
+            compiled = eager(model, **kwargs)
+        return compiled(*args, **kw)
+
+    return call
+
+
+def defer_bitsandbytes_compile() -> None:
+    """Before bitsandbytes is imported: its import builds no torch.compile wrapper until one is called."""
+    if "bitsandbytes" not in sys.modules and not any(isinstance(f, _DeferCompile) for f in sys.meta_path):
+        sys.meta_path.insert(0, _DeferCompile())
 
 
 def set_torch_threads(requested: int) -> int:

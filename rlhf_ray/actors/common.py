@@ -5,11 +5,11 @@ from __future__ import annotations
 from rlhf_ray.config.schema import Config
 from rlhf_ray.models.policy import attach_lora, load_causal_lm, quiet_warnings
 from rlhf_ray.models.shapes import is_shape_dir
-from rlhf_ray.process import install_log_filters, set_torch_threads
+from rlhf_ray.process import set_torch_threads, set_up_process
 
 
 def init_process(cfg: Config) -> None:
-    install_log_filters()
+    set_up_process()
     quiet_warnings()
     set_torch_threads(cfg.cluster.torch_threads)
 

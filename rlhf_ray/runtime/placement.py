@@ -57,8 +57,8 @@ def connect(cluster: ClusterConfig) -> bool:
     # address="local": always a fresh local Ray, never a stale cluster found in /tmp/ray.
     runtime_env = {
         "env_vars": {**WORKER_ENV, **thread_env(cluster.torch_threads), **_cache_env()},
-        # filters in place before a worker imports bitsandbytes while unpickling a role
-        "worker_process_setup_hook": "rlhf_ray.process.install_log_filters",
+        # filters and the deferred compile in place before a worker imports bitsandbytes unpickling a role
+        "worker_process_setup_hook": "rlhf_ray.process.set_up_process",
     }
     ray.init(
         address="local",

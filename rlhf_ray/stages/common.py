@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from rlhf_ray.config.schema import ClusterConfig
-from rlhf_ray.process import install_log_filters, set_torch_threads
+from rlhf_ray.process import set_torch_threads, set_up_process
 from rlhf_ray.runtime import stopping
 from rlhf_ray.runtime.placement import attached
 from rlhf_ray.store.checkpoint import atomic_write, read_json
@@ -91,7 +91,7 @@ def prepare_worker(seed: int, torch_threads: int) -> None:
     from transformers import set_seed
     from transformers.utils import logging as hf_logging
 
-    install_log_filters()
+    set_up_process()
     set_torch_threads(torch_threads)
     set_seed(seed)  # python, numpy and torch generators
     hf_logging.disable_progress_bar()

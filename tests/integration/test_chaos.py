@@ -1,11 +1,11 @@
 """Chaos: a smoke run during which role actors are killed (ray.kill, SIGKILL of the process) or
-frozen (SIGSTOP), five faults two iterations apart, then the driver gets SIGTERM (no periodic
+frozen (SIGSTOP), three faults two iterations apart, then the driver gets SIGTERM (no periodic
 checkpoint before it: the stop writes the last completed iteration's, says so in one line and
 releases the actors) and the run is resumed from that checkpoint. The final
 metrics must equal an uninterrupted run's (run beside it) apart from time/* keys, and events.jsonl
 must list a recovery of the right role for every fault. Its cost is process starts, not iterations:
-14 role actors (3, 3 for the reference, 5 replacements, 3 on resume) each import torch, transformers
-and peft, about 10 CPU-seconds apiece on the 2-core development machine."""
+12 role actors (3, 3 for the reference, 3 replacements, 3 on resume) each import torch, transformers
+and peft, 10-15 CPU-seconds apiece on a 2-core machine."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from rlhf_ray.store.checkpoint import latest_checkpoint
 
 pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.slow]
 
-ITERATIONS = 26
+ITERATIONS = 18
 ARGS = [
     "--config",
     "configs/smoke.yaml",
@@ -80,13 +80,14 @@ def alive(pid: int) -> bool:
 
 
 def plan_faults(seed: int) -> list[tuple[str, str]]:
-    """(kind, role) per fault, five in all: every role killed (ray.kill) once, one frozen (SIGSTOP)
-    and one whose process is SIGKILLed, those two roles drawn at random; in a random order."""
+    """(kind, role) per fault, three in all: every role hit once and every kind used once (ray.kill,
+    SIGKILL of the process, a freeze by SIGSTOP), which kind hits which role and the order drawn at random."""
     rng = random.Random(seed)
     roles = ["generator-0", "reward-0", "learner-0"]
-    faults = [("kill", r) for r in roles] + [("freeze", rng.choice(roles)), ("sigkill", rng.choice(roles))]
-    rng.shuffle(faults)
-    return faults
+    kinds = ["kill", "sigkill", "freeze"]
+    rng.shuffle(roles)
+    rng.shuffle(kinds)
+    return list(zip(kinds, roles))
 
 
 def inject(target: tuple, kind: str, frozen: list[int]) -> None:
@@ -168,7 +169,7 @@ def test_chaos_faults_then_sigterm_then_resume_reproduce_the_uninterrupted_run(t
     assert [r["iteration"] for r in rows] == list(range(1, ITERATIONS + 1))
     assert rows == comparable(read_metrics(reference / "metrics.jsonl"))
 
-    assert len(recovered) == 5 and {k for k, _ in recovered} == {"kill", "sigkill", "freeze"}
+    assert len(recovered) == 3 and {k for k, _ in recovered} == {"kill", "sigkill", "freeze"}
     assert {e["role"] for _, e in recovered} == {"generator-0", "reward-0", "learner-0"}
     for kind, event in recovered:  # every fault listed, as a death or a hang (after the call timeout)
         assert event["cause"].startswith("hung" if kind == "freeze" else "died"), (kind, event)
