@@ -41,6 +41,25 @@ def gguf_parsed_once() -> Iterator[None]:
         gguf.GGUFReader, gguf.get_tensor_name_map = reader, names
 
 
+@contextlib.contextmanager
+def no_load_bars() -> Iterator[None]:
+    """transformers' two bars of a GGUF load ("Converting and de-quantizing GGUF tensors...", then
+    "Loading weights" of the tensors just converted) held back: the conversion's one log line says
+    what runs, and the bars would otherwise fill `make run`'s first screen (and a job's log)."""
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
+
+    bars, bar = hf_logging.is_progress_bar_enabled(), gguf_utils.tqdm
+    hf_logging.disable_progress_bar()
+    gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = bar
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def convert_gguf(gguf_path: Path, target: Path) -> Path:
     """Dequantize a GGUF checkpoint once into a normal safetensors checkpoint + tokenizer.
 
@@ -55,7 +74,7 @@ def convert_gguf(gguf_path: Path, target: Path) -> Path:
     tmp = temp_dir(target.parent, ".tmp-")
     try:
         kwargs = {"gguf_file": gguf_path.name}
-        with gguf_parsed_once():
+        with gguf_parsed_once(), no_load_bars():
             model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), dtype=torch.float32, **kwargs)
             tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), **kwargs)
         state = {k: v.contiguous().clone() for k, v in model.state_dict().items()}

@@ -116,3 +116,26 @@ def test_the_offline_kernel_trust_check_is_dropped_and_other_kernels_warnings_sh
     if spec is not None:  # still the kernels package's wording (read, not imported)
         source = (Path(spec.origin).parent / "_internals" / "hf_hub.py").read_text()
         assert noise.KERNELS_MESSAGE.strip() in source
+
+
+def test_a_gguf_conversion_shows_no_load_bars_and_restores_them(capsys):
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
+
+    from rlhf_ray.models.assets import no_load_bars
+
+    def bars() -> str:  # the two bars a GGUF load draws, through the names transformers calls them by
+        list(gguf_utils.tqdm(range(3), desc="Converting and de-quantizing GGUF tensors..."))
+        list(hf_logging.tqdm(range(3), desc="Loading weights"))
+        return capsys.readouterr().err
+
+    before = hf_logging.is_progress_bar_enabled()
+    hf_logging.enable_progress_bar()
+    try:
+        with no_load_bars():
+            assert bars() == ""
+        shown = bars()
+        assert "de-quantizing GGUF" in shown and "Loading weights" in shown and hf_logging.is_progress_bar_enabled()
+    finally:
+        if not before:
+            hf_logging.disable_progress_bar()
