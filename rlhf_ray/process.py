@@ -78,17 +78,22 @@ def set_up_process() -> None:
     defer_bitsandbytes_compile()
 
 
-class _DeferCompile(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Finds bitsandbytes on the first import of it and runs its module with `torch.compile` deferred."""
+class _DeferCompile(importlib.abc.MetaPathFinder):
+    """Finds bitsandbytes, for a loader that runs its module with `torch.compile` deferred. Every
+    lookup gets one (transformers' availability checks call find_spec before the import does)."""
 
     def find_spec(self, fullname, path=None, target=None):
         if fullname != "bitsandbytes":
             return None
-        sys.meta_path.remove(self)  # once: the package is in sys.modules from here on
         spec = importlib.machinery.PathFinder.find_spec(fullname, path)
         if spec is not None and spec.loader is not None:
-            self.loader, spec.loader = spec.loader, self
+            spec.loader = _DeferCompileLoader(spec.loader)
         return spec
+
+
+class _DeferCompileLoader(importlib.abc.Loader):
+    def __init__(self, loader):
+        self.loader = loader
 
     def create_module(self, spec):
         return self.loader.create_module(spec)

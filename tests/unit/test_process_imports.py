@@ -13,6 +13,8 @@ from rlhf_ray.process import _compile_at_first_call
 PROBE = """
 import sys
 {setup}
+from transformers.utils import is_bitsandbytes_available
+assert is_bitsandbytes_available()  # a find_spec before the import, as transformers' quantizer does
 import bitsandbytes, peft
 import bitsandbytes.backends.default.ops as ops
 print("torch._inductor.compile_fx" in sys.modules, "networkx" in sys.modules, type(bitsandbytes.__loader__).__name__)
