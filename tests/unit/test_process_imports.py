@@ -21,7 +21,7 @@ print("torch._inductor.compile_fx" in sys.modules, "networkx" in sys.modules, ty
 """
 
 
-def probe(setup: str) -> str:
+def probe(setup: str) -> list[str]:
     out = subprocess.run([sys.executable, "-c", PROBE.format(setup=setup)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout.split()
