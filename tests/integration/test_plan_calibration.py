@@ -14,7 +14,7 @@ from rlhf_ray.cli import main
 from rlhf_ray.config.load import load_config
 from rlhf_ray.runtime.plan import make_plan
 
-pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.slow]
+pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.slow, pytest.mark.soak]
 
 
 def peak_rss(pid: int) -> int:

@@ -175,6 +175,8 @@ def test_a_run_of_a_sweep_learns_as_it_does_alone_through_a_dead_host_sigterm_an
             assert swept_rows == pq.read_table(alone / "samples" / name).to_pylist()
 
 
+# `make test-all`: the fused sweep's dead host above and tests/unit/test_mixed_sampling.py's separate hosts in CI
+@pytest.mark.soak
 def test_separate_layout_two_generator_hosts_a_dead_one_sigkill_resume_and_each_run_as_alone(tmp_path):
     """cluster.layout=separate with two generators and two data-parallel learners: two learner hosts
     (one process group for both runs' learners) and two generator hosts, each with both runs'

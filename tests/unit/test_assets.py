@@ -43,6 +43,7 @@ def test_missing_model_path_is_a_user_error(tmp_path):
         resolve_model(str(tmp_path), tmp_path)
 
 
+@pytest.mark.slow  # 3-5 s on 2 cores: in `make test`, not in test-fast
 def test_smollm2_asset_continues_english(smollm2):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

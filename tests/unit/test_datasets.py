@@ -200,6 +200,7 @@ def test_sft_caps_each_document_at_what_its_rows_can_use(tmp_path, tokenizer):
     assert max(len(r) for r in train) == 32
 
 
+@pytest.mark.slow  # 3-5 s on 2 cores: in `make test`, not in test-fast (a CLI subprocess)
 def test_generate_reads_the_prompts_file_as_utf8_whatever_the_locale(tmp_path):
     path = tmp_path / "prompts.txt"
     path.write_text("Café au lait ☕ is\n\nNaïve prompt\n", encoding="utf-8")

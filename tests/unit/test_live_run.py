@@ -79,6 +79,7 @@ def live_run(tmp_path_factory):
         proc.wait()
 
 
+@pytest.mark.slow  # 3-5 s on 2 cores: in `make test`, not in test-fast
 def test_resuming_a_live_run_that_prunes_is_refused_in_one_line_every_time(live_run, monkeypatch, capsys):
     def no_stage(*args, **kwargs):
         raise AssertionError("a refused resume must not start Ray or any stage")

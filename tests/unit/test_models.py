@@ -135,6 +135,7 @@ def test_saved_adapter_loads_with_plain_peft_and_neox_defaults(tiny_lm, cache_di
     assert any("query_key_value.lora_A" in n for n, _ in neox.named_parameters())
 
 
+@pytest.mark.slow  # 3-5 s on 2 cores: in `make test`, not in test-fast
 def test_quantized_footprints_on_smollm2(smollm2):
     sizes = {q: memory_footprint_bytes(load_causal_lm(smollm2, q, "cpu")) for q in ("none", "8bit", "4bit")}
     assert sizes["4bit"] < sizes["8bit"] < sizes["none"]
