@@ -58,8 +58,9 @@ run: setup
 
 # The suite in two halves: the tests that need no Ray (tests/unit and a few integration modules) spread
 # over WORKERS processes (pytest-xdist), then the `ray` tests in one process with one Ray cluster (their
-# role actors use every core already). `make test` (CI) leaves out the `soak` tests, the longest fault-injection and
-# calibration runs, each of whose recoveries a shorter test also covers; `make test-all` runs them too.
+# role actors use every core already). `make test` (CI) leaves out the `soak` tests, the longest
+# fault-injection and calibration runs, each of whose recoveries a shorter test also covers;
+# `make test-all` runs them too.
 # MARK narrows both halves (MARK="not slow"); PYTEST_ARGS goes to both. pytest exits 5 when it collected
 # nothing: that fails only where neither half collected a test.
 WORKERS ?= 2
