@@ -65,8 +65,9 @@ run: setup
 # nothing: that fails only where neither half collected a test.
 WORKERS ?= 2
 MARK ?=
-suite = $(VENV)/bin/python -m pytest -n $(WORKERS) --dist worksteal -m "not ray $(1) $(if $(MARK),and ($(MARK)))" \
-	$(PYTEST_ARGS); a=$$?; $(VENV)/bin/python -m pytest -m "ray $(1) $(if $(MARK),and ($(MARK)))" $(PYTEST_ARGS); b=$$?; \
+select = $(1) $(if $(MARK),and ($(MARK)))
+suite = $(VENV)/bin/python -m pytest -n $(WORKERS) --dist worksteal -m "not ray $(call select,$(1))" $(PYTEST_ARGS); \
+	a=$$?; $(VENV)/bin/python -m pytest -m "ray $(call select,$(1))" $(PYTEST_ARGS); b=$$?; \
 	if [ $$a -eq 5 ] && [ $$b -eq 5 ]; then echo "make test: no tests were collected"; exit 1; fi; \
 	for rc in $$a $$b; do if [ $$rc -ne 0 ] && [ $$rc -ne 5 ]; then exit $$rc; fi; done
 test: setup-dev lint
