@@ -56,20 +56,23 @@ upgrade-deps:
 run: setup
 	$(VENV)/bin/rlhf-ray ppo --config configs/default.yaml --run-dir $(RUN_DIR)
 
-# The suite in two halves: the tests that need no Ray (tests/unit and a few integration modules) spread
-# over WORKERS processes (pytest-xdist), then the `ray` tests in one process with one Ray cluster (their
-# role actors use every core already). `make test` (CI) leaves out the `soak` tests, the longest
-# fault-injection and calibration runs, each of whose recoveries a shorter test also covers;
-# `make test-all` runs them too.
-# MARK narrows both halves (MARK="not slow"); PYTEST_ARGS goes to both. pytest exits 5 when it collected
-# nothing: that fails only where neither half collected a test.
+# The suite in three passes: the tests that need no Ray (tests/unit and a few integration modules) spread
+# test by test over WORKERS processes (pytest-xdist); then the `ray` tests a module at a time over WORKERS
+# processes, each with its own Ray cluster (a module's runs share fixtures: --dist loadscope builds them
+# once); then the few `serial` tests, which time something to the second, alone. `make test` (CI) leaves
+# out the `soak` tests, the longest fault-injection and calibration runs, each of whose recoveries a
+# shorter test also covers; `make test-all` runs them too.
+# MARK narrows every pass (MARK="not slow"); PYTEST_ARGS goes to each. pytest exits 5 when it collected
+# nothing: that fails only where no pass collected a test.
 WORKERS ?= 2
 MARK ?=
 select = $(1) $(if $(MARK),and ($(MARK)))
-suite = $(VENV)/bin/python -m pytest -n $(WORKERS) --dist worksteal -m "not ray $(call select,$(1))" $(PYTEST_ARGS); \
-	a=$$?; $(VENV)/bin/python -m pytest -m "ray $(call select,$(1))" $(PYTEST_ARGS); b=$$?; \
-	if [ $$a -eq 5 ] && [ $$b -eq 5 ]; then echo "make test: no tests were collected"; exit 1; fi; \
-	for rc in $$a $$b; do if [ $$rc -ne 0 ] && [ $$rc -ne 5 ]; then exit $$rc; fi; done
+PYTEST := $(VENV)/bin/python -m pytest
+suite = $(PYTEST) -n $(WORKERS) --dist worksteal -m "not ray and not serial $(call select,$(1))" $(PYTEST_ARGS); a=$$?; \
+	$(PYTEST) -n $(WORKERS) --dist loadscope -m "ray and not serial $(call select,$(1))" $(PYTEST_ARGS); b=$$?; \
+	$(PYTEST) -m "serial $(call select,$(1))" $(PYTEST_ARGS); c=$$?; \
+	if [ $$a -eq 5 ] && [ $$b -eq 5 ] && [ $$c -eq 5 ]; then echo "make test: no tests were collected"; exit 1; fi; \
+	for rc in $$a $$b $$c; do if [ $$rc -ne 0 ] && [ $$rc -ne 5 ]; then exit $$rc; fi; done
 test: setup-dev lint
 	$(call suite,and not soak)
 test-all: setup-dev lint

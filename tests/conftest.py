@@ -21,22 +21,27 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 # Integration modules that start no Ray (the GPU pack and the reward stage in subprocesses): `make test`
-# runs them beside the unit tests, spread over the cores. test_openenv.py starts no Ray either, but times
-# its step timeouts to the second: it runs in the half that has the machine to itself.
-WITHOUT_RAY = frozenset({"test_gpu_check.py", "test_quiet_stage.py"})
+# runs them beside the unit tests.
+WITHOUT_RAY = frozenset({"test_gpu_check.py", "test_quiet_stage.py", "test_openenv.py"})
+# Modules that time something to the second (OpenEnv's step timeouts): `make test` runs them alone, after
+# the rest, with the machine to itself.
+SERIAL = frozenset({"test_openenv.py"})
 
 
 def pytest_collection_modifyitems(config, items):
     """Everything under tests/integration is `integration`, so `make test-fast` (-m "not integration
     and not slow") is the loop for changes to algo/, config/, data/ and the role classes; all of it
-    but WITHOUT_RAY is also `ray`: `make test` runs those one at a time (one Ray cluster, or a head
-    of their own, using every core), the rest on pytest-xdist's workers."""
+    but WITHOUT_RAY is also `ray`: `make test` runs those a module at a time per pytest-xdist worker
+    (each worker its own Ray cluster, a module's fixtures built once), the others test by test; SERIAL
+    modules are `serial`: alone, in one process, last."""
     for item in items:
         path = Path(str(item.fspath))
         if "integration" in path.parts:
             item.add_marker(pytest.mark.integration)
             if path.name not in WITHOUT_RAY:
                 item.add_marker(pytest.mark.ray)
+            if path.name in SERIAL:
+                item.add_marker(pytest.mark.serial)
 
 
 @pytest.fixture(scope="session")

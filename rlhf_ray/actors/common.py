@@ -5,11 +5,12 @@ from __future__ import annotations
 from rlhf_ray.config.schema import Config
 from rlhf_ray.models.policy import attach_lora, load_causal_lm, quiet_warnings
 from rlhf_ray.models.shapes import is_shape_dir
-from rlhf_ray.process import set_torch_threads, set_up_process
+from rlhf_ray.process import freeze_startup, set_torch_threads, set_up_process
 
 
 def init_process(cfg: Config) -> None:
     set_up_process()
+    freeze_startup()  # a Ray worker: torch is imported (unpickling the role), the model load is next
     quiet_warnings()
     set_torch_threads(cfg.cluster.torch_threads)
 

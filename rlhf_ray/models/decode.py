@@ -121,14 +121,16 @@ class Projections:
         self.loras = [_split(m)[1] for m in self.modules]
         self.named = [[_named_lora(m, name) for name in adapters] for m in self.modules] if adapters else []
 
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """x @ weight.T, every part at once (benchmarks/int8_decode.py swaps in int8 arithmetic here)."""
+        if self.packed is not None and x.shape[:-1].numel() == self.packed_rows:
+            return torch.ops.mkl._mkl_linear(x, self.packed, self.weight, None, self.packed_rows)
+        return F.linear(x, self.weight)
+
     def __call__(self, x: torch.Tensor, policy_rows: int | RowAdapters) -> list[torch.Tensor]:
         """x @ weight.T split by part, each part plus its LoRA delta on the first `policy_rows` rows
         (or, RowAdapters, each row's own adapter's delta; none on rows of index -1)."""
-        if self.packed is not None and x.shape[:-1].numel() == self.packed_rows:
-            out = torch.ops.mkl._mkl_linear(x, self.packed, self.weight, None, self.packed_rows)
-        else:
-            out = F.linear(x, self.weight)
-        parts = list(out.split(self.sizes, dim=-1))
+        parts = list(self.matmul(x).split(self.sizes, dim=-1))
         if isinstance(policy_rows, RowAdapters):
             for i, loras in enumerate(self.named):
                 for k, rows in policy_rows.groups:

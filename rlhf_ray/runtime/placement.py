@@ -58,7 +58,7 @@ def connect(cluster: ClusterConfig) -> bool:
     runtime_env = {
         "env_vars": {**WORKER_ENV, **thread_env(cluster.torch_threads), **_cache_env()},
         # filters and the deferred compile in place before a worker imports bitsandbytes unpickling a role
-        "worker_process_setup_hook": "rlhf_ray.process.set_up_process",
+        "worker_process_setup_hook": "rlhf_ray.process.set_up_worker",
     }
     ray.init(
         address="local",

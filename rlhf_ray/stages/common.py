@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from rlhf_ray.config.schema import ClusterConfig
-from rlhf_ray.process import set_torch_threads, set_up_process
+from rlhf_ray.process import freeze_startup, set_torch_threads, set_up_process
 from rlhf_ray.runtime import stopping
 from rlhf_ray.runtime.placement import attached
 from rlhf_ray.store.checkpoint import atomic_write, read_json
@@ -92,6 +92,7 @@ def prepare_worker(seed: int, torch_threads: int) -> None:
     from transformers.utils import logging as hf_logging
 
     set_up_process()
+    freeze_startup()  # a Ray worker: torch and transformers are imported, the model load is next
     set_torch_threads(torch_threads)
     set_seed(seed)  # python, numpy and torch generators
     hf_logging.disable_progress_bar()

@@ -68,15 +68,22 @@ def test_overlapped_rollouts_lag_one_version_within_the_bound(tmp_path):
 
 def test_workers_get_the_drivers_priority_and_real_thread_counts():
     """Ray's defaults (nice 15, OMP_NUM_THREADS=1 for a 0.5-CPU actor) made actors slower than the roles
-    in-process; the local Ray started by rlhf_ray.runtime.placement.connect overrides both."""
+    in-process; the local Ray started by rlhf_ray.runtime.placement.connect overrides both. Its workers run
+    our setup hook: a role or stage set-up in one freezes the imports (rlhf_ray.process.freeze_startup)."""
+    import gc
     import os
 
     import ray
 
+    from rlhf_ray.process import freeze_startup
+
     @ray.remote(num_cpus=0.5)
     def worker_view():
-        return os.getpriority(os.PRIO_PROCESS, 0), os.environ.get("OMP_NUM_THREADS"), os.environ.get("MKL_NUM_THREADS")
+        freeze_startup()  # what init_process / prepare_worker call; once per worker (an earlier task's counts)
+        threads = os.environ.get("OMP_NUM_THREADS"), os.environ.get("MKL_NUM_THREADS")
+        return os.getpriority(os.PRIO_PROCESS, 0), *threads, gc.get_freeze_count()
 
-    nice, omp, mkl = ray.get(worker_view.remote())
+    nice, omp, mkl, frozen = ray.get(worker_view.remote())
     assert nice == os.getpriority(os.PRIO_PROCESS, 0)
     assert omp == mkl == str(os.cpu_count())
+    assert frozen > 0

@@ -50,3 +50,13 @@ def test_compile_runs_once_at_the_first_call_with_its_options():
     assert calls == [] and double.__name__ == "double" and double.__doc__ == "doubles"
     assert double(3) == ("compiled", 6) and double(4) == ("compiled", 8) and plain(1) == ("compiled", 2)
     assert calls == [{"dynamic": False}, {}]
+
+
+def test_only_a_fresh_worker_freezes_its_imports_and_only_once():
+    code = (
+        "import gc; from rlhf_ray import process as p; p.set_up_process(); a = p.freeze_startup(); "
+        "n = gc.get_freeze_count(); p.set_up_worker(); b = p.freeze_startup(); c = p.freeze_startup(); "
+        "print(a, n, b, c, gc.get_freeze_count() > 0)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["False", "0", "True", "False", "True"], out.stderr[-2000:]
