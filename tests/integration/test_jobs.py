@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,8 +24,12 @@ BIN = Path(sys.executable).parent
 
 @pytest.fixture(scope="module")
 def ray_head():
-    """A head node in its own process group; killing the group tears the whole cluster down."""
+    """A head node in its own process group; killing the group tears the whole cluster down. Its own
+    --temp-dir: a job's driver finds its cluster through the head's temp dir (Ray's job supervisor sets
+    RAY_ADDRESS from its `ray_current_cluster` file), and /tmp/ray's names whichever head on this machine
+    started last (make test runs another module's head beside this one)."""
     port, dash = free_port(), free_port()
+    temp_dir = tempfile.mkdtemp(prefix="ray-jobs-")  # short: Ray's socket paths live under it
     # The head (and so every job entrypoint) runs with the project venv first on PATH, as a user
     # who activated it would. Ray 2.59+ heads use token auth; a fresh machine has no token yet, so
     # head, job drivers and the `ray job submit` client share one made for this test.
@@ -45,6 +51,7 @@ def ray_head():
             "--num-cpus=2",
             "--include-dashboard=true",
             "--disable-usage-stats",
+            f"--temp-dir={temp_dir}",
             # The session's local Ray (other tests) holds the default agent ports: without its own, this
             # head's job agent cannot start and every submission answers "No available agent".
             *[
@@ -76,6 +83,7 @@ def ray_head():
         head.wait(timeout=5)  # `ray start --block` can take 30 s to exit on SIGTERM: the group is killed
     except subprocess.TimeoutExpired:
         os.killpg(head.pid, signal.SIGKILL)
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _submit(ray_head, *entrypoint: str) -> subprocess.CompletedProcess:
