@@ -20,8 +20,8 @@ os.environ.setdefault("RAY_local_fs_capacity_threshold", "0.99")
 REPO = Path(__file__).resolve().parents[1]
 
 
-# Integration modules that start no Ray (the GPU pack and the reward stage in subprocesses): `make test`
-# runs them beside the unit tests.
+# Integration modules that start no Ray (the GPU pack, the reward stage in subprocesses, OpenEnv's servers):
+# `make test` runs them beside the unit tests, the SERIAL ones excepted.
 WITHOUT_RAY = frozenset({"test_gpu_check.py", "test_quiet_stage.py", "test_openenv.py"})
 # Modules that time something to the second (OpenEnv's step timeouts): `make test` runs them alone, after
 # the rest, with the machine to itself.
